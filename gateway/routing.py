@@ -1,0 +1,41 @@
+"""Routing rules: which enhancer (and task) a series gets. First matching route wins.
+
+Why separate: the rules are data from the config; the worker asks one question and the CLI's
+`config check` validates the same rules against the enhancer registry.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from enhancers.registry import default_enhancer, info, names
+
+from gateway.errors import ConfigError
+from gateway.settings import Route
+
+
+def choose(routes: Sequence[Route], modality: str, series_description: str) -> tuple[str, str]:
+    """(enhancer name, task) for a series."""
+    for route in routes:
+        if route.modality and route.modality != modality.upper():
+            continue
+        if route.series_description and not re.search(route.series_description, series_description or ""):
+            continue
+        return route.enhancer, route.task
+    return default_enhancer(modality, "denoise"), "denoise"
+
+
+def validate(routes: Sequence[Route]) -> None:
+    """Every route names a registered enhancer whose task matches the route's task."""
+    known = names()
+    for i, route in enumerate(routes):
+        if route.enhancer not in known:
+            raise ConfigError(
+                f"routes[{i}].enhancer = {route.enhancer!r} is not a registered enhancer; known: {', '.join(known)}"
+            )
+        task = info(route.enhancer).task
+        if task != route.task:
+            raise ConfigError(
+                f"routes[{i}]: enhancer {route.enhancer!r} does task {task!r} but the route says {route.task!r}"
+            )

@@ -1,0 +1,263 @@
+"""The DICOM SCP: C-ECHO and C-STORE for every storage SOP class and every transfer syntax pydicom decodes.
+
+Why the handler is shaped this way: a C-STORE is acknowledged (0x0000) only after the bytes are durable in
+the spool and the instance is recorded in the state store. The handler never raises: every failure maps to
+a DICOM status (0xA700 out of resources, 0xC210 cannot understand) and the server keeps serving. Nothing
+slow happens here (no decoding of pixels, no enhancement): peers time out after ~30 s.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, _config, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+from structlog.contextvars import bound_contextvars
+
+from gateway import logs
+from gateway.errors import OutOfSpaceError, SpoolError
+from gateway.settings import Settings
+from gateway.spool import Spool
+from gateway.state import State
+
+ACCEPTED_TRANSFER_SYNTAXES: list[UID] = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    RLELossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+]
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC210
+SOP_CLASS_MISMATCH = 0xA900
+
+log = logs.get("gateway.scp")
+
+
+@dataclass
+class _AssocStats:
+    calling_aet: str
+    peer: str
+    started: float = field(default_factory=time.monotonic)
+    stored: int = 0
+    duplicates: int = 0
+    refused: int = 0
+    bytes: int = 0
+
+
+class InvalidInstance(ValueError):
+    """The dataset cannot be stored as an instance: the message says which attribute is wrong."""
+
+
+def _check_dataset(ds: Dataset, affected_sop_uid: str, affected_sop_class: str) -> tuple[str, str, str, str]:
+    """Return (study, series, sop, modality) or raise InvalidInstance; reads headers only."""
+    try:
+        study = str(ds.StudyInstanceUID)
+        series = str(ds.SeriesInstanceUID)
+        sop = str(ds.SOPInstanceUID)
+        sop_class = str(ds.SOPClassUID)
+        modality = str(ds.get("Modality", "") or "")
+    except AttributeError as exc:
+        raise InvalidInstance(f"missing required attribute: {exc}") from exc
+    if sop != affected_sop_uid:
+        raise InvalidInstance("SOP Instance UID in the dataset differs from the request's Affected SOP Instance UID")
+    if sop_class != affected_sop_class:
+        raise InvalidInstance("SOP Class UID in the dataset differs from the request's Affected SOP Class UID")
+    if "PixelData" in ds:
+        tsyntax = ds.file_meta.TransferSyntaxUID
+        if not tsyntax.is_compressed:
+            frames = int(ds.get("NumberOfFrames", 1) or 1)
+            expected = (
+                int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames * int(ds.BitsAllocated)
+            ) // 8
+            if len(ds.PixelData) < expected:
+                raise InvalidInstance(
+                    f"Pixel Data holds {len(ds.PixelData)} bytes but Rows x Columns x frames x bits need {expected}"
+                )
+    return study, series, sop, modality
+
+
+class Receiver:
+    """Owns the AE and the event handlers; `start()` returns once the port is listening."""
+
+    def __init__(self, settings: Settings, state: State, spool: Spool) -> None:
+        self.settings = settings
+        self.state = state
+        self.spool = spool
+        self._assocs: dict[int, _AssocStats] = {}
+        self._lock = threading.Lock()
+        self.server: ThreadedAssociationServer | None = None
+        self.ae = self._make_ae()
+
+    def _make_ae(self) -> AE:
+        _config.PASS_CONTEXTVARS = True
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.maximum_pdu_size = self.settings.max_pdu
+        ae.maximum_associations = 32
+        ae.dimse_timeout = 60
+        ae.network_timeout = 60
+        ae.acse_timeout = 30
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        if self.settings.allowed_calling_aets:
+            ae.require_calling_aet = list(self.settings.allowed_calling_aets)
+        return ae
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.server_address[1])
+
+    def start(self) -> None:
+        handlers: list[Any] = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
+        self.server = self.ae.start_server(
+            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
+        )
+        if not self.settings.allowed_calling_aets:
+            log.warning("scp.open_to_any_aet", hint="set gateway.allowed_calling_aets to restrict peers")
+        log.info("scp.listening", ae_title=self.settings.ae_title, host=self.settings.host, port=self.port)
+
+    def stop(self) -> None:
+        """Stop accepting associations; in-flight ones finish their current C-STORE first."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+            log.info("scp.stopped")
+
+    # --- handlers (never raise) ------------------------------------------------------------------------
+
+    def _stats(self, event: Any) -> _AssocStats | None:
+        with self._lock:
+            return self._assocs.get(id(event.assoc))
+
+    def _on_accepted(self, event: Any) -> None:
+        requestor = event.assoc.requestor
+        stats = _AssocStats(calling_aet=str(requestor.ae_title), peer=f"{requestor.address}:{requestor.port}")
+        with self._lock:
+            self._assocs[id(event.assoc)] = stats
+        log.info("association.accepted", calling_aet=stats.calling_aet, peer=stats.peer)
+
+    def _on_closed(self, event: Any) -> None:
+        with self._lock:
+            stats = self._assocs.pop(id(event.assoc), None)
+        if stats is None:
+            return
+        log.info(
+            "association.closed",
+            how="released" if event.event is evt.EVT_RELEASED else "aborted",
+            calling_aet=stats.calling_aet,
+            peer=stats.peer,
+            stored=stats.stored,
+            duplicates=stats.duplicates,
+            refused=stats.refused,
+            bytes=stats.bytes,
+            seconds=round(time.monotonic() - stats.started, 3),
+        )
+
+    def _on_rejected(self, event: Any) -> None:
+        requestor = event.assoc.requestor
+        log.warning(
+            "association.rejected",
+            calling_aet=str(requestor.ae_title),
+            peer=f"{requestor.address}:{requestor.port}",
+            reason="calling AE title not in gateway.allowed_calling_aets or association limit reached",
+        )
+
+    def _on_echo(self, event: Any) -> int:
+        return SUCCESS
+
+    def _on_store(self, event: Any) -> int:
+        try:
+            return self._store(event)
+        except Exception as exc:  # the handler must never raise: the server keeps serving
+            log.exception("store.internal_error", error=type(exc).__name__)
+            return OUT_OF_RESOURCES
+
+    def _store(self, event: Any) -> int:
+        stats = self._stats(event)
+        request = event.request
+        try:
+            ds = event.dataset
+            ds.file_meta = event.file_meta
+            study, series, sop, modality = _check_dataset(
+                ds, str(request.AffectedSOPInstanceUID), str(request.AffectedSOPClassUID)
+            )
+        except Exception as exc:
+            if stats:
+                stats.refused += 1
+            log.warning(
+                "store.refused",
+                status="0xC210",
+                sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                reason=str(exc)[:300],
+            )
+            return CANNOT_UNDERSTAND
+        with bound_contextvars(study_uid=study, series_uid=series):
+            if self.state.has_instance(sop):
+                if stats:
+                    stats.duplicates += 1
+                log.info("store.duplicate", sop_instance_uid=sop)
+                return SUCCESS
+            try:
+                data = event.encoded_dataset(include_meta=True)
+                path = self.spool.store_incoming(study, series, sop, data)
+                self.state.record_instance(
+                    sop_uid=sop,
+                    series_uid=series,
+                    study_uid=study,
+                    sop_class_uid=str(request.AffectedSOPClassUID),
+                    modality=modality,
+                    path=str(path),
+                    size=len(data),
+                    calling_aet=stats.calling_aet if stats else "",
+                )
+            except (OutOfSpaceError, SpoolError, sqlite3.Error) as exc:
+                if stats:
+                    stats.refused += 1
+                log.error("store.failed", status="0xA700", sop_instance_uid=sop, reason=str(exc)[:300])
+                return OUT_OF_RESOURCES
+            if stats:
+                stats.stored += 1
+                stats.bytes += len(data)
+            return SUCCESS

@@ -1,0 +1,139 @@
+"""The running gateway: SCP + completion + sender threads in one process, enhancement in worker processes.
+
+Why this split: reception and sending are I/O bound and share the state store; enhancement is CPU/GPU bound
+and runs in spawned processes so a long inference never stalls a C-STORE and CUDA is never forked.
+SIGTERM stops new associations, lets in-flight C-STOREs finish, and leaves the state consistent.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.process
+import signal
+import threading
+import time
+from typing import Any
+
+from gateway import logs, sender, worker
+from gateway.settings import Settings
+from gateway.scp import Receiver
+from gateway.spool import Spool
+from gateway.state import State
+
+log = logs.get("gateway.service")
+
+
+def _completion_loop(state: State, stable_seconds: float, stop: threading.Event) -> None:
+    """Series quiet for `stable_seconds` become queued jobs (checked every 0.5 s, or sooner for short waits)."""
+    interval = max(0.1, min(0.5, stable_seconds / 4))
+    while not stop.is_set():
+        try:
+            for job_id in state.make_jobs_for_stable_series(stable_seconds):
+                job = state.job(job_id)
+                log.info(
+                    "series.stable",
+                    job_id=job_id,
+                    study_uid=job.study_uid,
+                    series_uid=job.series_uid,
+                    modality=job.modality,
+                    instances=job.instance_count,
+                )
+        except Exception:
+            log.exception("completion.error")
+        stop.wait(interval)
+
+
+class Gateway:
+    """Start/stop the whole service; `serve()` blocks until SIGTERM/SIGINT."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        self.state = State(settings.state_db)
+        self.spool = Spool(settings.spool_dir, min_free_mb=settings.min_free_mb)
+        self.receiver = Receiver(settings, self.state, self.spool)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._ctx = multiprocessing.get_context("spawn")
+        self._worker_stop = self._ctx.Event()
+        self._workers: list[multiprocessing.process.BaseProcess] = []
+
+    def start(self) -> None:
+        recovered = self.state.recover()
+        cleaned = self.spool.clean_tmp()
+        log.info(
+            "gateway.starting",
+            var_dir=str(self.settings.var_dir),
+            requeued_enhancing=recovered["enhancing"],
+            requeued_sending=recovered["sending"],
+            partial_files_removed=cleaned,
+            destinations=[d.name for d in self.settings.destinations],
+            workers=self.settings.enhance.workers,
+        )
+        for _ in range(self.settings.enhance.workers):
+            self._start_worker()
+        snd = sender.Sender(self.settings, self.state, self.spool)
+        self._threads = [
+            threading.Thread(
+                target=_completion_loop,
+                args=(self.state, self.settings.stable_seconds, self._stop),
+                name="completion",
+                daemon=True,
+            ),
+            threading.Thread(target=sender.run_loop, args=(snd, self._stop), name="sender", daemon=True),
+            threading.Thread(target=self._watch_workers, name="workers", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        self.receiver.start()
+
+    @property
+    def port(self) -> int:
+        return self.receiver.port
+
+    def _start_worker(self) -> None:
+        proc = self._ctx.Process(
+            target=worker.run, args=(self.settings, self._worker_stop), name="enhance-worker", daemon=True
+        )
+        proc.start()
+        self._workers.append(proc)
+
+    def _watch_workers(self) -> None:
+        """A worker that died (OOM killer, segfault) is replaced and its job re-queued."""
+        while not self._stop.wait(1.0):
+            for proc in list(self._workers):
+                if proc.is_alive() or self._worker_stop.is_set():
+                    continue
+                self._workers.remove(proc)
+                requeued = self.state.recover(owner=proc.pid)
+                log.error("worker.died", pid=proc.pid, exitcode=proc.exitcode, requeued=requeued["enhancing"])
+                self._start_worker()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Graceful: no new associations, threads and workers finish their current step."""
+        self.receiver.stop()
+        self._stop.set()
+        self._worker_stop.set()
+        for t in self._threads:
+            t.join(timeout)
+        deadline = time.monotonic() + timeout
+        for proc in self._workers:
+            proc.join(max(0.1, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+        self.state.close()
+        log.info("gateway.stopped")
+
+    def serve(self) -> None:
+        stopping = threading.Event()
+
+        def _on_signal(signum: int, _: Any) -> None:
+            log.info("gateway.signal", signal=signal.Signals(signum).name)
+            stopping.set()
+
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
+        self.start()
+        stopping.wait()
+        self.stop()

@@ -1,0 +1,300 @@
+"""Typed settings, loaded once from TOML (+ environment overrides) and passed down.
+
+Why one object: every path derives from `var_dir`, every component gets its knobs from here, and a bad
+value is reported at start-up with the key that holds it instead of failing later in a worker.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
+_AET_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
+ENV_PREFIX = "ENHANCE_GW_"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where derived series go: a folder (`path`) or a DICOM node (`ae_title`, `host`, `port`)."""
+
+    name: str
+    type: str
+    path: Path | None = None
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    calling_aet: str = ""
+
+
+@dataclass(frozen=True)
+class Route:
+    """First matching route picks the enhancer of a series; empty match fields match anything."""
+
+    enhancer: str
+    modality: str = ""
+    series_description: str = ""  # a regular expression searched in Series Description
+    task: str = "denoise"
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    """Exponential backoff: wait base * 2**(attempt-1) seconds, at most cap, dead after max_attempts."""
+
+    base_seconds: float = 5.0
+    cap_seconds: float = 300.0
+    max_attempts: int = 8
+    dimse_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
+class EnhanceSettings:
+    """Knobs of the worker processes."""
+
+    workers: int = 1
+    device: str = "auto"
+    batch_size: int = 8
+    threads: int = 0  # torch threads per worker; 0 = torch's default
+    series_number_offset: int = 1000
+    description_suffix: str = "ENHANCED"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway needs, validated."""
+
+    ae_title: str = "ENHANCE_GW"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    var_dir: Path = Path("var")
+    stable_seconds: float = 10.0
+    allowed_calling_aets: tuple[str, ...] = ()
+    max_pdu: int = 0
+    min_free_mb: int = 500
+    destinations: tuple[Destination, ...] = ()
+    routes: tuple[Route, ...] = ()
+    sender: SenderSettings = field(default_factory=SenderSettings)
+    enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
+    source_file: Path | None = None
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.var_dir / "spool"
+
+    @property
+    def state_db(self) -> Path:
+        return self.var_dir / "state.db"
+
+    def with_overrides(self, *, port: int | None = None, var_dir: Path | None = None) -> Settings:
+        """Command-line overrides (`serve --port --var-dir`); folder destinations under var_dir follow it."""
+        new = self
+        if port is not None:
+            new = replace(new, port=_port(port, "--port"))
+        if var_dir is not None:
+            old = self.var_dir
+            dests = tuple(
+                replace(d, path=var_dir / d.path.relative_to(old))
+                if d.path is not None and d.path.is_relative_to(old)
+                else d
+                for d in new.destinations
+            )
+            new = replace(new, var_dir=var_dir, destinations=dests)
+        return new
+
+
+def _port(value: Any, key: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+        raise ConfigError(f"{key} = {value!r}: a TCP port must be an integer from 0 to 65535")
+    return value
+
+
+def _aet(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not _AET_RE.match(value) or not value.strip() or "\\" in value:
+        raise ConfigError(
+            f"{key} = {value!r}: an AE title is 1 to 16 printable ASCII characters, not only spaces, no backslash"
+        )
+    return value.strip()
+
+
+def _number(value: Any, key: str, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        raise ConfigError(f"{key} = {value!r}: expected a number >= {minimum}")
+    return float(value)
+
+
+def _int(value: Any, key: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key} = {value!r}: expected an integer >= {minimum}")
+    return value
+
+
+def _str(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} = {value!r}: expected a string")
+    return value
+
+
+def _reject_unknown(table: dict[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(unknown)} in {where}; known keys: {', '.join(sorted(known))}"
+        )
+
+
+def _path(value: Any, key: str, var_dir: Path) -> Path:
+    text = _str(value, key)
+    return Path(text.replace("{var_dir}", str(var_dir)))
+
+
+def _destination(raw: Any, index: int, var_dir: Path) -> Destination:
+    where = f"destinations[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table ([[destinations]])")
+    _reject_unknown(raw, {"name", "type", "path", "ae_title", "host", "port", "calling_aet"}, where)
+    name = _str(raw.get("name", ""), f"{where}.name")
+    if not name:
+        raise ConfigError(f"{where}.name is missing: give each destination a unique name, e.g. name = \"pacs\"")
+    kind = raw.get("type")
+    if kind == "folder":
+        if "path" not in raw:
+            raise ConfigError(f"{where}.path is missing: a folder destination needs path = \"{{var_dir}}/archive\"")
+        return Destination(name=name, type="folder", path=_path(raw["path"], f"{where}.path", var_dir))
+    if kind == "dicom":
+        for key in ("ae_title", "host", "port"):
+            if key not in raw:
+                raise ConfigError(f"{where}.{key} is missing: a dicom destination needs ae_title, host and port")
+        return Destination(
+            name=name,
+            type="dicom",
+            ae_title=_aet(raw["ae_title"], f"{where}.ae_title"),
+            host=_str(raw["host"], f"{where}.host"),
+            port=_port(raw["port"], f"{where}.port"),
+            calling_aet=_aet(raw["calling_aet"], f"{where}.calling_aet") if "calling_aet" in raw else "",
+        )
+    raise ConfigError(f"{where}.type = {kind!r}: expected \"folder\" or \"dicom\"")
+
+
+def _route(raw: Any, index: int) -> Route:
+    where = f"routes[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table ([[routes]])")
+    _reject_unknown(raw, {"modality", "series_description", "enhancer", "task"}, where)
+    if "enhancer" not in raw:
+        raise ConfigError(f"{where}.enhancer is missing: name an enhancer (`enhance-gateway models` lists them)")
+    pattern = _str(raw.get("series_description", ""), f"{where}.series_description")
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"{where}.series_description = {pattern!r} is not a valid regular expression: {exc}")
+    task = _str(raw.get("task", "denoise"), f"{where}.task")
+    if task not in ("denoise", "sr2x"):
+        raise ConfigError(f"{where}.task = {task!r}: expected \"denoise\" or \"sr2x\"")
+    return Route(
+        enhancer=_str(raw["enhancer"], f"{where}.enhancer"),
+        modality=_str(raw.get("modality", ""), f"{where}.modality").upper(),
+        series_description=pattern,
+        task=task,
+    )
+
+
+def _env_overrides(gw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    """ENHANCE_GW_<KEY> overrides [gateway] keys, parsed as TOML values (strings may be bare)."""
+    out = dict(gw)
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        try:
+            out[key] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = text
+    return out
+
+
+def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Build validated Settings from a parsed TOML document."""
+    _reject_unknown(data, {"gateway", "destinations", "routes", "sender", "enhance"}, "the top level")
+    gw = _env_overrides(data.get("gateway", {}), dict(os.environ) if environ is None else environ)
+    known = {
+        "ae_title", "host", "port", "var_dir", "stable_seconds", "allowed_calling_aets", "max_pdu", "min_free_mb",
+    }
+    _reject_unknown(gw, known, "[gateway]")
+    var_dir = Path(_str(gw.get("var_dir", "var"), "gateway.var_dir"))
+    allowed = gw.get("allowed_calling_aets", [])
+    if not isinstance(allowed, list):
+        raise ConfigError("gateway.allowed_calling_aets must be a list of AE titles, e.g. [\"CT01\", \"PACS\"]")
+    max_pdu = _int(gw.get("max_pdu", 0), "gateway.max_pdu")
+    if 0 < max_pdu < 131072:
+        raise ConfigError(f"gateway.max_pdu = {max_pdu}: use 0 (unlimited) or at least 131072 for throughput")
+
+    dests_raw = data.get("destinations", [])
+    routes_raw = data.get("routes", [])
+    if not isinstance(dests_raw, list) or not isinstance(routes_raw, list):
+        raise ConfigError("destinations and routes are arrays of tables: write [[destinations]] and [[routes]]")
+    dests = tuple(_destination(d, i, var_dir) for i, d in enumerate(dests_raw))
+    names = [d.name for d in dests]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"destination name(s) {', '.join(dupes)} used twice: names must be unique")
+    if not dests:
+        raise ConfigError("no [[destinations]]: add at least one (type = \"folder\" or \"dicom\")")
+
+    snd = data.get("sender", {})
+    _reject_unknown(snd, {"base_seconds", "cap_seconds", "max_attempts", "dimse_timeout"}, "[sender]")
+    sender = SenderSettings(
+        base_seconds=_number(snd.get("base_seconds", 5.0), "sender.base_seconds"),
+        cap_seconds=_number(snd.get("cap_seconds", 300.0), "sender.cap_seconds"),
+        max_attempts=_int(snd.get("max_attempts", 8), "sender.max_attempts", 1),
+        dimse_timeout=_number(snd.get("dimse_timeout", 60.0), "sender.dimse_timeout", 1.0),
+    )
+    enh = data.get("enhance", {})
+    _reject_unknown(
+        enh,
+        {"workers", "device", "batch_size", "threads", "series_number_offset", "description_suffix"},
+        "[enhance]",
+    )
+    device = _str(enh.get("device", "auto"), "enhance.device")
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"enhance.device = {device!r}: expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"")
+    enhance = EnhanceSettings(
+        workers=_int(enh.get("workers", 1), "enhance.workers", 1),
+        device=device,
+        batch_size=_int(enh.get("batch_size", 8), "enhance.batch_size", 1),
+        threads=_int(enh.get("threads", 0), "enhance.threads"),
+        series_number_offset=_int(enh.get("series_number_offset", 1000), "enhance.series_number_offset"),
+        description_suffix=_str(enh.get("description_suffix", "ENHANCED"), "enhance.description_suffix"),
+    )
+    return Settings(
+        ae_title=_aet(gw.get("ae_title", "ENHANCE_GW"), "gateway.ae_title"),
+        host=_str(gw.get("host", "0.0.0.0"), "gateway.host"),
+        port=_port(gw.get("port", 11112), "gateway.port"),
+        var_dir=var_dir,
+        stable_seconds=_number(gw.get("stable_seconds", 10), "gateway.stable_seconds"),
+        allowed_calling_aets=tuple(_aet(a, "gateway.allowed_calling_aets[]") for a in allowed),
+        max_pdu=max_pdu,
+        min_free_mb=_int(gw.get("min_free_mb", 500), "gateway.min_free_mb"),
+        destinations=dests,
+        routes=tuple(_route(r, i) for i, r in enumerate(routes_raw)),
+        sender=sender,
+        enhance=enhance,
+        source_file=source,
+    )
+
+
+def load(path: Path | None = None, *, environ: dict[str, str] | None = None) -> Settings:
+    """Load and validate a TOML file (the shipped default when `path` is None)."""
+    path = path or DEFAULT_CONFIG
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found; pass --config with an existing file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return parse(data, source=path, environ=environ)

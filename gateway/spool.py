@@ -1,0 +1,110 @@
+"""The spool: the only code that touches stored files (paths out, bytes in).
+
+Why: a C-STORE is acknowledged only once its bytes are durable, so every write here is temp file + fsync +
+atomic rename + fsync of the directory. Sites that move the spool to S3-compatible storage swap this module.
+
+Layout under `<var_dir>/spool/`: `incoming/<study>/<series>/<sop>.dcm` (originals as received),
+`outgoing/<job>/<sop>.dcm` (derived objects waiting for delivery), `tmp/` (partial writes, cleaned at start).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+from gateway.errors import OutOfSpaceError, SpoolError
+
+_UID_RE = re.compile(r"^[0-9.]{1,64}$")
+
+
+def _safe(uid: str) -> str:
+    """UIDs become path components; anything that is not a UID must never escape the spool."""
+    if not _UID_RE.match(uid) or uid.startswith(".") or ".." in uid:
+        raise SpoolError(f"{uid!r} is not a valid DICOM UID (digits and dots, at most 64 characters)")
+    return uid
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(final: Path, data: bytes | memoryview, tmp_dir: Path) -> None:
+    """Write `data` to `final` durably: temp file in `tmp_dir` (same filesystem), fsync, rename, fsync dir."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SpoolError(f"could not write {final}: {exc.strerror or exc}") from exc
+
+
+class Spool:
+    """Paths and durable writes under one root."""
+
+    def __init__(self, root: Path, *, min_free_mb: int = 0) -> None:
+        self.root = root
+        self.min_free_mb = min_free_mb
+        self.incoming = root / "incoming"
+        self.outgoing = root / "outgoing"
+        self.tmp = root / "tmp"
+        for d in (self.incoming, self.outgoing, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def clean_tmp(self) -> int:
+        """Remove partial writes left by a crash; they were never acknowledged."""
+        removed = 0
+        for part in self.tmp.glob("*.part"):
+            part.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    def free_mb(self) -> float:
+        return shutil.disk_usage(self.root).free / 1e6
+
+    def check_space(self, incoming_bytes: int = 0) -> None:
+        """Raise OutOfSpaceError when the write would leave less than the watermark free."""
+        if self.min_free_mb and self.free_mb() - incoming_bytes / 1e6 < self.min_free_mb:
+            raise OutOfSpaceError(
+                f"less than {self.min_free_mb} MB would stay free under {self.root}; free space or lower"
+                " gateway.min_free_mb"
+            )
+
+    def incoming_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        return self.incoming / _safe(study_uid) / _safe(series_uid) / f"{_safe(sop_uid)}.dcm"
+
+    def store_incoming(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes | memoryview) -> Path:
+        """Durably store a received instance (a complete DICOM file, preamble and meta included)."""
+        self.check_space(len(data))
+        path = self.incoming_path(study_uid, series_uid, sop_uid)
+        write_atomic(path, data, self.tmp)
+        return path
+
+    def outgoing_dir(self, job_id: int) -> Path:
+        return self.outgoing / str(int(job_id))
+
+    def store_outgoing(self, job_id: int, sop_uid: str, data: bytes) -> Path:
+        path = self.outgoing_dir(job_id) / f"{_safe(sop_uid)}.dcm"
+        write_atomic(path, data, self.tmp)
+        return path
+
+    def outgoing_files(self, job_id: int) -> list[Path]:
+        return sorted(self.outgoing_dir(job_id).glob("*.dcm"))
+
+    def clear_outgoing(self, job_id: int) -> None:
+        shutil.rmtree(self.outgoing_dir(job_id), ignore_errors=True)
+
+    def read(self, path: str | Path) -> bytes:
+        return Path(path).read_bytes()

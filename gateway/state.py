@@ -1,0 +1,527 @@
+"""The state store: the only code that touches instance, job and delivery state (SQLite, WAL).
+
+Why one module: sites that outgrow one machine swap this for PostgreSQL behind the same methods. Every
+state transition is one short transaction; a restart resumes from the last committed state
+(`recover()` puts jobs that were mid-flight back in the queue they came from).
+
+Job states: queued -> enhancing -> enhanced -> sending -> done, plus skipped (not an image to enhance),
+failed (retryable; `failed_stage` says which stage re-runs at `next_try_at`) and dead (needs an admin).
+"received" is not a job state: it is a series whose instances are not yet in a job.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import StateError
+
+JOB_STATES = ("queued", "enhancing", "enhanced", "sending", "done", "skipped", "failed", "dead")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    first_at REAL NOT NULL,
+    last_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY,
+    series_uid TEXT NOT NULL REFERENCES series(series_uid),
+    study_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    calling_aet TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    job_id INTEGER REFERENCES jobs(id)
+);
+CREATE INDEX IF NOT EXISTS instances_unassigned ON instances(series_uid) WHERE job_id IS NULL;
+CREATE INDEX IF NOT EXISTS instances_job ON instances(job_id);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    state TEXT NOT NULL,
+    failed_stage TEXT,
+    enhancer TEXT,
+    enhancer_version TEXT,
+    derived_series_uid TEXT,
+    instance_count INTEGER NOT NULL,
+    derived_count INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try_at REAL,
+    error TEXT,
+    skip_reason TEXT,
+    psnr REAL,
+    ssim REAL,
+    enhance_seconds REAL,
+    owner INTEGER,                  -- pid of the process working on it (enhancing / sending)
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS deliveries (
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL,            -- pending, done, dead
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try_at REAL NOT NULL,
+    last_error TEXT,
+    delivered_at REAL,
+    PRIMARY KEY (job_id, destination)
+);
+CREATE TABLE IF NOT EXISTS destination_health (
+    destination TEXT PRIMARY KEY,
+    last_success_at REAL,
+    last_failure_at REAL,
+    consecutive_failures INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    study_uid: str
+    series_uid: str
+    modality: str
+    state: str
+    failed_stage: str | None
+    enhancer: str | None
+    enhancer_version: str | None
+    derived_series_uid: str | None
+    instance_count: int
+    derived_count: int | None
+    attempts: int
+    next_try_at: float | None
+    error: str | None
+    skip_reason: str | None
+    psnr: float | None
+    ssim: float | None
+    enhance_seconds: float | None
+    owner: int | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class Instance:
+    sop_uid: str
+    series_uid: str
+    study_uid: str
+    sop_class_uid: str
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Delivery:
+    job_id: int
+    destination: str
+    state: str
+    attempts: int
+    next_try_at: float
+    last_error: str | None
+    delivered_at: float | None
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Seconds to wait after failed attempt number `attempt` (1-based): base * 2**(attempt-1), at most cap."""
+    return float(min(cap, base * (2 ** max(0, attempt - 1))))
+
+
+class State:
+    """SQLite-backed state, safe to share between the threads of one process (one connection, one lock).
+
+    Other processes open their own `State` on the same file; WAL and busy_timeout let them coexist.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged instance survives power loss
+        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction (BEGIN IMMEDIATE takes the write lock up front: no upgrade deadlock)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: Sequence[object] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._db.execute(sql, args))
+
+    # --- reception -------------------------------------------------------------------------------------
+
+    def has_instance(self, sop_uid: str) -> bool:
+        return bool(self._query("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)))
+
+    def record_instance(
+        self,
+        *,
+        sop_uid: str,
+        series_uid: str,
+        study_uid: str,
+        sop_class_uid: str,
+        modality: str,
+        path: str,
+        size: int,
+        calling_aet: str,
+        now: float | None = None,
+    ) -> bool:
+        """Record a stored instance; False when the SOP Instance UID was already recorded (stored once)."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO series(series_uid, study_uid, modality, first_at, last_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (series_uid, study_uid, modality, now, now),
+            )
+            if not cur.rowcount:
+                db.execute("UPDATE series SET last_at = ? WHERE series_uid = ?", (now, series_uid))
+            cur = db.execute(
+                "INSERT OR IGNORE INTO instances(sop_uid, series_uid, study_uid, sop_class_uid, path, size,"
+                " calling_aet, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (sop_uid, series_uid, study_uid, sop_class_uid, path, size, calling_aet, now),
+            )
+            return bool(cur.rowcount)
+
+    # --- completion ------------------------------------------------------------------------------------
+
+    def make_jobs_for_stable_series(self, stable_seconds: float, now: float | None = None) -> list[int]:
+        """Turn every series quiet for `stable_seconds` that has unassigned instances into a queued job.
+
+        Late instances of a series that already has a job get a job of their own: their derived UIDs are
+        deterministic, so they join the same derived series at the destination.
+        """
+        now = time.time() if now is None else now
+        made: list[int] = []
+        with self._tx() as db:
+            rows = list(
+                db.execute(
+                    "SELECT s.series_uid, s.study_uid, s.modality, COUNT(i.sop_uid) AS n FROM series s"
+                    " JOIN instances i ON i.series_uid = s.series_uid AND i.job_id IS NULL"
+                    " WHERE s.last_at <= ? GROUP BY s.series_uid",
+                    (now - stable_seconds,),
+                )
+            )
+            for row in rows:
+                cur = db.execute(
+                    "INSERT INTO jobs(study_uid, series_uid, modality, state, instance_count, created_at,"
+                    " updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+                    (row["study_uid"], row["series_uid"], row["modality"], row["n"], now, now),
+                )
+                job_id = int(cur.lastrowid or 0)
+                db.execute(
+                    "UPDATE instances SET job_id = ? WHERE series_uid = ? AND job_id IS NULL",
+                    (job_id, row["series_uid"]),
+                )
+                made.append(job_id)
+        return made
+
+    def pending_series(self) -> list[sqlite3.Row]:
+        """Series still receiving (instances not yet in a job): the `received` stage."""
+        return self._query(
+            "SELECT s.series_uid, s.study_uid, s.modality, s.last_at, COUNT(i.sop_uid) AS n FROM series s"
+            " JOIN instances i ON i.series_uid = s.series_uid AND i.job_id IS NULL GROUP BY s.series_uid"
+        )
+
+    # --- jobs ------------------------------------------------------------------------------------------
+
+    def job(self, job_id: int) -> Job:
+        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise StateError(f"no job {job_id}; `enhance-gateway status` lists jobs")
+        return Job(**dict(rows[0]))
+
+    def jobs(self, state: str | None = None, study_uid: str | None = None, limit: int = 1000) -> list[Job]:
+        sql, args = "SELECT * FROM jobs WHERE 1=1", []
+        if state:
+            sql += " AND state = ?"
+            args.append(state)
+        if study_uid:
+            sql += " AND study_uid = ?"
+            args.append(study_uid)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [Job(**dict(r)) for r in self._query(sql, args)]
+
+    def job_instances(self, job_id: int) -> list[Instance]:
+        rows = self._query(
+            "SELECT sop_uid, series_uid, study_uid, sop_class_uid, path, size FROM instances"
+            " WHERE job_id = ? ORDER BY received_at, sop_uid",
+            (job_id,),
+        )
+        return [Instance(**dict(r)) for r in rows]
+
+    def claim_job(self, from_state: str, to_state: str, now: float | None = None) -> Job | None:
+        """Atomically move the oldest job in `from_state` (or failed at that stage and due) to `to_state`."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT id FROM jobs WHERE state = ? OR (state = 'failed' AND failed_stage = ? AND next_try_at <= ?)"
+                " ORDER BY id LIMIT 1",
+                (from_state, from_state, now),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET state = ?, failed_stage = NULL, owner = ?, updated_at = ? WHERE id = ?",
+                (to_state, os.getpid(), now, row["id"]),
+            )
+        return self.job(int(row["id"]))
+
+    def set_job_enhancer(self, job_id: int, enhancer: str, version: str, derived_series_uid: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET enhancer = ?, enhancer_version = ?, derived_series_uid = ?, updated_at = ?"
+                " WHERE id = ?",
+                (enhancer, version, derived_series_uid, time.time(), job_id),
+            )
+
+    def finish_enhancement(
+        self,
+        job_id: int,
+        *,
+        destinations: Sequence[str],
+        derived_count: int,
+        psnr: float | None,
+        ssim: float | None,
+        seconds: float,
+        error: str | None = None,
+    ) -> None:
+        """enhancing -> enhanced, with one pending delivery per destination (done ones stay done)."""
+        now = time.time()
+        with self._tx() as db:
+            self._expect(db, job_id, "enhancing")
+            db.execute(
+                "UPDATE jobs SET state = 'enhanced', derived_count = ?, psnr = ?, ssim = ?, enhance_seconds = ?,"
+                " error = ?, attempts = 0, next_try_at = NULL, updated_at = ? WHERE id = ?",
+                (derived_count, psnr, ssim, seconds, error, now, job_id),
+            )
+            for name in destinations:
+                db.execute(
+                    "INSERT INTO deliveries(job_id, destination, state, next_try_at) VALUES (?, ?, 'pending', ?)"
+                    " ON CONFLICT(job_id, destination) DO UPDATE SET state = 'pending', attempts = 0,"
+                    " next_try_at = excluded.next_try_at, last_error = NULL",
+                    (job_id, name, now),
+                )
+
+    def skip_job(self, job_id: int, reason: str) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET state = 'skipped', skip_reason = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+                (reason, now, now, job_id),
+            )
+
+    def fail_job(self, job_id: int, stage: str, error: str, *, base: float, cap: float, max_attempts: int) -> str:
+        """Record a failure at `stage` ('enhancing' or 'sending'); returns the new state (failed or dead)."""
+        now = time.time()
+        with self._tx() as db:
+            attempts = int(db.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]) + 1
+            state = "dead" if attempts >= max_attempts else "failed"
+            retry_stage = "queued" if stage == "enhancing" else "enhanced"
+            db.execute(
+                "UPDATE jobs SET state = ?, failed_stage = ?, attempts = ?, next_try_at = ?, error = ?,"
+                " updated_at = ? WHERE id = ?",
+                (state, retry_stage, attempts, now + backoff_delay(attempts, base, cap), error[:2000], now, job_id),
+            )
+        return state
+
+    def _expect(self, db: sqlite3.Connection, job_id: int, state: str) -> None:
+        row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None or row["state"] != state:
+            got = None if row is None else row["state"]
+            raise StateError(f"job {job_id} is {got}, expected {state}")
+
+    # --- deliveries ------------------------------------------------------------------------------------
+
+    def deliveries(self, job_id: int) -> list[Delivery]:
+        rows = self._query("SELECT * FROM deliveries WHERE job_id = ? ORDER BY destination", (job_id,))
+        return [Delivery(**dict(r)) for r in rows]
+
+    def claim_delivery_job(self, now: float | None = None) -> tuple[Job, list[Delivery]] | None:
+        """enhanced (or failed at sending, due) -> sending; returns the job and its due pending deliveries."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT j.id FROM jobs j JOIN deliveries d ON d.job_id = j.id AND d.state = 'pending'"
+                " WHERE (j.state = 'enhanced' OR (j.state = 'failed' AND j.failed_stage = 'enhanced'))"
+                " AND d.next_try_at <= ? ORDER BY d.next_try_at, j.id LIMIT 1",
+                (now,),
+            ).fetchone()
+            if row is None:
+                return None
+            job_id = int(row["id"])
+            db.execute(
+                "UPDATE jobs SET state = 'sending', owner = ?, updated_at = ? WHERE id = ?", (os.getpid(), now, job_id)
+            )
+            due = [
+                Delivery(**dict(r))
+                for r in db.execute(
+                    "SELECT * FROM deliveries WHERE job_id = ? AND state = 'pending' AND next_try_at <= ?",
+                    (job_id, now),
+                )
+            ]
+        return self.job(job_id), due
+
+    def delivery_succeeded(self, job_id: int, destination: str) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE deliveries SET state = 'done', attempts = attempts + 1, delivered_at = ?, last_error = NULL"
+                " WHERE job_id = ? AND destination = ?",
+                (now, job_id, destination),
+            )
+            db.execute(
+                "INSERT INTO destination_health(destination, last_success_at, consecutive_failures) VALUES (?, ?, 0)"
+                " ON CONFLICT(destination) DO UPDATE SET last_success_at = ?, consecutive_failures = 0",
+                (destination, now, now),
+            )
+
+    def delivery_failed(
+        self, job_id: int, destination: str, error: str, *, base: float, cap: float, max_attempts: int
+    ) -> str:
+        """Count a failed attempt; returns 'pending' (will retry) or 'dead' (attempts exhausted)."""
+        now = time.time()
+        with self._tx() as db:
+            attempts = int(
+                db.execute(
+                    "SELECT attempts FROM deliveries WHERE job_id = ? AND destination = ?", (job_id, destination)
+                ).fetchone()[0]
+            ) + 1
+            state = "dead" if attempts >= max_attempts else "pending"
+            db.execute(
+                "UPDATE deliveries SET state = ?, attempts = ?, next_try_at = ?, last_error = ?"
+                " WHERE job_id = ? AND destination = ?",
+                (state, attempts, now + backoff_delay(attempts, base, cap), error[:2000], job_id, destination),
+            )
+            db.execute(
+                "INSERT INTO destination_health(destination, last_failure_at, consecutive_failures) VALUES (?, ?, 1)"
+                " ON CONFLICT(destination) DO UPDATE SET last_failure_at = ?,"
+                " consecutive_failures = consecutive_failures + 1",
+                (destination, now, now),
+            )
+        return state
+
+    def settle_job(self, job_id: int) -> str:
+        """sending -> done (all delivered), dead (a delivery is dead) or failed (retry at the next due time)."""
+        now = time.time()
+        with self._tx() as db:
+            rows = list(db.execute("SELECT * FROM deliveries WHERE job_id = ?", (job_id,)))
+            states = {r["state"] for r in rows}
+            attempts = max((int(r["attempts"]) for r in rows), default=0)
+            errors = "; ".join(f"{r['destination']}: {r['last_error']}" for r in rows if r["last_error"])
+            if states <= {"done"}:
+                db.execute(
+                    "UPDATE jobs SET state = 'done', error = NULL, attempts = ?, next_try_at = NULL,"
+                    " updated_at = ?, finished_at = ? WHERE id = ?",
+                    (attempts, now, now, job_id),
+                )
+                return "done"
+            if "dead" in states:
+                db.execute(
+                    "UPDATE jobs SET state = 'dead', failed_stage = 'enhanced', attempts = ?, error = ?,"
+                    " updated_at = ? WHERE id = ?",
+                    (attempts, errors[:2000], now, job_id),
+                )
+                return "dead"
+            next_try = min(float(r["next_try_at"]) for r in rows if r["state"] == "pending")
+            db.execute(
+                "UPDATE jobs SET state = 'failed', failed_stage = 'enhanced', attempts = ?, next_try_at = ?,"
+                " error = ?, updated_at = ? WHERE id = ?",
+                (attempts, next_try, errors[:2000] or None, now, job_id),
+            )
+            return "failed"
+
+    def retry(self, job_id: int) -> str:
+        """An admin re-queues a failed or dead job: enhancement again if it never finished, else sending."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute("SELECT state, failed_stage FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise StateError(f"no job {job_id}; `enhance-gateway status` lists jobs")
+            if row["state"] not in ("failed", "dead"):
+                raise StateError(f"job {job_id} is {row['state']}: only failed or dead jobs can be retried")
+            target = "queued" if row["failed_stage"] in (None, "queued") else "enhanced"
+            db.execute(
+                "UPDATE jobs SET state = ?, failed_stage = NULL, attempts = 0, next_try_at = NULL, updated_at = ?"
+                " WHERE id = ?",
+                (target, now, job_id),
+            )
+            db.execute(
+                "UPDATE deliveries SET state = 'pending', attempts = 0, next_try_at = ? WHERE job_id = ?"
+                " AND state != 'done'",
+                (now, job_id),
+            )
+        return target
+
+    def recover(self, owner: int | None = None) -> dict[str, int]:
+        """After a crash or restart: jobs caught mid-stage (by `owner`, or by anyone) go back to its queue.
+
+        Safe because every stage is idempotent: derived UIDs are deterministic, outgoing files are rewritten,
+        and a destination that got part of a series receives the same instances again.
+        """
+        now = time.time()
+        who, args = ("", ()) if owner is None else (" AND owner = ?", (owner,))
+        with self._tx() as db:
+            a = db.execute(
+                f"UPDATE jobs SET state = 'queued', owner = NULL, updated_at = ? WHERE state = 'enhancing'{who}",
+                (now, *args),
+            ).rowcount
+            b = db.execute(
+                f"UPDATE jobs SET state = 'enhanced', owner = NULL, updated_at = ? WHERE state = 'sending'{who}",
+                (now, *args),
+            ).rowcount
+        return {"enhancing": a, "sending": b}
+
+    # --- reporting -------------------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in ("received",) + JOB_STATES}
+        for row in self._query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
+            out[row["state"]] = int(row["n"])
+        out["received"] = len(self.pending_series())
+        return out
+
+    def oldest_waiting(self) -> Job | None:
+        rows = self._query(
+            "SELECT * FROM jobs WHERE state IN ('queued', 'enhancing', 'enhanced', 'sending', 'failed')"
+            " ORDER BY created_at LIMIT 1"
+        )
+        return Job(**dict(rows[0])) if rows else None
+
+    def destination_health(self) -> list[sqlite3.Row]:
+        return self._query("SELECT * FROM destination_health ORDER BY destination")
+
+    def instance_count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM instances")[0][0])

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Set up a fresh machine: system peers (for tests), .venv, pinned CPU torch, the project.
+# Usage: scripts/bootstrap.sh [run|test]   (run: Python only; test: also dcmtk, Orthanc, dicom3tools)
+# Why pinned torch first: an unpinned torch pulls a multi-GB CUDA build; 2.13.0 CPU satisfies torch>=2.2.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode="${1:-run}"
+PY="${PYTHON:-python3}"
+
+need_apt=()
+if [ "$mode" = test ]; then
+  command -v storescu >/dev/null || need_apt+=(dcmtk)
+  command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
+  command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
+  [ -d /usr/share/mricron/templates ] || need_apt+=(mricron-data)
+fi
+if [ "${#need_apt[@]}" -gt 0 ]; then
+  echo "bootstrap: installing ${need_apt[*]} with apt-get" >&2
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  # The Debian package starts a system Orthanc on 4242/8042; tests start their own on free ports.
+  ($SUDO service orthanc stop || true) >/dev/null 2>&1
+fi
+
+stamp=.venv/.installed-$mode
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q torch==2.13.0
+  if [ "$mode" = test ]; then .venv/bin/pip install -q -e '.[test]'; else .venv/bin/pip install -q -e .; fi
+  touch "$stamp"
+fi

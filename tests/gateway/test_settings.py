@@ -1,0 +1,81 @@
+"""Settings: the shipped default loads; each invalid value is refused with the key named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway import settings
+from gateway.errors import ConfigError
+
+
+def _doc(**gateway: object) -> dict[str, object]:
+    return {
+        "gateway": gateway,
+        "destinations": [{"name": "archive", "type": "folder", "path": "{var_dir}/archive"}],
+    }
+
+
+def test_default_config_loads_with_embedded_defaults() -> None:
+    cfg = settings.load(environ={})
+    assert cfg.ae_title == "ENHANCE_GW"
+    assert cfg.port == 11112
+    assert cfg.var_dir == Path("var")
+    assert cfg.destinations[0].path == Path("var/archive")
+    assert cfg.state_db == Path("var/state.db")
+
+
+@pytest.mark.parametrize(
+    ("gateway", "fragment"),
+    [
+        ({"port": 70000}, "gateway.port"),
+        ({"port": "11112"}, "gateway.port"),
+        ({"ae_title": "A" * 17}, "gateway.ae_title"),
+        ({"ae_title": "   "}, "gateway.ae_title"),
+        ({"stable_seconds": -1}, "gateway.stable_seconds"),
+        ({"allowed_calling_aets": "CT01"}, "gateway.allowed_calling_aets"),
+        ({"max_pdu": 16384}, "gateway.max_pdu"),
+        ({"portt": 1}, "portt"),
+    ],
+)
+def test_invalid_gateway_values_name_the_key(gateway: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        settings.parse(_doc(**gateway), environ={})
+
+
+def test_destination_and_route_errors_say_the_fix() -> None:
+    doc = _doc()
+    doc["destinations"] = [{"name": "pacs", "type": "dicom", "host": "h", "port": 4242}]
+    with pytest.raises(ConfigError, match=r"destinations\[0\]\.ae_title is missing"):
+        settings.parse(doc, environ={})
+    doc = _doc()
+    doc["destinations"] = [{"name": "x", "type": "ftp"}]
+    with pytest.raises(ConfigError, match="expected \"folder\" or \"dicom\""):
+        settings.parse(doc, environ={})
+    doc = _doc()
+    doc["routes"] = [{"modality": "MR", "enhancer": "nlm", "task": "sr3x"}]
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.task"):
+        settings.parse(doc, environ={})
+    doc = _doc()
+    doc["destinations"] = []
+    with pytest.raises(ConfigError, match="no \\[\\[destinations\\]\\]"):
+        settings.parse(doc, environ={})
+
+
+def test_environment_and_command_line_overrides(tmp_path: Path) -> None:
+    cfg = settings.parse(_doc(), environ={"ENHANCE_GW_PORT": "4000", "ENHANCE_GW_AE_TITLE": "GW2"})
+    assert (cfg.port, cfg.ae_title) == (4000, "GW2")
+    moved = cfg.with_overrides(port=0, var_dir=tmp_path)
+    assert moved.port == 0
+    assert moved.state_db == tmp_path / "state.db"
+    assert moved.destinations[0].path == tmp_path / "archive"  # folder destinations under var_dir follow it
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        settings.load(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[gateway\nport = 1\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        settings.load(bad)
