@@ -1,0 +1,49 @@
+"""The record of one enhancement, shared by ``derive`` and ``private_tags``.
+
+Why a module of its own: ``derive`` writes the private block through ``private_tags`` and ``private_tags`` needs
+this type; keeping it here avoids an import cycle. ``dicom_utils.derive`` re-exports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TASKS = ("denoise", "sr2x")
+METRIC_BASES = ("INPUT", "DEGRADE_RESTORE")
+QA_FLAGS = ("PASS", "WARN", "FAIL")
+
+
+@dataclass(frozen=True)
+class Enhancement:
+    """What was done to one instance, and how well: the provenance written into the derived object.
+
+    ``psnr``/``ssim`` compare what ``metric_basis`` says: ``INPUT`` = enhanced vs the received image (fidelity),
+    ``DEGRADE_RESTORE`` = the received image degraded by the enhancer's own degradation then restored, vs the
+    received image (a score against a real reference). When the headline score is DEGRADE_RESTORE, the fidelity
+    score can be recorded as well in ``input_psnr``/``input_ssim`` (the issue asks for both).
+    """
+
+    enhancer: str
+    version: str
+    task: str
+    weights_sha256: str
+    psnr: float | None
+    ssim: float | None
+    metric_basis: str
+    processing_ms: float
+    qa_flag: str
+    input_psnr: float | None = None
+    input_ssim: float | None = None
+
+    def __post_init__(self) -> None:
+        """Reject values that would produce a non-conformant or misleading derived object."""
+        if not self.enhancer or not self.version:
+            raise ValueError("Enhancement needs a non-empty enhancer name and version")
+        if self.task not in TASKS:
+            raise ValueError(f"Enhancement.task must be one of {TASKS}, not {self.task!r}")
+        if self.metric_basis not in METRIC_BASES:
+            raise ValueError(
+                f"Enhancement.metric_basis must be one of {METRIC_BASES}, not {self.metric_basis!r}"
+            )
+        if self.qa_flag not in QA_FLAGS:
+            raise ValueError(f"Enhancement.qa_flag must be one of {QA_FLAGS}, not {self.qa_flag!r}")
