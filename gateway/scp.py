@@ -119,6 +119,9 @@ class Receiver:
         self.spool = spool
         self._assocs: dict[int, _AssocStats] = {}
         self._lock = threading.Lock()
+        self._inflight = 0
+        self._idle = threading.Condition(self._lock)
+        self._draining = False
         self.server: ThreadedAssociationServer | None = None
         self.ae = self._make_ae()
 
@@ -158,12 +161,28 @@ class Receiver:
             log.warning("scp.open_to_any_aet", hint="set gateway.allowed_calling_aets to restrict peers")
         log.info("scp.listening", ae_title=self.settings.ae_title, host=self.settings.host, port=self.port)
 
-    def stop(self) -> None:
-        """Stop accepting associations; in-flight ones finish their current C-STORE first."""
-        if self.server is not None:
-            self.server.shutdown()
-            self.server = None
-            log.info("scp.stopped")
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting associations; let in-flight C-STOREs finish; then close what is still open.
+
+        Why this order: a C-STORE in progress completes (stored, recorded, acknowledged); later requests on
+        an open association get 0xA700 so the peer keeps them and retries; associations still open after
+        `grace` seconds are aborted; the state store is only closed by the caller once no handler runs.
+        """
+        if self.server is None:
+            return
+        self.server.shutdown()
+        self.server = None
+        with self._lock:
+            self._draining = True
+        deadline = time.monotonic() + grace
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        open_assocs = self.ae.active_associations
+        for assoc in open_assocs:
+            assoc.abort()
+        with self._idle:
+            self._idle.wait_for(lambda: self._inflight == 0, timeout=grace + 30)
+        log.info("scp.stopped", aborted_associations=len(open_assocs))
 
     # --- handlers (never raise) ------------------------------------------------------------------------
 
@@ -208,11 +227,19 @@ class Receiver:
         return SUCCESS
 
     def _on_store(self, event: Any) -> int:
+        with self._lock:
+            if self._draining:
+                return OUT_OF_RESOURCES  # shutting down: not stored, the peer keeps the instance
+            self._inflight += 1
         try:
             return self._store(event)
         except Exception as exc:  # the handler must never raise: the server keeps serving
             log.exception("store.internal_error", error=type(exc).__name__)
             return OUT_OF_RESOURCES
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
 
     def _store(self, event: Any) -> int:
         stats = self._stats(event)

@@ -9,6 +9,7 @@ flat in series size.
 from __future__ import annotations
 
 import io
+import os
 import multiprocessing.synchronize
 import time
 from collections.abc import Iterator
@@ -205,12 +206,17 @@ class Worker:
 
 
 def run(settings: Settings, stop: multiprocessing.synchronize.Event, poll_seconds: float = 0.5) -> None:
-    """Entry point of a worker process (spawned): loop until `stop` is set."""
+    """Entry point of a worker process (spawned): loop until `stop` is set or the parent is gone.
+
+    Why watch the parent: after a SIGKILL of the service an orphaned worker would keep claiming jobs beside
+    the restarted service's own workers.
+    """
     logs.configure()
+    parent = os.getppid()
     state = State(settings.state_db)
     worker = Worker(settings, state, Spool(settings.spool_dir))
     log.info("worker.started")
-    while not stop.is_set():
+    while not stop.is_set() and os.getppid() == parent:
         if not worker.run_once():
             stop.wait(poll_seconds)
     state.close()
