@@ -24,6 +24,9 @@ def testfile(name: str) -> Path:
     return Path(str(path))
 
 
+testfile.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test, despite its name
+
+
 def make_series(
     source: str,
     count: int,

@@ -1,0 +1,151 @@
+"""Runs the real gateway (`python -m gateway.cli serve`) as a child process for end-to-end tests.
+
+Why a process and not threads: crash tests send SIGKILL/SIGTERM to it, and the logs it prints to stdout are
+exactly what an admin's journal would hold (the PHI test reads them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.state import State
+from tests.peers import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def write_config(
+    path: Path,
+    *,
+    var_dir: Path,
+    port: int,
+    destinations: list[dict[str, Any]],
+    routes: list[dict[str, Any]] | None = None,
+    stable_seconds: float = 1.0,
+    sender: dict[str, Any] | None = None,
+    gateway: dict[str, Any] | None = None,
+) -> Path:
+    lines = ["[gateway]", f"ae_title = \"ENHANCE_GW\"", f"host = \"127.0.0.1\"", f"port = {port}"]
+    lines += [f"var_dir = {_toml_value(var_dir)}", f"stable_seconds = {stable_seconds}", "min_free_mb = 50"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in (gateway or {}).items()]
+    for dest in destinations:
+        lines += ["", "[[destinations]]"] + [f"{k} = {_toml_value(v)}" for k, v in dest.items()]
+    for route in routes or []:
+        lines += ["", "[[routes]]"] + [f"{k} = {_toml_value(v)}" for k, v in route.items()]
+    snd = {"base_seconds": 0.5, "cap_seconds": 2.0, "max_attempts": 20, "dimse_timeout": 30} | (sender or {})
+    lines += ["", "[sender]"] + [f"{k} = {_toml_value(v)}" for k, v in snd.items()]
+    lines += ["", "[enhance]", "workers = 1", "batch_size = 4", "threads = 1"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class GatewayProcess:
+    """A gateway child process on a free loopback port with its var dir under `root`."""
+
+    def __init__(self, root: Path, **config: Any) -> None:
+        self.root = root
+        self.var_dir = root / "var"
+        self.port = free_port()
+        self.config = write_config(root / "gateway.toml", var_dir=self.var_dir, port=self.port, **config)
+        self.log_path = root / "gateway.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def env() -> dict[str, str]:
+        return os.environ | {"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run `enhance-gateway --config <this gateway's config> ARGS` as an admin would."""
+        return subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "--config", str(self.config), *args],
+            capture_output=True, text=True, check=check, cwd=self.root, env=self.env(), timeout=120,
+        )
+
+    def start(self, timeout: float = 60.0) -> GatewayProcess:
+        env = self.env()
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "--config", str(self.config), "serve"],
+            cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+        log.close()
+
+        def listening() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(listening, timeout, "the gateway's SCP to listen")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: the crash nobody cleans up after."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.terminate()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def state(self) -> State:
+        return State(self.var_dir / "state.db")
+
+    def wait_jobs(self, states: set[str], count: int, timeout: float = 120.0) -> list[Any]:
+        def ready() -> list[Any] | None:
+            jobs = self.state().jobs()
+            done = [j for j in jobs if j.state in states]
+            return done if len(done) >= count else None
+
+        return wait_for(ready, timeout, f"{count} job(s) in {sorted(states)}; log tail:\n{self.log_text()[-2000:]}")
