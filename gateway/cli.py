@@ -161,6 +161,85 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_studies(args: argparse.Namespace) -> int:
+    from gateway.state import State
+
+    cfg = _settings(args)
+    since = time.time() - args.since * 3600 if args.since else 0.0
+    rows = [dict(r) for r in State(cfg.state_db).studies(since)]
+    for row in rows:
+        row["jobs"] = [
+            dict(zip(("state", "job", "enhancer", "derived_series_uid"), j.split(":"), strict=True))
+            for j in (row["jobs"] or "").split()
+        ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['study_uid']}  series={row['series']} instances={row['instances']} last={_age(row['last_at'])} ago")
+        for j in row["jobs"]:
+            print(f"    job {j['job']:>5} {j['state']:9} {j['enhancer']:12} -> {j['derived_series_uid']}")
+    return 0
+
+
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    from enhancers.registry import names
+    from gateway.dicomnet import Peer
+    from gateway.retrieve import retrieve_series
+    from gateway.spool import Spool
+    from gateway.state import State
+
+    cfg = _settings(args)
+    state = State(cfg.state_db)
+    if args.enhancer and args.enhancer not in names():
+        raise GatewayError(f"--enhancer {args.enhancer!r} is not registered; known: {', '.join(names())}")
+    if args.to and args.to not in {d.name for d in cfg.destinations}:
+        raise GatewayError(f"--to {args.to!r} is not a configured destination")
+    rows = state.series_instances(args.study_uid, args.series)
+    if not rows:
+        raise GatewayError(f"the gateway has received no instance of study {args.study_uid}"
+                           + (f" series {args.series}" if args.series else ""))
+    by_series: dict[str, list[Any]] = {}
+    for row in rows:
+        by_series.setdefault(row["series_uid"], []).append(row)
+    spool = Spool(cfg.spool_dir, min_free_mb=cfg.min_free_mb)
+    for series_uid, members in by_series.items():
+        missing = [r for r in members if r["purged_at"] is not None or not Path(r["path"]).exists()]
+        if missing:
+            if not cfg.sources:
+                raise GatewayError(
+                    f"{len(missing)} originals of series {series_uid} were purged and no [[sources]] PACS is"
+                    " configured to retrieve them from"
+                )
+            src = cfg.sources[0]
+            peer = Peer(src.ae_title, src.host, src.port, src.calling_aet or cfg.ae_title)
+            got = retrieve_series(peer, state, spool, args.study_uid, series_uid, [r["sop_class_uid"] for r in missing])
+            print(f"series {series_uid}: retrieved {got} purged originals from {src.name}")
+        job_id = state.make_reprocess_job(series_uid, enhancer=args.enhancer, only_destination=args.to)
+        print(f"series {series_uid}: job {job_id} queued ({len(members)} instances)")
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    from gateway.spool import Spool
+    from gateway.state import State
+
+    cfg = _settings(args)
+    state = State(cfg.state_db)
+    spool = Spool(cfg.spool_dir)
+    instances, jobs = state.purgeable(time.time() - args.older_than * 86400)
+    size = sum(int(r["size"]) for r in instances)
+    verb = "would remove" if args.dry_run else "removed"
+    if not args.dry_run:
+        for row in instances:
+            Path(row["path"]).unlink(missing_ok=True)
+        state.mark_purged([r["sop_uid"] for r in instances])
+        for job_id in jobs:
+            spool.clear_outgoing(job_id)
+    print(f"{verb} {len(instances)} originals ({size / 1e6:.1f} MB) and the outputs of {len(jobs)} finished jobs")
+    return 0
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     from gateway import routing, settings
 
@@ -204,6 +283,29 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("job", nargs="?", type=int, help="job id")
     group.add_argument("--dead", action="store_true", help="every dead job")
     p.set_defaults(func=cmd_retry)
+
+    p = sub.add_parser("studies", help="studies seen, their series, and what was derived and sent")
+    p.add_argument("--var-dir", type=Path, help="override gateway.var_dir")
+    p.add_argument("--since", type=float, metavar="HOURS", help="only studies received in the last HOURS")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_studies)
+
+    p = sub.add_parser(
+        "reprocess",
+        help="re-run enhancement of a study from the spooled originals (C-GET from [[sources]] when purged)",
+    )
+    p.add_argument("--var-dir", type=Path, help="override gateway.var_dir")
+    p.add_argument("study_uid", metavar="STUDY_UID")
+    p.add_argument("--series", metavar="UID", help="only this series")
+    p.add_argument("--enhancer", metavar="NAME", help="instead of the routed enhancer (a new derived series)")
+    p.add_argument("--to", metavar="DEST", help="deliver to this destination only")
+    p.set_defaults(func=cmd_reprocess)
+
+    p = sub.add_parser("purge", help="remove originals and outputs of finished jobs past retention")
+    p.add_argument("--var-dir", type=Path, help="override gateway.var_dir")
+    p.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    p.set_defaults(func=cmd_purge)
 
     p = sub.add_parser("push", help="C-STORE DICOM files (files or folders) to a DICOM node")
     p.add_argument("paths", nargs="+", type=Path)

@@ -1,8 +1,15 @@
 """DICOM SCU operations shared by the sender, `push` and `echo`: one association, many C-STOREs.
 
-Why files are sent by path: pynetdicom then streams the encoded dataset as stored, without decoding and
-re-encoding it, and the presentation contexts proposed are exactly the (SOP class, transfer syntax) pairs
-present in the files, so compressed files travel unchanged.
+Why files are sent by path: with `STORE_SEND_CHUNKED_DATASET` (set by `_ae`) pynetdicom streams the encoded
+dataset from the file as stored, in PDU-sized reads, without decoding and re-encoding it (without the flag
+it decodes every file with pydicom and encodes it again: about half of the sender's CPU per instance). The
+presentation contexts proposed are exactly the (SOP class, transfer syntax) pairs present in the files, so
+compressed files travel unchanged; a file whose exact pair the peer rejected is sent decoded, so pynetdicom
+may still convert it to an accepted uncompressed syntax as it always did.
+
+Why `netopts.TunedAE`: TCP_NODELAY on the outgoing socket and event-driven reactors instead of pynetdicom's
+1 ms polling loops (see gateway/netopts.py); together these took `send_files` from ~0.1x to ~0.4x of dcmtk
+storescu on the benchmark machine (bench/send.py).
 """
 
 from __future__ import annotations
@@ -13,10 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from gateway import netopts
 from gateway.errors import DeliveryError
 
 MAX_CONTEXTS = 128
@@ -39,18 +48,25 @@ class SendResult:
     seconds: float
 
 
-def _contexts(files: Sequence[Path]) -> list[tuple[str, str]]:
-    pairs: dict[tuple[str, str], None] = {}
+def _file_contexts(files: Sequence[Path]) -> list[tuple[str, str]]:
+    """(SOP class, transfer syntax) of each file, from its File Meta only (group 0002: no dataset parsing)."""
+    out = []
     for path in files:
-        meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"]).file_meta
-        pairs[(str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))] = None
-    if len(pairs) > MAX_CONTEXTS:
-        raise DeliveryError(f"{len(pairs)} SOP class/transfer syntax pairs exceed the {MAX_CONTEXTS} contexts limit")
-    return list(pairs)
+        meta = read_file_meta_info(path)
+        out.append((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+    return out
+
+
+def _contexts(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    unique = list(dict.fromkeys(pairs))
+    if len(unique) > MAX_CONTEXTS:
+        raise DeliveryError(f"{len(unique)} SOP class/transfer syntax pairs exceed the {MAX_CONTEXTS} contexts limit")
+    return unique
 
 
 def _ae(peer: Peer, timeout: float) -> AE:
-    ae = AE(ae_title=peer.calling_aet)
+    _config.STORE_SEND_CHUNKED_DATASET = True  # stream files as stored (module docstring)
+    ae = netopts.TunedAE(ae_title=peer.calling_aet)
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
@@ -64,7 +80,8 @@ def send_files(peer: Peer, files: Sequence[Path], *, timeout: float = 60.0) -> S
     if not files:
         return SendResult(0, 0, 0.0)
     ae = _ae(peer, timeout)
-    for sop_class, tsyntax in _contexts(files):
+    pairs = _file_contexts(files)
+    for sop_class, tsyntax in _contexts(pairs):
         ae.add_requested_context(sop_class, [tsyntax])
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     if not assoc.is_established:
@@ -72,10 +89,11 @@ def send_files(peer: Peer, files: Sequence[Path], *, timeout: float = 60.0) -> S
             f"association with {peer.ae_title}@{peer.host}:{peer.port} was rejected or could not be opened;"
             " check that the peer is up and knows our AE title"
         )
+    accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
     sent = size = 0
     try:
-        for path in files:
-            status = assoc.send_c_store(path)
+        for path, pair in zip(files, pairs, strict=True):
+            status = assoc.send_c_store(path if pair in accepted else dcmread(path))
             code = int(status.Status) if status and "Status" in status else None
             if code is None:
                 raise DeliveryError(f"no C-STORE response from {peer.ae_title} (timeout or aborted association)")

@@ -10,7 +10,6 @@ import re
 from collections.abc import Sequence
 
 from enhancers.registry import default_enhancer, info, names
-
 from gateway.errors import ConfigError
 from gateway.settings import Route
 

@@ -16,6 +16,7 @@ from structlog.contextvars import bound_contextvars
 
 from gateway import dicomnet, logs
 from gateway.errors import DeliveryError, SpoolError
+from gateway.metrics import Metrics
 from gateway.settings import Destination, Settings
 from gateway.spool import Spool, write_atomic
 from gateway.state import Job, State
@@ -40,8 +41,9 @@ def deliver_to_folder(root: Path, files: list[Path]) -> int:
 class Sender:
     """Claims jobs that are enhanced (or due for a retry) and delivers them."""
 
-    def __init__(self, settings: Settings, state: State, spool: Spool) -> None:
+    def __init__(self, settings: Settings, state: State, spool: Spool, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.state = state
         self.spool = spool
         self.destinations = {d.name: d for d in settings.destinations}
@@ -63,6 +65,9 @@ class Sender:
         if claimed is None:
             return False
         job, due = claimed
+        if self.metrics and job.enhancer and all(d.attempts == 0 for d in self.state.deliveries(job.id)):
+            # first delivery of a freshly enhanced job: count its enhancement exactly once
+            self.metrics.enhancement_seconds.labels(job.enhancer, job.device or "cpu").observe(job.enhance_seconds or 0)
         with bound_contextvars(job_id=job.id, study_uid=job.study_uid, series_uid=job.series_uid):
             self._deliver_job(job, [d.destination for d in due])
         return True
@@ -73,16 +78,20 @@ class Sender:
         for name in names:
             dest = self.destinations.get(name)
             started = time.monotonic()
+            if self.metrics:
+                self.metrics.send_attempts.labels(name).inc()
             try:
                 if dest is None:
                     raise DeliveryError(f"destination {name!r} is no longer configured")
                 if not files:
                     raise DeliveryError(f"no derived files in the spool for job {job.id}; reprocess the study")
                 size = self.deliver(dest, files)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure is a failed attempt, retried with backoff
                 state = self.state.delivery_failed(
                     job.id, name, str(exc), base=snd.base_seconds, cap=snd.cap_seconds, max_attempts=snd.max_attempts
                 )
+                if self.metrics:
+                    self.metrics.send_failures.labels(name).inc()
                 log.warning("send.failed", destination=name, error=str(exc)[:300], delivery_state=state)
                 continue
             self.state.delivery_succeeded(job.id, name)

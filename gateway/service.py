@@ -15,21 +15,23 @@ import time
 from typing import Any
 
 from gateway import logs, sender, worker
-from gateway.settings import Settings
+from gateway.metrics import HttpEndpoint, Metrics, health_checks
 from gateway.scp import Receiver
+from gateway.settings import Settings
 from gateway.spool import Spool
 from gateway.state import State
 
 log = logs.get("gateway.service")
 
 
-def _completion_loop(state: State, stable_seconds: float, stop: threading.Event) -> None:
+def _completion_loop(state: State, stable_seconds: float, stop: threading.Event, metrics: Metrics) -> None:
     """Series quiet for `stable_seconds` become queued jobs (checked every 0.5 s, or sooner for short waits)."""
     interval = max(0.1, min(0.5, stable_seconds / 4))
     while not stop.is_set():
         try:
             for job_id in state.make_jobs_for_stable_series(stable_seconds):
                 job = state.job(job_id)
+                metrics.series_completed.inc()
                 log.info(
                     "series.stable",
                     job_id=job_id,
@@ -51,7 +53,10 @@ class Gateway:
         settings.var_dir.mkdir(parents=True, exist_ok=True)
         self.state = State(settings.state_db)
         self.spool = Spool(settings.spool_dir, min_free_mb=settings.min_free_mb)
-        self.receiver = Receiver(settings, self.state, self.spool)
+        self.metrics = Metrics()
+        self.metrics.watch_state(self.state)
+        self.receiver = Receiver(settings, self.state, self.spool, self.metrics)
+        self.http: HttpEndpoint | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ctx = multiprocessing.get_context("spawn")
@@ -72,11 +77,11 @@ class Gateway:
         )
         for _ in range(self.settings.enhance.workers):
             self._start_worker()
-        snd = sender.Sender(self.settings, self.state, self.spool)
+        snd = sender.Sender(self.settings, self.state, self.spool, self.metrics)
         self._threads = [
             threading.Thread(
                 target=_completion_loop,
-                args=(self.state, self.settings.stable_seconds, self._stop),
+                args=(self.state, self.settings.stable_seconds, self._stop, self.metrics),
                 name="completion",
                 daemon=True,
             ),
@@ -86,6 +91,14 @@ class Gateway:
         for t in self._threads:
             t.start()
         self.receiver.start()
+        if self.settings.metrics.port:
+            self.http = HttpEndpoint(self.settings.metrics.host, self.settings.metrics.port, self.metrics, self.health)
+            self.http.start()
+
+    def health(self) -> dict[str, str]:
+        return health_checks(
+            self.state, lambda: self.receiver.port if self.receiver.server else None, self.spool.check_space
+        )
 
     @property
     def port(self) -> int:
@@ -112,6 +125,8 @@ class Gateway:
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful: no new associations, threads and workers finish their current step."""
         self.receiver.stop()
+        if self.http is not None:
+            self.http.stop()
         self._stop.set()
         self._worker_stop.set()
         for t in self._threads:

@@ -66,6 +66,14 @@ class EnhanceSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus /metrics and /healthz over HTTP; port 0 turns the endpoint off."""
+
+    host: str = "127.0.0.1"
+    port: int = 9108
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the gateway needs, validated."""
 
@@ -78,9 +86,11 @@ class Settings:
     max_pdu: int = 0
     min_free_mb: int = 500
     destinations: tuple[Destination, ...] = ()
+    sources: tuple[Destination, ...] = ()  # PACS to C-GET purged originals from (`reprocess`)
     routes: tuple[Route, ...] = ()
     sender: SenderSettings = field(default_factory=SenderSettings)
     enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     source_file: Path | None = None
 
     @property
@@ -153,10 +163,10 @@ def _path(value: Any, key: str, var_dir: Path) -> Path:
     return Path(text.replace("{var_dir}", str(var_dir)))
 
 
-def _destination(raw: Any, index: int, var_dir: Path) -> Destination:
-    where = f"destinations[{index}]"
+def _destination(raw: Any, index: int, var_dir: Path, section: str = "destinations") -> Destination:
+    where = f"{section}[{index}]"
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a table ([[destinations]])")
+        raise ConfigError(f"{where} must be a table ([[{section}]])")
     _reject_unknown(raw, {"name", "type", "path", "ae_title", "host", "port", "calling_aet"}, where)
     name = _str(raw.get("name", ""), f"{where}.name")
     if not name:
@@ -220,7 +230,9 @@ def _env_overrides(gw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any
 
 def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
     """Build validated Settings from a parsed TOML document."""
-    _reject_unknown(data, {"gateway", "destinations", "routes", "sender", "enhance"}, "the top level")
+    _reject_unknown(
+        data, {"gateway", "destinations", "sources", "routes", "sender", "enhance", "metrics"}, "the top level"
+    )
     gw = _env_overrides(data.get("gateway", {}), dict(os.environ) if environ is None else environ)
     known = {
         "ae_title", "host", "port", "var_dir", "stable_seconds", "allowed_calling_aets", "max_pdu", "min_free_mb",
@@ -245,6 +257,11 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
         raise ConfigError(f"destination name(s) {', '.join(dupes)} used twice: names must be unique")
     if not dests:
         raise ConfigError("no [[destinations]]: add at least one (type = \"folder\" or \"dicom\")")
+
+    sources_raw = data.get("sources", [])
+    if not isinstance(sources_raw, list):
+        raise ConfigError("sources is an array of tables: write [[sources]]")
+    sources = tuple(_destination(dict(src, type="dicom"), i, var_dir, "sources") for i, src in enumerate(sources_raw))
 
     snd = data.get("sender", {})
     _reject_unknown(snd, {"base_seconds", "cap_seconds", "max_attempts", "dimse_timeout"}, "[sender]")
@@ -271,6 +288,11 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
         series_number_offset=_int(enh.get("series_number_offset", 1000), "enhance.series_number_offset"),
         description_suffix=_str(enh.get("description_suffix", "ENHANCED"), "enhance.description_suffix"),
     )
+    met = data.get("metrics", {})
+    _reject_unknown(met, {"host", "port"}, "[metrics]")
+    metrics = MetricsSettings(
+        host=_str(met.get("host", "127.0.0.1"), "metrics.host"), port=_port(met.get("port", 9108), "metrics.port")
+    )
     return Settings(
         ae_title=_aet(gw.get("ae_title", "ENHANCE_GW"), "gateway.ae_title"),
         host=_str(gw.get("host", "0.0.0.0"), "gateway.host"),
@@ -281,9 +303,11 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
         max_pdu=max_pdu,
         min_free_mb=_int(gw.get("min_free_mb", 500), "gateway.min_free_mb"),
         destinations=dests,
+        sources=sources,
         routes=tuple(_route(r, i) for i, r in enumerate(routes_raw)),
         sender=sender,
         enhance=enhance,
+        metrics=metrics,
         source_file=source,
     )
 

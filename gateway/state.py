@@ -41,10 +41,16 @@ CREATE TABLE IF NOT EXISTS instances (
     size INTEGER NOT NULL,
     calling_aet TEXT NOT NULL,
     received_at REAL NOT NULL,
-    job_id INTEGER REFERENCES jobs(id)
+    job_id INTEGER REFERENCES jobs(id),  -- the job completion put it in (NULL: series still receiving)
+    purged_at REAL                       -- the original was removed from the spool by `purge`
 );
 CREATE INDEX IF NOT EXISTS instances_unassigned ON instances(series_uid) WHERE job_id IS NULL;
 CREATE INDEX IF NOT EXISTS instances_job ON instances(job_id);
+CREATE TABLE IF NOT EXISTS job_members (
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    sop_uid TEXT NOT NULL REFERENCES instances(sop_uid),
+    PRIMARY KEY (job_id, sop_uid)
+);
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     study_uid TEXT NOT NULL,
@@ -52,8 +58,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     modality TEXT NOT NULL,
     state TEXT NOT NULL,
     failed_stage TEXT,
-    enhancer TEXT,
+    enhancer TEXT,                  -- set at creation by `reprocess --enhancer`, else by routing
     enhancer_version TEXT,
+    device TEXT,
+    only_destination TEXT,          -- `reprocess --to DEST`: deliver there only
+    reprocess INTEGER NOT NULL DEFAULT 0,
     derived_series_uid TEXT,
     instance_count INTEGER NOT NULL,
     derived_count INTEGER,
@@ -99,6 +108,9 @@ class Job:
     failed_stage: str | None
     enhancer: str | None
     enhancer_version: str | None
+    device: str | None
+    only_destination: str | None
+    reprocess: int
     derived_series_uid: str | None
     instance_count: int
     derived_count: int | None
@@ -158,6 +170,11 @@ class State:
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+
+    def check_writable(self) -> None:
+        """Take the write lock and give it back: raises when the database cannot be written."""
+        with self._tx():
+            pass
 
     def close(self) -> None:
         with self._lock:
@@ -241,6 +258,11 @@ class State:
                 )
                 job_id = int(cur.lastrowid or 0)
                 db.execute(
+                    "INSERT INTO job_members(job_id, sop_uid) SELECT ?, sop_uid FROM instances"
+                    " WHERE series_uid = ? AND job_id IS NULL",
+                    (job_id, row["series_uid"]),
+                )
+                db.execute(
                     "UPDATE instances SET job_id = ? WHERE series_uid = ? AND job_id IS NULL",
                     (job_id, row["series_uid"]),
                 )
@@ -263,7 +285,7 @@ class State:
         return Job(**dict(rows[0]))
 
     def jobs(self, state: str | None = None, study_uid: str | None = None, limit: int = 1000) -> list[Job]:
-        sql, args = "SELECT * FROM jobs WHERE 1=1", []
+        sql, args = "SELECT * FROM jobs WHERE 1=1", list[object]()
         if state:
             sql += " AND state = ?"
             args.append(state)
@@ -276,11 +298,94 @@ class State:
 
     def job_instances(self, job_id: int) -> list[Instance]:
         rows = self._query(
-            "SELECT sop_uid, series_uid, study_uid, sop_class_uid, path, size FROM instances"
-            " WHERE job_id = ? ORDER BY received_at, sop_uid",
+            "SELECT i.sop_uid, i.series_uid, i.study_uid, i.sop_class_uid, i.path, i.size FROM instances i"
+            " JOIN job_members m ON m.sop_uid = i.sop_uid WHERE m.job_id = ? ORDER BY i.received_at, i.sop_uid",
             (job_id,),
         )
         return [Instance(**dict(r)) for r in rows]
+
+    def series_instances(self, study_uid: str, series_uid: str | None = None) -> list[sqlite3.Row]:
+        """Every instance of a study (or one series) with its purge mark: what `reprocess` starts from."""
+        sql = "SELECT * FROM instances WHERE study_uid = ?"
+        args: list[object] = [study_uid]
+        if series_uid:
+            sql += " AND series_uid = ?"
+            args.append(series_uid)
+        return self._query(sql + " ORDER BY series_uid, received_at", args)
+
+    def make_reprocess_job(
+        self, series_uid: str, *, enhancer: str | None, only_destination: str | None
+    ) -> int:
+        """A new queued job over every instance of the series, whichever job first took them."""
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT s.study_uid, s.modality, COUNT(i.sop_uid) AS n FROM series s"
+                " JOIN instances i ON i.series_uid = s.series_uid WHERE s.series_uid = ? GROUP BY s.series_uid",
+                (series_uid,),
+            ).fetchone()
+            if row is None:
+                raise StateError(f"no instances of series {series_uid} are known to the gateway")
+            cur = db.execute(
+                "INSERT INTO jobs(study_uid, series_uid, modality, state, instance_count, enhancer,"
+                " only_destination, reprocess, created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, 1, ?, ?)",
+                (row["study_uid"], series_uid, row["modality"], row["n"], enhancer, only_destination, now, now),
+            )
+            job_id = int(cur.lastrowid or 0)
+            db.execute(
+                "INSERT INTO job_members(job_id, sop_uid) SELECT ?, sop_uid FROM instances WHERE series_uid = ?",
+                (job_id, series_uid),
+            )
+        return job_id
+
+    def mark_restored(self, sop_uid: str, path: str) -> None:
+        """A purged original was retrieved again (C-GET) and is back in the spool."""
+        with self._tx() as db:
+            db.execute("UPDATE instances SET path = ?, purged_at = NULL WHERE sop_uid = ?", (path, sop_uid))
+
+    def purgeable(self, older_than: float) -> tuple[list[sqlite3.Row], list[int]]:
+        """Originals and job outputs past retention: only of series whose every job is finished.
+
+        A series with a job still queued, running, failed or dead keeps everything: `purge` never takes
+        the files a job may still need.
+        """
+        finished = ("done", "skipped")
+        busy = self._query(
+            f"SELECT DISTINCT series_uid FROM jobs WHERE state NOT IN {finished!r}"
+        )
+        busy_series = {r["series_uid"] for r in busy}
+        instances = [
+            r
+            for r in self._query(
+                "SELECT * FROM instances WHERE purged_at IS NULL AND job_id IS NOT NULL AND received_at < ?",
+                (older_than,),
+            )
+            if r["series_uid"] not in busy_series
+        ]
+        jobs = [
+            int(r["id"])
+            for r in self._query(
+                f"SELECT id FROM jobs WHERE state IN {finished!r} AND finished_at < ?", (older_than,)
+            )
+        ]
+        return instances, jobs
+
+    def mark_purged(self, sop_uids: Sequence[str]) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.executemany("UPDATE instances SET purged_at = ? WHERE sop_uid = ?", [(now, u) for u in sop_uids])
+
+    def studies(self, since: float = 0.0) -> list[sqlite3.Row]:
+        """One row per study seen since `since`: series, instances, jobs by state, derived series."""
+        return self._query(
+            "SELECT s.study_uid, COUNT(DISTINCT s.series_uid) AS series, MIN(s.first_at) AS first_at,"
+            " MAX(s.last_at) AS last_at,"
+            " (SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid) AS instances,"
+            " (SELECT GROUP_CONCAT(j.state || ':' || j.id || ':' || COALESCE(j.enhancer, '-') || ':' ||"
+            "   COALESCE(j.derived_series_uid, '-'), ' ') FROM jobs j WHERE j.study_uid = s.study_uid) AS jobs"
+            " FROM series s WHERE s.last_at >= ? GROUP BY s.study_uid ORDER BY last_at DESC",
+            (since,),
+        )
 
     def claim_job(self, from_state: str, to_state: str, now: float | None = None) -> Job | None:
         """Atomically move the oldest job in `from_state` (or failed at that stage and due) to `to_state`."""
@@ -299,12 +404,14 @@ class State:
             )
         return self.job(int(row["id"]))
 
-    def set_job_enhancer(self, job_id: int, enhancer: str, version: str, derived_series_uid: str) -> None:
+    def set_job_enhancer(
+        self, job_id: int, enhancer: str, version: str, derived_series_uid: str, device: str
+    ) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE jobs SET enhancer = ?, enhancer_version = ?, derived_series_uid = ?, updated_at = ?"
-                " WHERE id = ?",
-                (enhancer, version, derived_series_uid, time.time(), job_id),
+                "UPDATE jobs SET enhancer = ?, enhancer_version = ?, derived_series_uid = ?, device = ?,"
+                " updated_at = ? WHERE id = ?",
+                (enhancer, version, derived_series_uid, device, time.time(), job_id),
             )
 
     def finish_enhancement(

@@ -9,8 +9,8 @@ flat in series size.
 from __future__ import annotations
 
 import io
-import os
 import multiprocessing.synchronize
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +26,7 @@ from dicom_utils.errors import DicomUtilsError
 from dicom_utils.pixels import modality_frames, value_range
 from enhancers.metrics import psnr, ssim
 from enhancers.pipeline import Pipeline
+from enhancers.registry import info as enhancer_info
 from gateway import __version__, logs, routing
 from gateway.settings import Settings
 from gateway.spool import Spool
@@ -47,7 +48,8 @@ class _Decoded:
 def _downsample2(values: np.ndarray) -> np.ndarray:
     """2x2 area mean: brings a super-resolved slice back to the input grid for the INPUT metrics."""
     n, h, w = values.shape
-    return values[:, : h - h % 2, : w - w % 2].reshape(n, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+    out: np.ndarray = values[:, : h - h % 2, : w - w % 2].reshape(n, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+    return out
 
 
 def _metrics(before: np.ndarray, after: np.ndarray, task: str) -> tuple[float | None, float | None]:
@@ -108,10 +110,15 @@ class Worker:
             self.state.skip_job(job.id, reason)
             log.info("job.skipped", reason=reason, instances=len(instances), modality=job.modality)
             return
-        name, task = routing.choose(self.settings.routes, job.modality, str(header.get("SeriesDescription", "")))
+        if job.enhancer:  # chosen by `reprocess --enhancer`
+            name, task = job.enhancer, enhancer_info(job.enhancer).task
+        else:
+            name, task = routing.choose(self.settings.routes, job.modality, str(header.get("SeriesDescription", "")))
         pipe = self.pipeline(name)
         info = pipe.info
-        self.state.set_job_enhancer(job.id, info.name, info.version, derived_series_uid(job.series_uid, info.name, info.version))
+        self.state.set_job_enhancer(
+            job.id, info.name, info.version, derived_series_uid(job.series_uid, info.name, info.version), pipe.device
+        )
         self.spool.clear_outgoing(job.id)
         derived = 0
         problems: list[str] = []
@@ -157,7 +164,7 @@ class Worker:
         seconds = time.monotonic() - started
         self.state.finish_enhancement(
             job.id,
-            destinations=[d.name for d in self.settings.destinations],
+            destinations=[job.only_destination] if job.only_destination else [d.name for d in self.settings.destinations],
             derived_count=derived,
             psnr=float(np.mean(psnrs)) if psnrs else None,
             ssim=float(np.mean(ssims)) if ssims else None,

@@ -43,17 +43,22 @@ def write_config(
     stable_seconds: float = 1.0,
     sender: dict[str, Any] | None = None,
     gateway: dict[str, Any] | None = None,
+    sources: list[dict[str, Any]] | None = None,
+    metrics_port: int = 0,
 ) -> Path:
-    lines = ["[gateway]", f"ae_title = \"ENHANCE_GW\"", f"host = \"127.0.0.1\"", f"port = {port}"]
-    lines += [f"var_dir = {_toml_value(var_dir)}", f"stable_seconds = {stable_seconds}", "min_free_mb = 50"]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in (gateway or {}).items()]
+    lines = ["[gateway]", "ae_title = \"ENHANCE_GW\"", "host = \"127.0.0.1\"", f"port = {port}"]
+    lines += [f"var_dir = {_toml_value(var_dir)}", f"stable_seconds = {stable_seconds}"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in ({"min_free_mb": 50} | (gateway or {})).items()]
     for dest in destinations:
         lines += ["", "[[destinations]]"] + [f"{k} = {_toml_value(v)}" for k, v in dest.items()]
+    for src in sources or []:
+        lines += ["", "[[sources]]"] + [f"{k} = {_toml_value(v)}" for k, v in src.items()]
     for route in routes or []:
         lines += ["", "[[routes]]"] + [f"{k} = {_toml_value(v)}" for k, v in route.items()]
     snd = {"base_seconds": 0.5, "cap_seconds": 2.0, "max_attempts": 20, "dimse_timeout": 30} | (sender or {})
     lines += ["", "[sender]"] + [f"{k} = {_toml_value(v)}" for k, v in snd.items()]
     lines += ["", "[enhance]", "workers = 1", "batch_size = 4", "threads = 1"]
+    lines += ["", "[metrics]", "host = \"127.0.0.1\"", f"port = {metrics_port}"]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -75,7 +80,10 @@ class GatewayProcess:
         self.root = root
         self.var_dir = root / "var"
         self.port = free_port()
-        self.config = write_config(root / "gateway.toml", var_dir=self.var_dir, port=self.port, **config)
+        self.metrics_port = free_port()
+        self.config = write_config(
+            root / "gateway.toml", var_dir=self.var_dir, port=self.port, metrics_port=self.metrics_port, **config
+        )
         self.log_path = root / "gateway.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -92,12 +100,11 @@ class GatewayProcess:
 
     def start(self, timeout: float = 60.0) -> GatewayProcess:
         env = self.env()
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "--config", str(self.config), "serve"],
-            cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env,
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "--config", str(self.config), "serve"],
+                cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env,
+            )
 
         def listening() -> bool:
             assert self.proc is not None

@@ -213,7 +213,7 @@ def test_compressed_series_are_received_and_enhanced(tmp_path: Path) -> None:
 
 
 def test_push_command_and_duplicates_are_stored_once(tmp_path: Path) -> None:
-    files = make_series(CT, 3, tmp_path / "in", seed="push")
+    make_series(CT, 3, tmp_path / "in", seed="push")
     gw = GatewayProcess(tmp_path, destinations=[{"name": "archive", "type": "folder", "path": "{var_dir}/archive"}],
                         routes=FAST, stable_seconds=2.0).start()
     try:

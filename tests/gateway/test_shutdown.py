@@ -46,7 +46,7 @@ def test_sigterm_mid_series_keeps_every_acknowledged_instance(tmp_path: Path) ->
     stored = {p.stem for p in (gw.var_dir / "spool" / "incoming").rglob("*.dcm")}
     assert set(acknowledged) <= stored
     for path in (gw.var_dir / "spool" / "incoming").rglob("*.dcm"):
-        pydicom.dcmread(path).pixel_array  # complete, decodable files only
+        assert pydicom.dcmread(path).pixel_array.shape == (512, 512)  # complete, decodable files only
     assert not list((gw.var_dir / "spool" / "tmp").glob("*.part"))
     gw.start()  # and it comes back and finishes the series
     gw.wait_jobs({"done"}, 1, timeout=120)

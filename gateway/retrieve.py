@@ -1,0 +1,78 @@
+"""C-GET of purged originals from a source PACS, so `reprocess` works after `purge`.
+
+Why C-GET rather than C-MOVE: the instances come back on the same association, so the source PACS does not
+need the gateway registered as a move destination, and every retrieved instance goes through the same
+durable path as a C-STORE (spool write with fsync + rename, then the state store) before it counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role, evt
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
+
+from gateway import logs
+from gateway.dicomnet import Peer
+from gateway.errors import DeliveryError
+from gateway.scp import ACCEPTED_TRANSFER_SYNTAXES, OUT_OF_RESOURCES, SUCCESS
+from gateway.spool import Spool
+from gateway.state import State
+
+log = logs.get("gateway.retrieve")
+
+
+def retrieve_series(
+    peer: Peer, state: State, spool: Spool, study_uid: str, series_uid: str, sop_classes: Sequence[str],
+    *, timeout: float = 60.0,
+) -> int:
+    """C-GET one series from `peer` into the spool; returns the number of instances restored."""
+    restored = 0
+
+    def on_store(event: Any) -> int:
+        nonlocal restored
+        try:
+            ds = event.dataset
+            sop = str(ds.SOPInstanceUID)
+            path = spool.store_incoming(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), sop,
+                                        event.encoded_dataset(include_meta=True))
+            state.mark_restored(sop, str(path))
+        except Exception as exc:  # noqa: BLE001 - a handler never raises: the peer gets a status
+            log.warning("retrieve.store_failed", reason=str(exc)[:300])
+            return OUT_OF_RESOURCES
+        restored += 1
+        return SUCCESS
+
+    ae = AE(ae_title=peer.calling_aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.maximum_pdu_size = 0
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    classes = list(dict.fromkeys(sop_classes))[:127]
+    for uid in classes:
+        ae.add_requested_context(uid, ACCEPTED_TRANSFER_SYNTAXES)
+    roles: list[Any] = [build_role(uid, scp_role=True) for uid in classes]
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=roles,
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    if not assoc.is_established:
+        raise DeliveryError(f"no association with source {peer.ae_title}@{peer.host}:{peer.port} for C-GET")
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES"
+    query.StudyInstanceUID = study_uid
+    query.SeriesInstanceUID = series_uid
+    final = None
+    try:
+        for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet):
+            if status and "Status" in status:
+                final = int(status.Status)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if final not in (0x0000, 0xB000):
+        raise DeliveryError(
+            f"C-GET of series {series_uid} from {peer.ae_title} ended with status "
+            f"{'none' if final is None else f'0x{final:04X}'}"
+        )
+    log.info("retrieve.done", study_uid=study_uid, series_uid=series_uid, restored=restored, source=peer.ae_title)
+    return restored

@@ -1,0 +1,437 @@
+"""HTML of the console's pages, built with escaped f-strings.
+
+Why no template engine: a handful of pages do not justify a dependency, and one rule is easy to check by
+reading: every value that comes from a file, the state store or the user goes through `esc()`. Patient and
+visit fields appear only on the result page of an upload and on a job page (where a user must confirm whose
+images these are), folded away in a <details> block, and never on the jobs list.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterable, Sequence
+from html import escape
+from urllib.parse import quote
+
+import numpy as np
+
+from dicom_utils import private_tags
+from enhancers.registry import EnhancerInfo
+from gateway import __version__
+from gateway.state import JOB_STATES, Delivery, Job
+from gateway.web import imaging
+from gateway.web.jobs import JobView
+from gateway.web.uploads import IMAGE_MODALITIES, Upload, patient_fields
+
+
+def esc(value: object) -> str:
+    """Escape any value for HTML text and attribute context."""
+    return escape("" if value is None else str(value), quote=True)
+
+
+def when(ts: float | None) -> str:
+    """Local date and time of a timestamp, '-' when unset."""
+    if ts is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def seconds(value: float | None) -> str:
+    """A duration for people: 0.42 s, 12.3 s, 4.5 min, 2.1 h."""
+    if value is None:
+        return "-"
+    if value < 10:
+        return f"{value:.2f} s"
+    if value < 120:
+        return f"{value:.1f} s"
+    if value < 7200:
+        return f"{value / 60:.1f} min"
+    return f"{value / 3600:.1f} h"
+
+
+def number(value: object, digits: int = 2, unit: str = "") -> str:
+    """A metric for display; '-' when absent, '∞' for an infinite PSNR (identical images)."""
+    if value is None or value == "":
+        return "-"
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return esc(value)
+    if math.isinf(x) or x >= private_tags.PSNR_INFINITE_AS:
+        return "∞ (identical)"
+    return f"{x:.{digits}f}{unit}"
+
+
+def layout(title: str, body: str, *, active: str, page: str, listen: str) -> str:
+    """The frame of every page: header with navigation, main content, footer."""
+    nav = "".join(
+        f'<a href="{href}" class="{"active" if key == active else ""}">{label}</a>'
+        for key, href, label in (("upload", "/", "Try an enhancer"), ("jobs", "/jobs", "Jobs"))
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="referrer" content="no-referrer">
+<title>{esc(title)} · enhance-gateway</title>
+<link rel="stylesheet" href="/static/console.css">
+</head><body data-page="{esc(page)}">
+<header><span class="brand">enhance-gateway console</span><nav>{nav}</nav></header>
+<main>{body}</main>
+<footer>enhance-gateway {esc(__version__)} · console on {esc(listen)} · images uploaded here stay in memory,
+never on disk</footer>
+<script src="/static/console.js"></script>
+</body></html>
+"""
+
+
+def error_page(title: str, message: str, *, listen: str, back: str = "/", back_label: str = "Back") -> str:
+    """A page that says what went wrong and where to go from here."""
+    body = f"""<h1>{esc(title)}</h1>
+<div class="alert error" role="alert" id="error-message">{esc(message)}</div>
+<p><a class="button secondary" href="{esc(back)}">{esc(back_label)}</a></p>"""
+    return layout(title, body, active="", page="error", listen=listen)
+
+
+def upload_page(infos: Sequence[EnhancerInfo], *, csrf: str, max_mb: int, listen: str) -> str:
+    """The form: a file, the task, the enhancer (or the gateway's default), what a PNG/JPEG is like."""
+    options = ['<option value="auto" selected>automatic: the gateway\'s default for the modality</option>']
+    for info in infos:
+        risk = ", may hallucinate" if info.hallucination_risk else ""
+        options.append(
+            f'<option value="{esc(info.name)}" data-task="{esc(info.task)}">{esc(info.name)} {esc(info.version)}'
+            f" ({esc(info.kind)}{risk}): {esc(info.description)}</option>"
+        )
+    modalities = "".join(f'<option value="{k}">{esc(v)}</option>' for k, v in IMAGE_MODALITIES.items())
+    body = f"""<h1>Try an enhancer on one image</h1>
+<p class="muted">Upload a DICOM image (CT, MR, CR, DX, MG) to see what the gateway would send to PACS: the original,
+the enhanced image and their difference, the PSNR/SSIM written in the private tags, and the derived DICOM object.
+A PNG or JPEG gives a quick look (no DICOM object). At most {max_mb} MB.</p>
+<div class="card">
+<form class="upload" method="post" action="/upload" enctype="multipart/form-data">
+<input type="hidden" name="csrf" value="{esc(csrf)}">
+<label for="file">Image file</label>
+<input type="file" id="file" name="file" required
+       accept=".dcm,.dicom,.ima,application/dicom,image/png,image/jpeg">
+<label for="task">Task</label>
+<select id="task" name="task"><option value="denoise" selected>denoise</option>
+<option value="sr2x">super-resolution 2x (sr2x)</option></select>
+<label for="enhancer">Enhancer</label>
+<select id="enhancer" name="enhancer">{"".join(options)}</select>
+<label for="image_modality">A PNG/JPEG is like</label>
+<select id="image_modality" name="image_modality">{modalities}</select>
+<span></span><span><button type="submit" id="submit">Enhance</button></span>
+</form>
+</div>
+<div id="progress" class="progress hidden" aria-live="polite"><div class="bar"><div></div></div>
+<div class="stage muted"></div></div>
+<div id="upload-error" class="alert error hidden" role="alert"></div>
+"""
+    return layout("Try an enhancer", body, active="upload", page="upload", listen=listen)
+
+
+def progress_page(upload: Upload, *, listen: str) -> str:
+    """Shown when an upload's page is opened before it is done (refreshes itself, with or without script)."""
+    st = upload.status()
+    body = f"""<noscript><meta http-equiv="refresh" content="2"></noscript>
+<h1>Enhancing…</h1>
+<div id="progress" class="progress" data-status="/api/uploads/{esc(upload.token)}" aria-live="polite">
+<div class="bar busy"><div></div></div><div class="stage muted">{esc(st["stage"])}</div></div>"""
+    return layout("Enhancing", body, active="upload", page="progress", listen=listen)
+
+
+def _facts(rows: Iterable[tuple[str, str]]) -> str:
+    """A two-column table; values are already-escaped HTML."""
+    return '<table class="facts">' + "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+
+def _patient_block(fields: list[tuple[str, str]], where: str) -> str:
+    if not fields:
+        return ""
+    rows = _facts((label, esc(value)) for label, value in fields)
+    return f"""<details class="phi"><summary>Patient fields ({esc(where)}): shown only on request</summary>
+{rows}</details>"""
+
+
+def _block_table(block: dict[str, object]) -> str:
+    rows = []
+    for offset, (key, vr) in private_tags.ELEMENTS.items():
+        value = block.get(key)
+        shown = number(value, 4) if key in ("psnr", "ssim", "input_psnr", "input_ssim") else esc(value)
+        if key == "processing_ms" and value is not None:
+            shown = number(value, 1)
+        rows.append(
+            f"<tr><td><code>({private_tags.PRIVATE_GROUP:04X},10{offset:02X})</code></td><td>{vr}</td>"
+            f"<td>{esc(private_tags.NAMES[key])}</td><td>{shown if value not in (None, '') else '-'}</td></tr>"
+        )
+    return (
+        f'<table><tr><th>tag</th><th>VR</th><th>name (creator "{esc(private_tags.PRIVATE_CREATOR)}")</th>'
+        f'<th>value</th></tr>{"".join(rows)}</table>'
+    )
+
+
+def result_page(upload: Upload, *, listen: str) -> str:
+    """The side-by-side viewer with metrics, window/level and zoom controls, downloads and details."""
+    out = upload.outcome
+    assert out is not None and upload.values is not None
+    token = quote(upload.token)
+    base = f"/uploads/{token}/"
+    block = out.block
+    basis = "enhanced vs uploaded image (fidelity)" if block.get("metric_basis") == "INPUT" else "degrade-restore"
+    cards = [
+        ("PSNR", number(block.get("psnr"), 2, " dB"), "metric-psnr"),
+        ("SSIM", number(block.get("ssim"), 4), "metric-ssim"),
+        ("QA flag", f'<span class="badge {esc(block.get("qa_flag"))}">{esc(block.get("qa_flag"))}</span>', "metric-qa"),
+        ("processing", number(block.get("processing_ms"), 1, " ms"), "metric-ms"),
+    ]
+    metrics = "".join(
+        f'<div class="metric" id="{mid}"><div class="value">{value}</div><div class="label">{esc(label)}</div></div>'
+        for label, value, mid in cards
+    )
+    lo, hi = float(np.min(upload.values)), float(np.max(upload.values))
+    span = max(hi - lo, 1.0)
+    center, width = upload.window
+    presets = [(f'<option value="file" data-c="{center:g}" data-w="{width:g}" selected>'
+               f"{'file window' if upload.kind == 'dicom' else 'default'} ({center:g} / {width:g})</option>")]
+    ac, aw = imaging.auto_window(upload.values[0])
+    presets.append(f'<option value="auto" data-c="{ac:.6g}" data-w="{aw:.6g}">auto, 0.5–99.5 % ({ac:.6g} / {aw:.6g})</option>')
+    presets.append(f'<option value="full" data-c="{(lo + hi) / 2:.6g}" data-w="{span:.6g}">full range</option>')
+    if upload.modality == "CT":
+        presets += [
+            f'<option value="{esc(name)}" data-c="{c:g}" data-w="{w:g}">CT {esc(name)} ({c:g} / {w:g})</option>'
+            for name, (c, w) in imaging.CT_PRESETS.items()
+        ]
+    presets.append('<option value="custom">custom</option>')
+    frames = int(upload.values.shape[0])
+    frame_control = ""
+    if frames > 1:
+        frame_control = f"""<div class="group"><label for="frame">Frame</label>
+<input type="range" id="frame" min="0" max="{frames - 1}" value="0"> <span id="frame-label">1</span>/{frames}</div>"""
+    kinds = (("original", "Original"), ("enhanced", "Enhanced"), ("difference", "Difference (enhanced − original)"))
+    size_note = {
+        "original": f"{upload.values.shape[2]}×{upload.values.shape[1]}",
+        "enhanced": f"{out.enhanced.shape[2]}×{out.enhanced.shape[1]}",
+        "difference": 'mid-grey = 0, ±<span id="diff-limit">'
+        f"{(upload.diff_limits or [0.0])[0]:.3g}</span> at black/white",
+    }
+    panes = "".join(
+        f"""<div class="pane"><h3><span>{esc(title)}</span><span class="muted">{size_note[kind]}</span></h3>
+<div class="viewport" data-kind="{kind}"><img id="view-{kind}" data-kind="{kind}" alt="{esc(title)}"></div></div>"""
+        for kind, title in kinds
+    )
+    downloads = [(f'<a class="button secondary" id="download-comparison" href="{base}comparison.png" download>'
+                 "Download comparison PNG</a>")]
+    if out.derived_bytes is not None:
+        downloads.insert(0, f'<a class="button" id="download-dicom" href="{base}enhanced.dcm" download>'
+                            "Download enhanced DICOM</a>")
+    else:
+        downloads.insert(0, f'<a class="button" id="download-png" href="{base}enhanced.png" download>'
+                            "Download enhanced PNG</a>")
+    summary_rows = [(k.replace("_", " "), esc(v)) for k, v in upload.summary.items() if v not in (None, "")]
+    derived_rows: list[tuple[str, str]] = []
+    if out.derived is not None:
+        d = out.derived
+        derived_rows = [
+            ("SOP class", esc(d.SOPClassUID.name)),
+            ("Image Type", esc("\\".join(str(v) for v in d.get("ImageType", [])))),
+            ("Series Description", esc(d.get("SeriesDescription", ""))),
+            ("Series Number", esc(d.get("SeriesNumber", ""))),
+            ("Derivation", esc(d.get("DerivationDescription", "(per frame, functional groups)"))),
+            ("Series Instance UID", f'<span class="uid">{esc(d.SeriesInstanceUID)}</span>'),
+            ("SOP Instance UID", f'<span class="uid">{esc(d.SOPInstanceUID)}</span>'),
+            ("Transfer syntax", esc(d.file_meta.TransferSyntaxUID.name)),
+        ]
+    note = f'<div class="alert info">{esc(upload.note)}</div>' if upload.note else ""
+    if upload.kind == "image":
+        note += (f'<div class="alert info">A {esc(upload.summary.get("format"))} image treated as '
+                 f"{esc(IMAGE_MODALITIES.get(upload.modality, upload.modality))}: no DICOM object is made "
+                 "from it. Upload the DICOM file for the object the gateway would send.</div>")
+    took = (upload.finished or 0) - (upload.started or 0)
+    body = f"""<h1>{esc(out.info.name)} {esc(out.info.version)} · {esc(out.task)} · {esc(upload.modality)}</h1>
+<p class="muted">{esc(out.info.description)} · {esc(out.info.kind)} · ran on {esc(out.device)} ·
+done in {seconds(took)} · PSNR/SSIM as written in the private tags: {esc(basis)}</p>
+{note}
+<div class="metrics">{metrics}</div>
+<div class="toolbar card">
+<div class="group"><label for="wl-preset">Window</label><select id="wl-preset">{"".join(presets)}</select></div>
+<div class="group"><label for="wl-center">Level</label>
+<input type="number" id="wl-center" value="{center:g}" step="any">
+<input type="range" id="wl-center-range" min="{lo:g}" max="{hi:g}" step="any" value="{center:g}"></div>
+<div class="group"><label for="wl-width">Width</label>
+<input type="number" id="wl-width" value="{width:g}" min="1" step="any">
+<input type="range" id="wl-width-range" min="1" max="{2 * span:g}" step="any" value="{width:g}"></div>
+<div class="group"><label><input type="checkbox" id="invert" {"checked" if upload.invert else ""}> invert
+{"(MONOCHROME1)" if upload.invert else ""}</label></div>
+<div class="group"><button type="button" class="secondary" id="zoom-out" title="zoom out">−</button>
+<span id="zoom-level">100 %</span>
+<button type="button" class="secondary" id="zoom-in" title="zoom in">+</button>
+<button type="button" class="secondary" id="zoom-fit">fit</button></div>
+{frame_control}
+<span class="muted">wheel: zoom · drag: pan · shift+drag: window/level</span>
+</div>
+<div class="viewer" data-base="{base}" data-limits="{esc(json.dumps([round(x, 6) for x in upload.diff_limits]))}">
+{panes}</div>
+<div class="downloads">{"".join(downloads)}<a class="button secondary" href="/">Enhance another image</a></div>
+<h2>Private tags written in the derived object</h2>
+<div class="card">{_block_table(block)}</div>
+<h2>Uploaded file</h2>
+<div class="card">{_facts(summary_rows)}</div>
+{"<h2>Derived object</h2><div class='card'>" + _facts(derived_rows) + "</div>" if derived_rows else ""}
+{_patient_block(patient_fields(upload.source), "from the uploaded file; the derived object keeps them")}
+"""
+    return layout("Result", body, active="upload", page="result", listen=listen)
+
+
+def _badge(state: str) -> str:
+    return f'<span class="badge {esc(state)}">{esc(state)}</span>'
+
+
+def _deliveries(items: Sequence[Delivery]) -> str:
+    if not items:
+        return '<span class="muted">-</span>'
+    parts = []
+    for d in items:
+        tries = f" ×{d.attempts}" if d.attempts else ""
+        err = f'<div class="error-text">{esc(d.last_error[:160])}</div>' if d.last_error and d.state != "done" else ""
+        parts.append(f'<div class="dest">{esc(d.destination)}: {_badge(d.state)}{tries}</div>{err}')
+    return "".join(parts)
+
+
+def jobs_page(
+    counts: dict[str, int],
+    pending: Sequence[dict[str, object]],
+    jobs: Sequence[Job],
+    deliveries: dict[int, list[Delivery]],
+    *,
+    state: str | None,
+    listen: str,
+) -> str:
+    """Recent jobs with state, timings, destination results and errors; series still arriving on top."""
+    now = time.time()
+    chips = ['<a href="/jobs"><span class="badge">all</span></a>']
+    for name, n in counts.items():
+        href = "/jobs" if name == "received" else f"/jobs?state={quote(name)}"
+        chips.append(f'<a href="{href}" id="count-{esc(name)}">{_badge(name)} {n}</a>')
+    pend_rows = "".join(
+        f"<tr><td class='uid'>{esc(p['series_uid'])}</td><td>{esc(p['modality'])}</td>"
+        f"<td class='num'>{esc(p['n'])}</td><td>{seconds(now - float(p['last_at']))} ago</td></tr>"  # type: ignore[arg-type]
+        for p in pending
+    )
+    pending_html = (
+        "<h2>Series still arriving (received)</h2><div class='card'><table><tr><th>series</th><th>modality</th>"
+        f"<th class='num'>instances</th><th>last instance</th></tr>{pend_rows}</table></div>"
+        if pending else ""
+    )
+    rows = []
+    for j in jobs:
+        total = (j.finished_at or now) - j.created_at
+        detail = j.error or j.skip_reason or ""
+        retry = ""
+        if j.state == "failed" and j.next_try_at:
+            retry = f"<div class='muted'>next try in {seconds(max(0.0, j.next_try_at - now))}</div>"
+        enhancer = f"{esc(j.enhancer)} {esc(j.enhancer_version or '')}" if j.enhancer else "-"
+        rows.append(
+            f"<tr id='job-{j.id}'><td><a href='/jobs/{j.id}'>{j.id}</a></td><td>{_badge(j.state)}{retry}</td>"
+            f"<td>{esc(j.modality)}</td><td class='num'>{esc(j.derived_count if j.derived_count is not None else '-')}"
+            f"/{j.instance_count}</td><td>{enhancer}</td><td>{when(j.created_at)}</td>"
+            f"<td class='num'>{seconds(j.enhance_seconds)}</td><td class='num'>{seconds(total)}</td>"
+            f"<td class='num'>{j.attempts}</td><td>{_deliveries(deliveries.get(j.id, []))}</td>"
+            f"<td class='{'error-text' if j.error else 'muted'}'>{esc(detail[:240])}</td></tr>"
+        )
+    table = (
+        "<table id='jobs'><tr><th>job</th><th>state</th><th>mod</th><th class='num'>derived/in</th>"
+        "<th>enhancer</th><th>created</th><th class='num'>enhance</th><th class='num'>total</th>"
+        "<th class='num'>tries</th><th>destinations</th><th>error / skip reason</th></tr>"
+        + "".join(rows) + "</table>"
+        if rows else "<p class='muted' id='no-jobs'>No jobs" + (f" in state {esc(state)}" if state else "") +
+        " yet. Push a series to the gateway's AE title and it appears here once complete.</p>"
+    )
+    title = f"Jobs: {state}" if state else "Jobs"
+    body = f"""<h1>{esc(title)}</h1>
+<div class="counts">{"".join(chips)}</div>
+<div class="actions"><label><input type="checkbox" id="auto-refresh"> refresh every 5 s</label>
+<span class="muted">as of {when(now)}</span></div>
+{pending_html}
+<h2>Recent jobs</h2>
+<div class="card">{table}</div>"""
+    return layout(title, body, active="jobs", page="jobs", listen=listen)
+
+
+def job_page(view: JobView, *, csrf: str, flash: str | None, listen: str) -> str:
+    """One job: facts and timings, deliveries, metrics, before/after thumbnails, admin actions."""
+    j = view.job
+    now = time.time()
+    facts = [
+        ("State", _badge(j.state) + (f" (retry stage: {esc(j.failed_stage)})" if j.failed_stage else "")),
+        ("Modality", esc(j.modality)),
+        ("Instances received / derived", f"{j.instance_count} / {esc(j.derived_count if j.derived_count is not None else '-')}"),
+        ("Enhancer", f"{esc(j.enhancer or '-')} {esc(j.enhancer_version or '')}"),
+        ("Mean PSNR", number(j.psnr, 2, " dB")),
+        ("Mean SSIM", number(j.ssim, 4)),
+        ("Created", when(j.created_at)),
+        ("Last update", when(j.updated_at)),
+        ("Finished", when(j.finished_at)),
+        ("Enhancement time", seconds(j.enhance_seconds)),
+        ("Total time", seconds((j.finished_at or now) - j.created_at)),
+        ("Attempts", str(j.attempts) + (f", next try {when(j.next_try_at)}" if j.state == "failed" else "")),
+        ("Study Instance UID", f'<span class="uid">{esc(j.study_uid)}</span>'),
+        ("Series Instance UID", f'<span class="uid">{esc(j.series_uid)}</span>'),
+        ("Derived Series UID", f'<span class="uid">{esc(j.derived_series_uid or "-")}</span>'),
+    ]
+    if j.error:
+        facts.append(("Error", f'<span class="error-text" id="job-error">{esc(j.error)}</span>'))
+    if j.skip_reason:
+        facts.append(("Skip reason", esc(j.skip_reason)))
+    dests = "".join(
+        f"<tr><td>{esc(d.destination)}</td><td>{_badge(d.state)}</td><td class='num'>{d.attempts}</td>"
+        f"<td>{when(d.delivered_at)}</td><td class='error-text'>{esc(d.last_error or '')}</td></tr>"
+        for d in view.deliveries
+    ) or "<tr><td colspan='5' class='muted'>no delivery yet</td></tr>"
+    thumbs = []
+    for t in view.thumbs:
+        def img(kind: str, present: bool, t: int = t.index) -> str:
+            if not present:
+                gone = "original no longer in the spool" if kind == "original" else "derived file not in the spool"
+                return f'<div class="missing">{gone}</div>'
+            return (f'<img src="/jobs/{j.id}/thumbs/{t}/{kind}.png" alt="{kind} slice" '
+                    f'class="thumb-{kind}" loading="lazy">')
+        b = t.block or {}
+        metrics = (
+            f"PSNR {number(b.get('psnr'), 2, ' dB')} · SSIM {number(b.get('ssim'), 4)} · "
+            f"<span class='badge {esc(b.get('qa_flag'))}'>{esc(b.get('qa_flag') or '-')}</span>"
+            if t.block else "<span class='muted'>no private block to read</span>"
+        )
+        thumbs.append(
+            f"""<div class="thumb"><div class="muted">instance {esc(t.instance_number)} · {metrics}</div>
+<div class="pair"><div><div class="muted">before</div>{img("original", t.has_original)}</div>
+<div><div class="muted">after</div>{img("derived", t.has_derived)}</div></div></div>"""
+        )
+    if j.state in ("failed", "dead"):
+        action = f"""<form method="post" action="/jobs/{j.id}/retry" class="actions">
+<input type="hidden" name="csrf" value="{esc(csrf)}">
+<button type="submit" id="retry">Retry now</button>
+<span class="muted">re-queues the job at the stage that failed (same as <code>enhance-gateway retry {j.id}</code>)</span>
+</form>"""
+    else:
+        action = f"""<p class="muted">To enhance this series again (another enhancer, or after a fix), run
+<code>enhance-gateway reprocess {esc(j.study_uid)} --series {esc(j.series_uid)}</code>.
+Retry applies to failed and dead jobs.</p>"""
+    flash_html = f'<div class="alert info" id="flash" role="status">{esc(flash)}</div>' if flash else ""
+    body = f"""<h1>Job {j.id} {_badge(j.state)}</h1>
+{flash_html}
+<div class="card">{_facts(facts)}</div>
+<h2>Destinations</h2>
+<div class="card"><table id="deliveries"><tr><th>destination</th><th>state</th><th class="num">attempts</th>
+<th>delivered</th><th>last error</th></tr>{dests}</table></div>
+<h2>Before / after ({len(view.thumbs)} of {j.instance_count} instances; {view.derived_files} derived files in the
+spool)</h2>
+<div class="thumbs">{"".join(thumbs) or "<p class='muted'>no instance recorded</p>"}</div>
+{_patient_block(patient_fields(view.header), "from the first original")}
+<h2>Admin</h2>
+<div class="card">{action}</div>
+<p><a href="/jobs">← all jobs</a></p>"""
+    return layout(f"Job {j.id}", body, active="jobs", page="job", listen=listen)
+
+
+__all__ = ["JOB_STATES", "error_page", "job_page", "jobs_page", "progress_page", "result_page", "upload_page"]
