@@ -44,6 +44,7 @@ from gateway.metrics import Metrics
 from gateway.settings import Settings
 from gateway.spool import Spool
 from gateway.state import State
+from gateway.tls import server_context
 
 ACCEPTED_TRANSFER_SYNTAXES: list[UID] = [
     ExplicitVRLittleEndian,
@@ -200,12 +201,22 @@ class Receiver:
             (evt.EVT_ABORTED, self._on_closed),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
+        tls = self.settings.tls
         self.server = self.ae.start_server(
-            (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
+            (self.settings.host, self.settings.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=server_context(tls) if tls else None,
         )
         if not self.settings.allowed_calling_aets:
             log.warning("scp.open_to_any_aet", hint="set gateway.allowed_calling_aets to restrict peers")
-        log.info("scp.listening", ae_title=self.settings.ae_title, host=self.settings.host, port=self.port)
+        log.info(
+            "scp.listening",
+            ae_title=self.settings.ae_title,
+            host=self.settings.host,
+            port=self.port,
+            tls="mutual" if tls and tls.require_client_cert else "on" if tls else "off",
+        )
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting associations; let in-flight C-STOREs finish; then close what is still open.

@@ -66,6 +66,16 @@ class EnhanceSettings:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """DICOM TLS on the SCP: our certificate and key; with `ca`, peers must present a certificate it signed."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    require_client_cert: bool = False
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     """Prometheus /metrics and /healthz over HTTP; port 0 turns the endpoint off."""
 
@@ -85,6 +95,7 @@ class Settings:
     allowed_calling_aets: tuple[str, ...] = ()
     max_pdu: int = 0
     min_free_mb: int = 500
+    tls: TlsSettings | None = None
     destinations: tuple[Destination, ...] = ()
     sources: tuple[Destination, ...] = ()  # PACS to C-GET purged originals from (`reprocess`)
     routes: tuple[Route, ...] = ()
@@ -191,6 +202,28 @@ def _destination(raw: Any, index: int, var_dir: Path, section: str = "destinatio
     raise ConfigError(f"{where}.type = {kind!r}: expected \"folder\" or \"dicom\"")
 
 
+def _tls(raw: Any, var_dir: Path) -> TlsSettings:
+    if not isinstance(raw, dict):
+        raise ConfigError("gateway.tls must be a table: [gateway.tls] with cert, key and optionally ca")
+    _reject_unknown(raw, {"cert", "key", "ca", "require_client_cert"}, "[gateway.tls]")
+    paths: dict[str, Path] = {}
+    for key in ("cert", "key", "ca"):
+        if key not in raw:
+            if key == "ca":
+                continue
+            raise ConfigError(f"gateway.tls.{key} is missing: give the PEM file path")
+        path = _path(raw[key], f"gateway.tls.{key}", var_dir)
+        if not path.is_file():
+            raise ConfigError(f"gateway.tls.{key} = {str(path)!r}: no such file")
+        paths[key] = path
+    require = raw.get("require_client_cert", False)
+    if not isinstance(require, bool):
+        raise ConfigError("gateway.tls.require_client_cert must be true or false")
+    if require and "ca" not in paths:
+        raise ConfigError("gateway.tls.require_client_cert = true needs gateway.tls.ca to check client certificates")
+    return TlsSettings(cert=paths["cert"], key=paths["key"], ca=paths.get("ca"), require_client_cert=require)
+
+
 def _route(raw: Any, index: int) -> Route:
     where = f"routes[{index}]"
     if not isinstance(raw, dict):
@@ -236,6 +269,7 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
     gw = _env_overrides(data.get("gateway", {}), dict(os.environ) if environ is None else environ)
     known = {
         "ae_title", "host", "port", "var_dir", "stable_seconds", "allowed_calling_aets", "max_pdu", "min_free_mb",
+        "tls",
     }
     _reject_unknown(gw, known, "[gateway]")
     var_dir = Path(_str(gw.get("var_dir", "var"), "gateway.var_dir"))
@@ -288,6 +322,7 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
         series_number_offset=_int(enh.get("series_number_offset", 1000), "enhance.series_number_offset"),
         description_suffix=_str(enh.get("description_suffix", "ENHANCED"), "enhance.description_suffix"),
     )
+    tls = _tls(gw["tls"], var_dir) if "tls" in gw else None
     met = data.get("metrics", {})
     _reject_unknown(met, {"host", "port"}, "[metrics]")
     metrics = MetricsSettings(
@@ -302,6 +337,7 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
         allowed_calling_aets=tuple(_aet(a, "gateway.allowed_calling_aets[]") for a in allowed),
         max_pdu=max_pdu,
         min_free_mb=_int(gw.get("min_free_mb", 500), "gateway.min_free_mb"),
+        tls=tls,
         destinations=dests,
         sources=sources,
         routes=tuple(_route(r, i) for i, r in enumerate(routes_raw)),

@@ -159,7 +159,7 @@ def test_systemd_units_verify() -> None:
         pytest.skip("systemd-analyze is not installed (no systemd on this host)")
     units = sorted((REPO / "systemd").glob("*.service"))
     assert units
-    out = subprocess.run(["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True)
+    out = subprocess.run(["systemd-analyze", "verify", *map(str, units)], check=False, capture_output=True, text=True)
     problems = [line for line in out.stderr.splitlines() if "enhance-gateway" in line and "not executable" not in line
                 and "No such file" not in line and "User=" not in line]
     assert not problems, out.stderr

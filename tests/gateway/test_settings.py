@@ -79,3 +79,16 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("[gateway\nport = 1\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         settings.load(bad)
+
+
+def test_tls_settings_are_checked(tmp_path: Path) -> None:
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    with pytest.raises(ConfigError, match=r"gateway\.tls\.key is missing"):
+        settings.parse(_doc(tls={"cert": str(cert)}), environ={})
+    with pytest.raises(ConfigError, match="no such file"):
+        settings.parse(_doc(tls={"cert": str(cert), "key": str(tmp_path / "missing.key")}), environ={})
+    with pytest.raises(ConfigError, match="needs gateway.tls.ca"):
+        settings.parse(_doc(tls={"cert": str(cert), "key": str(cert), "require_client_cert": True}), environ={})
+    cfg = settings.parse(_doc(tls={"cert": str(cert), "key": str(cert)}), environ={})
+    assert cfg.tls is not None and cfg.tls.ca is None
