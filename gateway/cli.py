@@ -82,8 +82,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
     cfg = _settings(args)
     state = State(cfg.state_db)
-    if args.show is not None:
-        job = state.job(args.show)
+    if args.action == "show" and args.job is None:
+        raise GatewayError("jobs show needs a job id: enhance-gateway jobs show 12")
+    show = args.job if args.action == "show" else args.show
+    if show is not None:
+        job = state.job(show)
         data = asdict(job) | {"deliveries": [asdict(d) for d in state.deliveries(job.id)]}
         print(json.dumps(data, indent=2))
         return 0
@@ -268,8 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("jobs", help="list jobs (or --show JOB for one job with its deliveries)")
+    p = sub.add_parser("jobs", help="list jobs; `jobs show JOB` (or --show JOB) for one job with its deliveries")
     p.add_argument("--var-dir", type=Path, help="override gateway.var_dir")
+    p.add_argument("action", nargs="?", choices=["show"], help="show one job")
+    p.add_argument("job", nargs="?", type=int, help="job id (with show)")
     p.add_argument("--state", choices=["queued", "enhancing", "enhanced", "sending", "done", "skipped", "failed", "dead"])
     p.add_argument("--study", help="StudyInstanceUID")
     p.add_argument("--show", type=int, metavar="JOB")

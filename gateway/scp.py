@@ -66,6 +66,7 @@ SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC210
 SOP_CLASS_MISMATCH = 0xA900
+NOT_AUTHORIZED = 0x0124
 
 log = logs.get("gateway.scp")
 
@@ -79,6 +80,7 @@ class _AssocStats:
     duplicates: int = 0
     refused: int = 0
     bytes: int = 0
+    allowed: bool = True
 
 
 _PREAMBLE = b"\x00" * 128 + b"DICM"
@@ -250,6 +252,13 @@ class Receiver:
     def _on_accepted(self, event: Any) -> None:
         requestor = event.assoc.requestor
         stats = _AssocStats(calling_aet=str(requestor.ae_title), peer=f"{requestor.address}:{requestor.port}")
+        hosts = self.settings.peer_hosts.get(stats.calling_aet)
+        if hosts is not None and str(requestor.address) not in hosts:
+            # the AE title is known but comes from a host it is not bound to: refuse everything, then abort
+            stats.allowed = False
+            log.warning("association.rejected", calling_aet=stats.calling_aet, peer=stats.peer,
+                        reason="calling AE title is bound to other hosts in gateway.peer_hosts")
+            threading.Thread(target=event.assoc.abort, name="abort", daemon=True).start()
         with self._lock:
             self._assocs[id(event.assoc)] = stats
         log.info("association.accepted", calling_aet=stats.calling_aet, peer=stats.peer)
@@ -300,6 +309,8 @@ class Receiver:
 
     def _store(self, event: Any) -> int:
         stats = self._stats(event)
+        if stats is not None and not stats.allowed:
+            return NOT_AUTHORIZED
         request = event.request
         sop_class_uid = str(request.AffectedSOPClassUID)
         try:

@@ -93,6 +93,7 @@ class Settings:
     var_dir: Path = Path("var")
     stable_seconds: float = 10.0
     allowed_calling_aets: tuple[str, ...] = ()
+    peer_hosts: dict[str, tuple[str, ...]] = field(default_factory=dict)  # AE title -> allowed IP addresses
     max_pdu: int = 0
     min_free_mb: int = 500
     tls: TlsSettings | None = None
@@ -269,7 +270,7 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
     gw = _env_overrides(data.get("gateway", {}), dict(os.environ) if environ is None else environ)
     known = {
         "ae_title", "host", "port", "var_dir", "stable_seconds", "allowed_calling_aets", "max_pdu", "min_free_mb",
-        "tls",
+        "tls", "peer_hosts",
     }
     _reject_unknown(gw, known, "[gateway]")
     var_dir = Path(_str(gw.get("var_dir", "var"), "gateway.var_dir"))
@@ -323,6 +324,13 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
         description_suffix=_str(enh.get("description_suffix", "ENHANCED"), "enhance.description_suffix"),
     )
     tls = _tls(gw["tls"], var_dir) if "tls" in gw else None
+    hosts_raw = gw.get("peer_hosts", {})
+    if not isinstance(hosts_raw, dict) or not all(isinstance(v, list) for v in hosts_raw.values()):
+        raise ConfigError('gateway.peer_hosts must map AE titles to lists of IP addresses, e.g. {CT01 = ["10.0.0.5"]}')
+    peer_hosts = {
+        _aet(aet, "gateway.peer_hosts"): tuple(_str(h, f"gateway.peer_hosts.{aet}[]") for h in hosts)
+        for aet, hosts in hosts_raw.items()
+    }
     met = data.get("metrics", {})
     _reject_unknown(met, {"host", "port"}, "[metrics]")
     metrics = MetricsSettings(
@@ -338,6 +346,7 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
         max_pdu=max_pdu,
         min_free_mb=_int(gw.get("min_free_mb", 500), "gateway.min_free_mb"),
         tls=tls,
+        peer_hosts=peer_hosts,
         destinations=dests,
         sources=sources,
         routes=tuple(_route(r, i) for i, r in enumerate(routes_raw)),

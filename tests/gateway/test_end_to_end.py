@@ -242,3 +242,19 @@ def test_allowed_calling_aets_rejects_others(tmp_path: Path, calling: str) -> No
         assert any(e["event"] == "association.rejected" for e in gw.events())
     finally:
         gw.stop()
+
+
+def test_peer_hosts_binds_an_ae_title_to_its_hosts(tmp_path: Path) -> None:
+    files = make_series(CT, 1, tmp_path / "in", seed="hosts")
+    gw = GatewayProcess(tmp_path, destinations=[{"name": "archive", "type": "folder", "path": "{var_dir}/archive"}],
+                        routes=FAST, gateway={"peer_hosts": {"CT01": ["10.9.9.9"], "CT02": ["127.0.0.1"]}}).start()
+    try:
+        spoofed = storescu(gw.port, files, called_aet="ENHANCE_GW", calling_aet="CT01", check=False)
+        assert spoofed.returncode != 0  # CT01 may only come from 10.9.9.9
+        assert gw.state().instance_count() == 0
+        storescu(gw.port, files, called_aet="ENHANCE_GW", calling_aet="CT02")
+        assert gw.state().instance_count() == 1
+        rejected = [e for e in gw.events() if e["event"] == "association.rejected"]
+        assert rejected and rejected[0]["calling_aet"] == "CT01"
+    finally:
+        gw.stop()
