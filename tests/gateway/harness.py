@@ -6,6 +6,7 @@ exactly what an admin's journal would hold (the PHI test reads them).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -88,6 +89,7 @@ class GatewayProcess:
         )
         self.log_path = root / "gateway.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        atexit.register(self.kill_quietly)  # a failed test must not leave a gateway running
 
     @staticmethod
     def env() -> dict[str, str]:
@@ -126,6 +128,10 @@ class GatewayProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(30)
+
+    def kill_quietly(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
 
     def terminate(self, timeout: float = 60.0) -> int:
         assert self.proc is not None

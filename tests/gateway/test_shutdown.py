@@ -49,4 +49,7 @@ def test_sigterm_mid_series_keeps_every_acknowledged_instance(tmp_path: Path) ->
         assert pydicom.dcmread(path).pixel_array.shape == (512, 512)  # complete, decodable files only
     assert not list((gw.var_dir / "spool" / "tmp").glob("*.part"))
     gw.start()  # and it comes back and finishes the series
-    gw.wait_jobs({"done"}, 1, timeout=120)
+    try:
+        gw.wait_jobs({"done"}, 1, timeout=120)
+    finally:
+        gw.stop()
