@@ -330,7 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_config_check)
 
     from enhancers.cli import add_commands
+    from gateway.web.command import add_command as add_web_command
 
+    add_web_command(sub)
     add_commands(sub)
     return parser
 

@@ -8,7 +8,6 @@ flat in series size.
 
 from __future__ import annotations
 
-import io
 import multiprocessing.synchronize
 import os
 import time
@@ -21,20 +20,18 @@ from pydicom.dataset import Dataset
 from structlog.contextvars import bound_contextvars
 
 from dicom_utils.classify import skip_reason
-from dicom_utils.derive import DerivationOptions, Enhancement, derive_instance, derived_series_uid
+from dicom_utils.derive import derived_series_uid
 from dicom_utils.errors import DicomUtilsError
 from dicom_utils.pixels import modality_frames, value_range
-from enhancers.metrics import psnr, ssim
 from enhancers.pipeline import Pipeline
 from enhancers.registry import info as enhancer_info
-from gateway import __version__, logs, routing
+from gateway import logs, routing
+from gateway.derivation import build_derived, derivation_options, make_pipeline
 from gateway.settings import Settings
 from gateway.spool import Spool
 from gateway.state import Instance, Job, State
 
 log = logs.get("gateway.worker")
-
-QA_MIN_SSIM = 0.5  # an enhanced slice this unlike its input is flagged WARN for the radiologist
 
 
 @dataclass
@@ -45,23 +42,6 @@ class _Decoded:
     vrange: tuple[float, float]
 
 
-def _downsample2(values: np.ndarray) -> np.ndarray:
-    """2x2 area mean: brings a super-resolved slice back to the input grid for the INPUT metrics."""
-    n, h, w = values.shape
-    out: np.ndarray = values[:, : h - h % 2, : w - w % 2].reshape(n, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
-    return out
-
-
-def _metrics(before: np.ndarray, after: np.ndarray, task: str) -> tuple[float | None, float | None]:
-    """PSNR/SSIM of the enhanced image against the received input, data range = the input's range."""
-    ref = before.astype(np.float64)
-    test = _downsample2(after) if task == "sr2x" else after
-    data_range = float(ref.max() - ref.min())
-    if data_range <= 0 or ref.shape != test.shape:
-        return None, None
-    return psnr(ref, test.astype(np.float64), data_range), ssim(ref, test.astype(np.float64), data_range)
-
-
 class Worker:
     """Processes queued jobs one at a time; pipelines are built once per enhancer and kept."""
 
@@ -70,18 +50,11 @@ class Worker:
         self.state = state
         self.spool = spool
         self._pipelines: dict[str, Pipeline] = {}
-        self.options = DerivationOptions(
-            software_version=__version__,
-            series_number_offset=settings.enhance.series_number_offset,
-            description_suffix=settings.enhance.description_suffix,
-        )
+        self.options = derivation_options(settings)
 
     def pipeline(self, name: str) -> Pipeline:
         if name not in self._pipelines:
-            cfg = self.settings.enhance
-            self._pipelines[name] = Pipeline(
-                name, device=cfg.device, batch_size=cfg.batch_size, threads=cfg.threads or None
-            )
+            self._pipelines[name] = make_pipeline(self.settings, name)
         return self._pipelines[name]
 
     def run_once(self) -> bool:
@@ -136,25 +109,13 @@ class Worker:
                 n = item.frames.shape[0]
                 values = out[offset : offset + n]
                 offset += n
-                p, s = _metrics(item.frames, values, task)
+                result, data, p, s = build_derived(
+                    item.ds, item.frames, values, info=info, task=task, processing_ms=per_ms, options=self.options
+                )
                 if p is not None and s is not None:
                     psnrs.append(p)
                     ssims.append(s)
-                enh = Enhancement(
-                    enhancer=info.name,
-                    version=info.version,
-                    task=task,
-                    weights_sha256=info.weights_sha256,
-                    psnr=p,
-                    ssim=s,
-                    metric_basis="INPUT",
-                    processing_ms=per_ms,
-                    qa_flag="PASS" if s is None or s >= QA_MIN_SSIM else "WARN",
-                )
-                result = derive_instance(item.ds, values, enh, self.options)
-                buf = io.BytesIO()
-                result.save_as(buf, enforce_file_format=True)
-                self.spool.store_outgoing(job.id, str(result.SOPInstanceUID), buf.getvalue())
+                self.spool.store_outgoing(job.id, str(result.SOPInstanceUID), data)
                 derived += 1
         if derived == 0:
             raise DicomUtilsError(f"no instance of the series could be enhanced: {'; '.join(problems[:3])}")

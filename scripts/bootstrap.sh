@@ -13,6 +13,8 @@ if [ "$mode" = test ]; then
   command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
   command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
   [ -d /usr/share/mricron/templates ] || need_apt+=(mricron-data)
+  command -v chromium >/dev/null || need_apt+=(chromium)          # web console tests (headless)
+  [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
   echo "bootstrap: installing ${need_apt[*]} with apt-get" >&2

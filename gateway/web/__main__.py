@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.errors import GatewayError
-from gateway.web.app import add_options, run_command
+from gateway.web.command import add_options, run_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:

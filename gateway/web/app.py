@@ -16,7 +16,6 @@ Why these rules:
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import json
 import re
@@ -25,7 +24,6 @@ import socketserver
 import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -34,18 +32,17 @@ import numpy as np
 
 from enhancers import registry
 from gateway import logs
-from gateway.errors import GatewayError, StateError
+from gateway.errors import StateError
 from gateway.settings import Settings
 from gateway.spool import Spool
 from gateway.state import JOB_STATES, State
 from gateway.web import assets, imaging, jobs, multipart, pages
+from gateway.web.command import DEFAULT_HOST, DEFAULT_PORT
 from gateway.web.enhance import Enhancer
-from gateway.web.uploads import Upload, UploadError, UploadStore
+from gateway.web.uploads import Upload, UploadError, UploadStore, sentence
 
 log = logs.get("gateway.web")
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8080
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 
 StartResponse = Callable[..., Any]
@@ -99,6 +96,9 @@ class Console:
         self.listen = listen
         self.loopback_only = loopback_only
         self.csrf = secrets.token_urlsafe(24)
+        if not settings.state_db.exists():
+            log.warning("web.no_state", state_db=str(settings.state_db),
+                        hint="no gateway has run with this var_dir yet: the jobs pages stay empty; check --config")
         self.state = State(settings.state_db)
         self.spool = Spool(settings.spool_dir)
         self.uploads = UploadStore(Enhancer(settings))
@@ -222,9 +222,9 @@ class Console:
 
     def _refuse(self, message: str, status: int, wants_json: bool) -> Response:
         if wants_json:
-            return _json({"error": message}, status)
+            return _json({"error": sentence(message)}, status)
         title = "Upload refused" if status != 403 else "Form expired"
-        return self._page_error(title, message[:1].upper() + message[1:] + ".", status, back_label="Try another file")
+        return self._page_error(title, sentence(message), status, back_label="Try another file")
 
     def upload_view(self, token: str, what: str | None, query: dict[str, list[str]]) -> Response:
         """The upload's page (progress, error or result), its rendered images and its downloads."""
@@ -234,7 +234,7 @@ class Console:
                                     "uploads for two hours, in memory only. Upload the file again.", 404)
         if what is None:
             if upload.error is not None:
-                return self._page_error("Enhancement failed", upload.error[:1].upper() + upload.error[1:] + ".",
+                return self._page_error("Enhancement failed", sentence(upload.error),
                                         422, back_label="Try another file")
             if upload.outcome is None:
                 return Response(pages.progress_page(upload, listen=self.listen))
@@ -390,35 +390,4 @@ def serve(settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
         log.info("web.stopped")
 
 
-def run_command(args: argparse.Namespace) -> int:
-    """`enhance-gateway web`: load the settings like every other command, then serve."""
-    from gateway import settings as settings_mod
-
-    cfg = settings_mod.load(getattr(args, "config", None))
-    var_dir: Path | None = getattr(args, "var_dir", None)
-    if var_dir is not None:
-        cfg = cfg.with_overrides(var_dir=var_dir)
-    try:
-        serve(cfg, args.host, args.web_port)
-    except OSError as exc:
-        raise GatewayError(f"cannot listen on {args.host}:{args.web_port}: {exc.strerror or exc}; "
-                           "pick another --port") from None
-    return 0
-
-
-def add_options(p: argparse.ArgumentParser) -> None:
-    """The console's own options (also used by `python -m gateway.web`)."""
-    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
-    p.add_argument("--port", dest="web_port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
-    p.add_argument("--var-dir", type=Path, help="override gateway.var_dir (the gateway's state and spool)")
-    p.set_defaults(func=run_command)
-
-
-def add_command(subparsers: Any) -> None:
-    """Register `web` on the CLI's subparsers (`enhance-gateway web --port 8080`)."""
-    add_options(subparsers.add_parser(
-        "web", help="serve the web console (upload and compare, jobs), on 127.0.0.1 by default"
-    ))
-
-
-__all__ = ["Console", "add_command", "add_options", "make_console_server", "run_command", "serve"]
+__all__ = ["Console", "make_console_server", "serve"]

@@ -41,6 +41,7 @@ button:disabled { opacity: .45; cursor: not-allowed; }
 .progress { margin: 14px 0; max-width: 860px; }
 .bar { height: 10px; background: #2a2e35; border-radius: 5px; overflow: hidden; }
 .bar > div { height: 100%; width: 0; background: var(--accent); transition: width .25s; }
+.bar.failed > div { background: var(--bad); }
 .bar.busy > div { background-image: linear-gradient(90deg, var(--accent) 0%, #ffe3a3 50%, var(--accent) 100%);
                   background-size: 200% 100%; animation: slide 1.2s linear infinite; }
 @keyframes slide { from { background-position: 200% 0; } to { background-position: 0 0; } }
@@ -56,7 +57,9 @@ button:disabled { opacity: .45; cursor: not-allowed; }
 .viewer { display: grid; grid-template-columns: repeat(3, 1fr); gap: 10px; }
 .pane { background: #000; border: 1px solid var(--line); border-radius: 6px; overflow: hidden; }
 .pane h3 { margin: 0; font-size: 13px; font-weight: 600; padding: 6px 10px; background: var(--panel);
-           border-bottom: 1px solid var(--line); display: flex; justify-content: space-between; }
+           border-bottom: 1px solid var(--line); display: flex; justify-content: space-between; gap: 8px;
+           white-space: nowrap; overflow: hidden; }
+.pane h3 span { overflow: hidden; text-overflow: ellipsis; }
 .viewport { position: relative; overflow: hidden; aspect-ratio: 1 / 1; cursor: grab; background: #000; }
 .viewport img { position: absolute; left: 0; top: 0; width: 100%; height: 100%; object-fit: contain;
                 transform-origin: 0 0; user-select: none; -webkit-user-drag: none; }
@@ -67,7 +70,7 @@ button:disabled { opacity: .45; cursor: not-allowed; }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 6px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
 th { color: var(--muted); font-weight: 500; font-size: 12px; text-transform: uppercase; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 table.facts th { width: 220px; text-transform: none; font-size: 13px; }
 code, .uid { font-family: ui-monospace, monospace; font-size: 12px; word-break: break-all; }
 .badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600;
@@ -110,6 +113,7 @@ JS = r"""
     const bar = $(".bar", root);
     $(".bar > div", root).style.width = Math.round(Math.max(0.02, Math.min(1, fraction)) * 100) + "%";
     bar.classList.toggle("busy", !!busy);
+    bar.classList.remove("failed");
     $(".stage", root).textContent = text;
   }
 
@@ -184,7 +188,8 @@ JS = r"""
           .then((st) => {
             if (st.error) {
               button.disabled = false;
-              setProgress(progress, 1, "failed after " + st.seconds.toFixed(1) + " s", false);
+              setProgress(progress, st.progress, "failed after " + st.seconds.toFixed(1) + " s", false);
+              $(".bar", progress).classList.add("failed");
               showError(errorBox, st.error);
             } else {
               window.location.assign(body.page_url);

@@ -1,15 +1,12 @@
 """Enhance one uploaded image the way the worker enhances one instance of a series.
 
-Why a copy of the worker's per-instance step: the console must show exactly what the gateway would send to
-PACS (same pipeline, same INPUT metrics, same QA flag, same derived object), but `gateway.worker.Worker`
-works on jobs from the state store. Until the per-instance step is shared (see the report in docs/web.md),
-this module calls the same dicom_utils and enhancers functions in the same order; `QA_MIN_SSIM` is the
-worker's own constant so the QA rule cannot drift.
+Why through `gateway.derivation`: the console must show exactly what the gateway would send to PACS (same
+pipeline settings, same INPUT metrics, same QA flag, same derived object); the worker calls the same
+functions, so the two cannot drift.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import threading
 import time
@@ -21,16 +18,12 @@ import numpy.typing as npt
 from pydicom.dataset import Dataset
 
 from dicom_utils import private_tags
-from dicom_utils.derive import DerivationOptions, Enhancement, derive_instance
 from dicom_utils.pixels import modality_frames, value_range
 from enhancers import registry
-from enhancers.metrics import psnr, ssim
 from enhancers.pipeline import Pipeline
 from enhancers.registry import EnhancerInfo
-from gateway import __version__
+from gateway.derivation import build_derived, derivation_options, input_metrics, make_pipeline, qa_flag
 from gateway.settings import Settings
-from gateway.web.imaging import downsample2
-from gateway.worker import QA_MIN_SSIM
 
 FloatArray = npt.NDArray[np.float32]
 Progress = Callable[[str, float], None]
@@ -59,20 +52,6 @@ class Outcome:
     block: dict[str, object]
 
 
-def input_metrics(before: FloatArray, after: FloatArray, task: str) -> tuple[float | None, float | None]:
-    """PSNR/SSIM of the enhanced image against the input, data range = the input's observed range.
-
-    The worker's `_metrics` rule: a super-resolved image is area-averaged back to the input grid first; a
-    flat input (no range) has no metric.
-    """
-    ref = before.astype(np.float64)
-    test = (downsample2(after) if task == "sr2x" else after).astype(np.float64)
-    data_range = float(ref.max() - ref.min())
-    if data_range <= 0 or ref.shape != test.shape or min(ref.shape[-2:]) < 7:
-        return None, None
-    return psnr(ref, test, data_range), ssim(ref, test, data_range)
-
-
 def choose_enhancer(choice: str, task: str, modality: str) -> EnhancerInfo:
     """The enhancer to run: the user's choice, or the gateway's default for the modality and task ("auto")."""
     if task not in registry.TASKS:
@@ -96,19 +75,12 @@ class Enhancer:
         self.settings = settings
         self._pipelines: dict[str, Pipeline] = {}
         self._lock = threading.Lock()
-        self.options = DerivationOptions(
-            software_version=__version__,
-            series_number_offset=settings.enhance.series_number_offset,
-            description_suffix=settings.enhance.description_suffix,
-        )
+        self.options = derivation_options(settings)
 
     def pipeline(self, name: str) -> Pipeline:
         """A pipeline per enhancer, built on first use with the worker's device/batch/thread settings."""
         if name not in self._pipelines:
-            cfg = self.settings.enhance
-            self._pipelines[name] = Pipeline(
-                name, device=cfg.device, batch_size=cfg.batch_size, threads=cfg.threads or None
-            )
+            self._pipelines[name] = make_pipeline(self.settings, name)
         return self._pipelines[name]
 
     def run(
@@ -136,26 +108,14 @@ class Enhancer:
             per_ms = (time.monotonic() - t0) * 1000.0 / max(1, values.shape[0])
         progress("measuring PSNR and SSIM", 0.75)
         p, s = input_metrics(values, out, task)
-        qa = "PASS" if s is None or s >= QA_MIN_SSIM else "WARN"
+        qa = qa_flag(s)
         derived: Dataset | None = None
         data: bytes | None = None
         if source is not None:
             progress("building the derived DICOM object", 0.9)
-            enh = Enhancement(
-                enhancer=info.name,
-                version=info.version,
-                task=task,
-                weights_sha256=info.weights_sha256,
-                psnr=p,
-                ssim=s,
-                metric_basis="INPUT",
-                processing_ms=per_ms,
-                qa_flag=qa,
+            derived, data, p, s = build_derived(
+                source, values, out, info=info, task=task, processing_ms=per_ms, options=self.options
             )
-            derived = derive_instance(source, out, enh, self.options)
-            buf = io.BytesIO()
-            derived.save_as(buf, enforce_file_format=True)
-            data = buf.getvalue()
             block = private_tags.read_block(derived)
         else:
             block = {

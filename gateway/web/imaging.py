@@ -17,6 +17,8 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
+from gateway.derivation import downsample2
+
 FloatArray = npt.NDArray[np.float32]
 ByteImage = npt.NDArray[np.uint8]
 
@@ -75,16 +77,6 @@ def window(values: npt.NDArray[np.floating], center: float, width: float, *, inv
     out: ByteImage = np.clip(scaled, 0.0, 255.0).astype(np.uint8)
     if invert:
         np.subtract(255, out, out=out)
-    return out
-
-
-def downsample2(values: npt.NDArray[np.floating]) -> FloatArray:
-    """2x2 area mean of (..., H, W): brings a super-resolved image back to the input grid (as the worker does)."""
-    arr = np.asarray(values, dtype=np.float32)
-    h, w = arr.shape[-2] // 2 * 2, arr.shape[-1] // 2 * 2
-    cut = arr[..., :h, :w]
-    shape = cut.shape[:-2] + (h // 2, 2, w // 2, 2)
-    out: FloatArray = cut.reshape(shape).mean(axis=(-3, -1)).astype(np.float32)
     return out
 
 

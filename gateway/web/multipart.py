@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import parse_qs
 
 _BOUNDARY_RE = re.compile(r'boundary=(?:"([^"]+)"|([^;\s]+))', re.IGNORECASE)
 _PARAM_RE = re.compile(r';\s*([a-zA-Z0-9_*-]+)="((?:[^"\\]|\\.)*)"|;\s*([a-zA-Z0-9_*-]+)=([^;\s]+)')
@@ -50,7 +51,11 @@ def _disposition(value: str) -> dict[str, str]:
 
 
 def parse(body: bytes, content_type: str) -> dict[str, Part]:
-    """Split a multipart/form-data body into its parts, by field name (the last one wins)."""
+    """The fields of a form body, by name (the last one wins): multipart/form-data (uploads) or
+    application/x-www-form-urlencoded (buttons such as Retry)."""
+    if content_type.lower().startswith("application/x-www-form-urlencoded"):
+        fields = parse_qs(body.decode("latin-1"), keep_blank_values=True)
+        return {k: Part(k, None, "text/plain", v[-1].encode("utf-8")) for k, v in fields.items()}
     delimiter = b"--" + boundary_of(content_type)
     chunks = body.split(delimiter)
     if len(chunks) < 3:

@@ -193,7 +193,7 @@ def result_page(upload: Upload, *, listen: str) -> str:
     span = max(hi - lo, 1.0)
     center, width = upload.window
     presets = [(f'<option value="file" data-c="{center:g}" data-w="{width:g}" selected>'
-               f"{'file window' if upload.kind == 'dicom' else 'default'} ({center:g} / {width:g})</option>")]
+               f"{esc(upload.window_source)} ({center:g} / {width:g})</option>")]
     ac, aw = imaging.auto_window(upload.values[0])
     presets.append(f'<option value="auto" data-c="{ac:.6g}" data-w="{aw:.6g}">auto, 0.5–99.5 % ({ac:.6g} / {aw:.6g})</option>')
     presets.append(f'<option value="full" data-c="{(lo + hi) / 2:.6g}" data-w="{span:.6g}">full range</option>')
@@ -208,12 +208,12 @@ def result_page(upload: Upload, *, listen: str) -> str:
     if frames > 1:
         frame_control = f"""<div class="group"><label for="frame">Frame</label>
 <input type="range" id="frame" min="0" max="{frames - 1}" value="0"> <span id="frame-label">1</span>/{frames}</div>"""
-    kinds = (("original", "Original"), ("enhanced", "Enhanced"), ("difference", "Difference (enhanced − original)"))
+    kinds = (("original", "Original"), ("enhanced", "Enhanced"), ("difference", "Difference"))
     size_note = {
         "original": f"{upload.values.shape[2]}×{upload.values.shape[1]}",
         "enhanced": f"{out.enhanced.shape[2]}×{out.enhanced.shape[1]}",
-        "difference": 'mid-grey = 0, ±<span id="diff-limit">'
-        f"{(upload.diff_limits or [0.0])[0]:.3g}</span> at black/white",
+        "difference": 'enhanced − original, ±<span id="diff-limit">'
+        f"{(upload.diff_limits or [0.0])[0]:.3g}</span> = white/black",
     }
     panes = "".join(
         f"""<div class="pane"><h3><span>{esc(title)}</span><span class="muted">{size_note[kind]}</span></h3>
@@ -287,13 +287,15 @@ def _badge(state: str) -> str:
     return f'<span class="badge {esc(state)}">{esc(state)}</span>'
 
 
-def _deliveries(items: Sequence[Delivery]) -> str:
+def _deliveries(items: Sequence[Delivery], job_error: str | None) -> str:
+    """One line per destination; its last error unless the job's error column already says it."""
     if not items:
         return '<span class="muted">-</span>'
     parts = []
     for d in items:
         tries = f" ×{d.attempts}" if d.attempts else ""
-        err = f'<div class="error-text">{esc(d.last_error[:160])}</div>' if d.last_error and d.state != "done" else ""
+        show = d.last_error and d.state != "done" and d.last_error not in (job_error or "")
+        err = f'<div class="error-text">{esc((d.last_error or "")[:160])}</div>' if show else ""
         parts.append(f'<div class="dest">{esc(d.destination)}: {_badge(d.state)}{tries}</div>{err}')
     return "".join(parts)
 
@@ -336,7 +338,7 @@ def jobs_page(
             f"<td>{esc(j.modality)}</td><td class='num'>{esc(j.derived_count if j.derived_count is not None else '-')}"
             f"/{j.instance_count}</td><td>{enhancer}</td><td>{when(j.created_at)}</td>"
             f"<td class='num'>{seconds(j.enhance_seconds)}</td><td class='num'>{seconds(total)}</td>"
-            f"<td class='num'>{j.attempts}</td><td>{_deliveries(deliveries.get(j.id, []))}</td>"
+            f"<td class='num'>{j.attempts}</td><td>{_deliveries(deliveries.get(j.id, []), j.error)}</td>"
             f"<td class='{'error-text' if j.error else 'muted'}'>{esc(detail[:240])}</td></tr>"
         )
     table = (

@@ -31,7 +31,14 @@ from dicom_utils.errors import DicomUtilsError
 from dicom_utils.summary import safe_summary
 from gateway import logs
 from gateway.web.enhance import EnhanceError, Enhancer, Outcome, dicom_values
-from gateway.web.imaging import dicom_window, difference, difference_limit, is_inverted
+from gateway.web.imaging import (
+    CT_PRESETS,
+    auto_window,
+    dicom_window,
+    difference,
+    difference_limit,
+    is_inverted,
+)
 
 log = logs.get("gateway.web")
 
@@ -54,6 +61,15 @@ PATIENT_FIELDS: tuple[tuple[str, str], ...] = (
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def sentence(message: str) -> str:
+    """A message as a sentence for a page: capital first letter, final period."""
+    text = message.strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?", ")")) else text + "."
 
 
 class UploadError(ValueError):
@@ -100,6 +116,7 @@ class Upload:
     source_dtype: str = "uint8"
     outcome: Outcome | None = None
     window: tuple[float, float] = (0.0, 1.0)
+    window_source: str = "auto window"
     invert: bool = False
     diff_limits: list[float] = field(default_factory=list)
     summary: dict[str, object] = field(default_factory=dict)
@@ -116,7 +133,7 @@ class Upload:
             "stage": self.stage,
             "progress": round(self.progress, 3),
             "done": self.done,
-            "error": self.error,
+            "error": sentence(self.error) if self.error else None,
             "seconds": round(end - (self.started or self.created), 1),
         }
 
@@ -271,6 +288,10 @@ class UploadStore:
             )
             progress("preparing the view", 0.97)
             upload.window = dicom_window(upload.source, upload.values[0])
+            if upload.window != auto_window(upload.values[0]):
+                upload.window_source = "file window"
+            elif upload.modality == "CT":  # no window in the file: what a reading workstation opens CT with
+                upload.window, upload.window_source = CT_PRESETS["soft tissue"], "CT soft tissue"
             upload.invert = upload.source is not None and is_inverted(upload.source)
             upload.diff_limits = [
                 difference_limit(difference(upload.values[i], outcome.enhanced[i]))

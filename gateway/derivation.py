@@ -1,0 +1,95 @@
+"""One instance's last step, shared by the worker and the web console: metrics, QA flag, derived object.
+
+Why shared: the console must show exactly what the gateway sends to PACS (same INPUT metrics, same QA rule,
+same derived object), so both call these functions instead of keeping copies that could drift.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+
+from dicom_utils.derive import DerivationOptions, Enhancement, derive_instance
+from enhancers.metrics import psnr, ssim
+from enhancers.pipeline import Pipeline
+from enhancers.registry import EnhancerInfo
+from gateway import __version__
+from gateway.settings import Settings
+
+QA_MIN_SSIM = 0.5  # an enhanced slice this unlike its input is flagged WARN for the radiologist
+MIN_METRIC_SIZE = 7  # SSIM's window: smaller slices get no metrics rather than an error
+
+
+def downsample2(values: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+    """2x2 area mean of (..., H, W): brings a super-resolved image back to the input grid."""
+    arr = np.asarray(values, dtype=np.float32)
+    h, w = arr.shape[-2] // 2 * 2, arr.shape[-1] // 2 * 2
+    cut = arr[..., :h, :w]
+    out: npt.NDArray[np.float32] = cut.reshape(cut.shape[:-2] + (h // 2, 2, w // 2, 2)).mean(axis=(-3, -1))
+    return out.astype(np.float32)
+
+
+def input_metrics(
+    before: npt.NDArray[np.floating], after: npt.NDArray[np.floating], task: str
+) -> tuple[float | None, float | None]:
+    """PSNR/SSIM of the enhanced image against the received input (basis INPUT: fidelity, not quality).
+
+    Data range = the input's observed range; a super-resolved image is area-averaged back to the input grid;
+    a flat or tiny input has no metric.
+    """
+    ref = np.asarray(before, dtype=np.float64)
+    test = np.asarray(downsample2(after) if task == "sr2x" else after, dtype=np.float64)
+    data_range = float(ref.max() - ref.min())
+    if data_range <= 0 or ref.shape != test.shape or min(ref.shape[-2:]) < MIN_METRIC_SIZE:
+        return None, None
+    return psnr(ref, test, data_range), ssim(ref, test, data_range)
+
+
+def qa_flag(ssim_value: float | None) -> str:
+    return "PASS" if ssim_value is None or ssim_value >= QA_MIN_SSIM else "WARN"
+
+
+def derivation_options(settings: Settings) -> DerivationOptions:
+    return DerivationOptions(
+        software_version=__version__,
+        series_number_offset=settings.enhance.series_number_offset,
+        description_suffix=settings.enhance.description_suffix,
+    )
+
+
+def make_pipeline(settings: Settings, name: str) -> Pipeline:
+    """A pipeline with the configured device, batch size and threads."""
+    cfg = settings.enhance
+    return Pipeline(name, device=cfg.device, batch_size=cfg.batch_size, threads=cfg.threads or None)
+
+
+def build_derived(
+    source: Dataset,
+    before: npt.NDArray[np.floating],
+    after: npt.NDArray[np.floating],
+    *,
+    info: EnhancerInfo,
+    task: str,
+    processing_ms: float,
+    options: DerivationOptions,
+) -> tuple[Dataset, bytes, float | None, float | None]:
+    """Metrics + QA + derived object for one instance; returns (dataset, Part 10 bytes, psnr, ssim)."""
+    p, s = input_metrics(before, after, task)
+    enh = Enhancement(
+        enhancer=info.name,
+        version=info.version,
+        task=task,
+        weights_sha256=info.weights_sha256,
+        psnr=p,
+        ssim=s,
+        metric_basis="INPUT",
+        processing_ms=processing_ms,
+        qa_flag=qa_flag(s),
+    )
+    derived = derive_instance(source, np.asarray(after, dtype=np.float32), enh, options)
+    buf = io.BytesIO()
+    derived.save_as(buf, enforce_file_format=True)
+    return derived, buf.getvalue(), p, s
