@@ -186,60 +186,26 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
-    from enhancers.registry import names
-    from gateway.dicomnet import Peer
-    from gateway.retrieve import retrieve_series
-    from gateway.spool import Spool
+    from gateway.admin import reprocess
     from gateway.state import State
 
     cfg = _settings(args)
-    state = State(cfg.state_db)
-    if args.enhancer and args.enhancer not in names():
-        raise GatewayError(f"--enhancer {args.enhancer!r} is not registered; known: {', '.join(names())}")
-    if args.to and args.to not in {d.name for d in cfg.destinations}:
-        raise GatewayError(f"--to {args.to!r} is not a configured destination")
-    rows = state.series_instances(args.study_uid, args.series)
-    if not rows:
-        raise GatewayError(f"the gateway has received no instance of study {args.study_uid}"
-                           + (f" series {args.series}" if args.series else ""))
-    by_series: dict[str, list[Any]] = {}
-    for row in rows:
-        by_series.setdefault(row["series_uid"], []).append(row)
-    spool = Spool(cfg.spool_dir, min_free_mb=cfg.min_free_mb)
-    for series_uid, members in by_series.items():
-        missing = [r for r in members if r["purged_at"] is not None or not Path(r["path"]).exists()]
-        if missing:
-            if not cfg.sources:
-                raise GatewayError(
-                    f"{len(missing)} originals of series {series_uid} were purged and no [[sources]] PACS is"
-                    " configured to retrieve them from"
-                )
-            src = cfg.sources[0]
-            peer = Peer(src.ae_title, src.host, src.port, src.calling_aet or cfg.ae_title)
-            got = retrieve_series(peer, state, spool, args.study_uid, series_uid, [r["sop_class_uid"] for r in missing])
-            print(f"series {series_uid}: retrieved {got} purged originals from {src.name}")
-        job_id = state.make_reprocess_job(series_uid, enhancer=args.enhancer, only_destination=args.to)
-        print(f"series {series_uid}: job {job_id} queued ({len(members)} instances)")
+    for r in reprocess(cfg, State(cfg.state_db), args.study_uid, series_uid=args.series, enhancer=args.enhancer,
+                       destination=args.to):
+        if r.retrieved:
+            print(f"series {r.series_uid}: retrieved {r.retrieved} purged originals from {r.source}")
+        print(f"series {r.series_uid}: job {r.job_id} queued ({r.instances} instances)")
     return 0
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    from gateway.spool import Spool
+    from gateway.admin import purge
     from gateway.state import State
 
     cfg = _settings(args)
-    state = State(cfg.state_db)
-    spool = Spool(cfg.spool_dir)
-    instances, jobs = state.purgeable(time.time() - args.older_than * 86400)
-    size = sum(int(r["size"]) for r in instances)
+    done = purge(cfg, State(cfg.state_db), args.older_than, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
-    if not args.dry_run:
-        for row in instances:
-            Path(row["path"]).unlink(missing_ok=True)
-        state.mark_purged([r["sop_uid"] for r in instances])
-        for job_id in jobs:
-            spool.clear_outgoing(job_id)
-    print(f"{verb} {len(instances)} originals ({size / 1e6:.1f} MB) and the outputs of {len(jobs)} finished jobs")
+    print(f"{verb} {done.originals} originals ({done.bytes / 1e6:.1f} MB) and the outputs of {done.jobs} finished jobs")
     return 0
 
 

@@ -32,7 +32,8 @@ import numpy as np
 
 from enhancers import registry
 from gateway import logs
-from gateway.errors import StateError
+from gateway.admin import reprocess
+from gateway.errors import GatewayError, StateError
 from gateway.settings import Settings
 from gateway.spool import Spool
 from gateway.state import JOB_STATES, State
@@ -50,7 +51,7 @@ Environ = dict[str, Any]
 
 _UPLOAD_RE = re.compile(r"^/uploads/([A-Za-z0-9_-]{8,64})(?:/(original|enhanced|difference|comparison)\.png"
                         r"|/(enhanced\.dcm|enhanced\.png))?$")
-_JOB_RE = re.compile(r"^/jobs/(\d{1,12})(?:/thumbs/(\d{1,6})/(original|derived)\.png|/(retry))?$")
+_JOB_RE = re.compile(r"^/jobs/(\d{1,12})(?:/thumbs/(\d{1,6})/(original|derived)\.png|/(retry|reprocess))?$")
 
 
 class Response:
@@ -177,7 +178,7 @@ class Console:
     # --- uploads ---------------------------------------------------------------------------------------
 
     def post(self, environ: Environ, path: str) -> Response:
-        """POST /upload and POST /jobs/N/retry, both behind the per-process form token."""
+        """POST /upload, /jobs/N/retry and /jobs/N/reprocess, all behind the per-process form token."""
         wants_json = "application/json" in str(environ.get("HTTP_ACCEPT", ""))
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -197,6 +198,9 @@ class Console:
         m = _JOB_RE.match(path)
         if m and m.group(4) == "retry":
             return self.retry(int(m.group(1)))
+        if m and m.group(4) == "reprocess":
+            enhancer = form.get("enhancer")
+            return self.reprocess(int(m.group(1)), enhancer.data.decode("ascii", "replace") if enhancer else "")
         if path != "/upload":
             return self._refuse(f"nothing to post to at {path}", 404, wants_json)
         file = form.get("file")
@@ -328,7 +332,8 @@ class Console:
             view = jobs.job_view(self.state, self.spool, job_id)
         except StateError as exc:
             return self._page_error("Job not found", str(exc), 404, back="/jobs", back_label="All jobs")
-        return Response(pages.job_page(view, csrf=self.csrf, flash=self._flash.pop(job_id, None), listen=self.listen))
+        return Response(pages.job_page(view, csrf=self.csrf, flash=self._flash.pop(job_id, None), listen=self.listen,
+                                       enhancer_names=registry.names()))
 
     def retry(self, job_id: int) -> Response:
         """Re-queue a failed or dead job (what `enhance-gateway retry JOB` does), then show the job."""
@@ -340,6 +345,21 @@ class Console:
             self._flash[job_id] = f"Job {job_id} re-queued as {target}."
             log.info("web.job_retried", job_id=job_id, state=target)
         return _redirect(f"/jobs/{job_id}")
+
+
+    def reprocess(self, job_id: int, enhancer: str) -> Response:
+        """Enhance the job's series again: the same code path as `enhance-gateway reprocess`."""
+        try:
+            job = self.state.job(job_id)
+            done = reprocess(self.settings, self.state, job.study_uid, series_uid=job.series_uid,
+                             enhancer=enhancer or None)
+        except GatewayError as exc:
+            self._flash[job_id] = str(exc)
+            return _redirect(f"/jobs/{job_id}")
+        new = done[0].job_id
+        self._flash[new] = f"Queued from job {job_id}" + (f" with {enhancer}." if enhancer else ".")
+        log.info("web.job_reprocessed", job_id=job_id, new_job_id=new, enhancer=enhancer or None)
+        return _redirect(f"/jobs/{new}")
 
 
 class _Server(socketserver.ThreadingMixIn, WSGIServer):

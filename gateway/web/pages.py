@@ -360,7 +360,9 @@ def jobs_page(
     return layout(title, body, active="jobs", page="jobs", listen=listen)
 
 
-def job_page(view: JobView, *, csrf: str, flash: str | None, listen: str) -> str:
+def job_page(
+    view: JobView, *, csrf: str, flash: str | None, listen: str, enhancer_names: Sequence[str] = ()
+) -> str:
     """One job: facts and timings, deliveries, metrics, before/after thumbnails, admin actions."""
     j = view.job
     now = time.time()
@@ -409,16 +411,21 @@ def job_page(view: JobView, *, csrf: str, flash: str | None, listen: str) -> str
 <div class="pair"><div><div class="muted">before</div>{img("original", t.has_original)}</div>
 <div><div class="muted">after</div>{img("derived", t.has_derived)}</div></div></div>"""
         )
+    action = ""
     if j.state in ("failed", "dead"):
         action = f"""<form method="post" action="/jobs/{j.id}/retry" class="actions">
 <input type="hidden" name="csrf" value="{esc(csrf)}">
 <button type="submit" id="retry">Retry now</button>
 <span class="muted">re-queues the job at the stage that failed (same as <code>enhance-gateway retry {j.id}</code>)</span>
 </form>"""
-    else:
-        action = f"""<p class="muted">To enhance this series again (another enhancer, or after a fix), run
-<code>enhance-gateway reprocess {esc(j.study_uid)} --series {esc(j.series_uid)}</code>.
-Retry applies to failed and dead jobs.</p>"""
+    options = "".join(f"<option value='{esc(n)}'>{esc(n)}</option>" for n in enhancer_names)
+    action += f"""<form method="post" action="/jobs/{j.id}/reprocess" class="actions">
+<input type="hidden" name="csrf" value="{esc(csrf)}">
+<select name="enhancer" id="reprocess-enhancer"><option value="">same routing</option>{options}</select>
+<button type="submit" id="reprocess">Reprocess series</button>
+<span class="muted">a new job over every instance of the series (same as <code>enhance-gateway reprocess
+{esc(j.study_uid)} --series {esc(j.series_uid)}</code>); another enhancer makes a new derived series</span>
+</form>"""
     flash_html = f'<div class="alert info" id="flash" role="status">{esc(flash)}</div>' if flash else ""
     body = f"""<h1>Job {j.id} {_badge(j.state)}</h1>
 {flash_html}

@@ -58,7 +58,7 @@ def test_reprocess_new_enhancer_makes_a_new_series_and_same_one_is_idempotent(tm
         studies = json.loads(gw.cli("studies", "--json").stdout)
         assert studies[0]["study_uid"] == src.StudyInstanceUID and len(studies[0]["jobs"]) == 3
         bad = gw.cli("reprocess", src.StudyInstanceUID, "--enhancer", "nope", check=False)
-        assert bad.returncode == 1 and "not registered" in bad.stderr
+        assert bad.returncode == 1 and "is not registered" in bad.stderr
     finally:
         gw.stop()
 

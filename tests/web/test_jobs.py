@@ -13,6 +13,7 @@ import pydicom
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select
 
 from tests import realdata
 from tests.gateway.harness import GatewayProcess
@@ -105,6 +106,18 @@ def test_retry_button_requeues_a_dead_job(browser: WebDriver, scenario: Scenario
     flash = wait_visible(browser, "#flash")
     assert f"Job {scenario.dead_job} re-queued as enhanced" in flash.text
     screenshot(browser, "11-job-retried")
+
+
+def test_reprocess_button_queues_a_new_job_with_another_enhancer(browser: WebDriver, scenario: Scenario) -> None:
+    browser.get(scenario.console.url + f"/jobs/{scenario.done_job}")
+    Select(wait_visible(browser, "#reprocess-enhancer")).select_by_value("unsharp")
+    browser.find_element(By.ID, "reprocess").click()
+    flash = wait_visible(browser, "#flash")
+    assert f"Queued from job {scenario.done_job} with unsharp" in flash.text
+    new_id = int(browser.current_url.rstrip("/").rsplit("/", 1)[1])
+    new = scenario.gw.state().job(new_id)
+    assert new.reprocess == 1 and new.enhancer == "unsharp" and new.instance_count == 5
+    screenshot(browser, "12-job-reprocessed")
 
 
 def test_no_phi_in_the_console_log(scenario: Scenario) -> None:

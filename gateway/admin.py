@@ -1,0 +1,94 @@
+"""Admin operations shared by the CLI and the web console: reprocess and purge.
+
+Why a module: the console's reprocess button must take the same code path as `enhance-gateway reprocess`
+(same checks, same C-GET of purged originals, same jobs), so neither keeps its own copy.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from enhancers.registry import names
+from gateway.dicomnet import Peer
+from gateway.errors import GatewayError
+from gateway.retrieve import retrieve_series
+from gateway.settings import Settings
+from gateway.spool import Spool
+from gateway.state import State
+
+
+@dataclass(frozen=True)
+class Reprocessed:
+    series_uid: str
+    job_id: int
+    instances: int
+    retrieved: int
+    source: str | None
+
+
+def reprocess(
+    settings: Settings,
+    state: State,
+    study_uid: str,
+    *,
+    series_uid: str | None = None,
+    enhancer: str | None = None,
+    destination: str | None = None,
+) -> list[Reprocessed]:
+    """Queue a new job per series of the study (or the one series), retrieving purged originals first.
+
+    A new enhancer (or version) gives a new derived series; the same one gives the same UIDs (idempotent).
+    """
+    if enhancer and enhancer not in names():
+        raise GatewayError(f"enhancer {enhancer!r} is not registered; known: {', '.join(names())}")
+    if destination and destination not in {d.name for d in settings.destinations}:
+        raise GatewayError(f"destination {destination!r} is not configured")
+    rows = state.series_instances(study_uid, series_uid)
+    if not rows:
+        raise GatewayError(
+            f"the gateway has received no instance of study {study_uid}"
+            + (f" series {series_uid}" if series_uid else "")
+        )
+    by_series: dict[str, list[dict[str, object]]] = {}
+    for row in rows:
+        by_series.setdefault(str(row["series_uid"]), []).append(dict(row))
+    spool = Spool(settings.spool_dir, min_free_mb=settings.min_free_mb)
+    done: list[Reprocessed] = []
+    for series, members in by_series.items():
+        missing = [r for r in members if r["purged_at"] is not None or not Path(str(r["path"])).exists()]
+        got, source = 0, None
+        if missing:
+            if not settings.sources:
+                raise GatewayError(
+                    f"{len(missing)} originals of series {series} were purged and no [[sources]] PACS is"
+                    " configured to retrieve them from"
+                )
+            src = settings.sources[0]
+            peer = Peer(src.ae_title, src.host, src.port, src.calling_aet or settings.ae_title)
+            got = retrieve_series(peer, state, spool, study_uid, series, [str(r["sop_class_uid"]) for r in missing])
+            source = src.name
+        job_id = state.make_reprocess_job(series, enhancer=enhancer, only_destination=destination)
+        done.append(Reprocessed(series, job_id, len(members), got, source))
+    return done
+
+
+@dataclass(frozen=True)
+class Purged:
+    originals: int
+    bytes: int
+    jobs: int
+
+
+def purge(settings: Settings, state: State, older_than_days: float, *, dry_run: bool) -> Purged:
+    """Remove originals and outputs of finished work older than the retention; never an unfinished job's."""
+    instances, jobs = state.purgeable(time.time() - older_than_days * 86400)
+    if not dry_run:
+        spool = Spool(settings.spool_dir)
+        for row in instances:
+            Path(row["path"]).unlink(missing_ok=True)
+        state.mark_purged([r["sop_uid"] for r in instances])
+        for job_id in jobs:
+            spool.clear_outgoing(job_id)
+    return Purged(len(instances), sum(int(r["size"]) for r in instances), len(jobs))
