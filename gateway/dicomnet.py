@@ -14,6 +14,7 @@ storescu on the benchmark machine (bench/send.py).
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,12 +49,55 @@ class SendResult:
     seconds: float
 
 
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+
+
+def _scan_meta(head: bytes) -> tuple[str, str] | None:
+    """(0002,0002) and (0002,0010) from the start of a Part 10 file; None if anything is unusual.
+
+    Why by hand: pydicom's `read_file_meta_info` costs ~0.4 ms per file, about a sixth of the sender's CPU
+    per instance, to read two UIDs from a group that is always Explicit VR Little Endian. Any file this
+    scan does not fully understand goes to pydicom, so odd files are judged exactly as before.
+    """
+    if head[128:132] != b"DICM":
+        return None
+    found: dict[int, str] = {}
+    pos = 132
+    while pos + 8 <= len(head):
+        group, element = struct.unpack_from("<HH", head, pos)
+        if group != 0x0002:
+            break
+        vr = head[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            if pos + 12 > len(head):
+                return None
+            (length,) = struct.unpack_from("<I", head, pos + 8)
+            start = pos + 12
+        else:
+            (length,) = struct.unpack_from("<H", head, pos + 6)
+            start = pos + 8
+        if start + length > len(head):
+            return None
+        if element in (0x0002, 0x0010):
+            if vr != b"UI":
+                return None
+            found[element] = head[start : start + length].rstrip(b"\x00 ").decode("ascii", "replace")
+        pos = start + length
+    if 0x0002 not in found or 0x0010 not in found:
+        return None
+    return found[0x0002], found[0x0010]
+
+
 def _file_contexts(files: Sequence[Path]) -> list[tuple[str, str]]:
-    """(SOP class, transfer syntax) of each file, from its File Meta only (group 0002: no dataset parsing)."""
+    """(SOP class, transfer syntax) of each file, from its File Meta only (no dataset parsing)."""
     out = []
     for path in files:
-        meta = read_file_meta_info(path)
-        out.append((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
+        with open(path, "rb") as fh:
+            pair = _scan_meta(fh.read(4096))
+        if pair is None:
+            meta = read_file_meta_info(path)
+            pair = (str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID))
+        out.append(pair)
     return out
 
 
@@ -66,6 +110,9 @@ def _contexts(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def _ae(peer: Peer, timeout: float) -> AE:
     _config.STORE_SEND_CHUNKED_DATASET = True  # stream files as stored (module docstring)
+    # pynetdicom's "standard" handlers format debug lines for every PDU and DIMSE message even though its
+    # logger is kept at WARNING (gateway.logs): ~15% of the sender's CPU for lines nobody sees.
+    _config.LOG_HANDLER_LEVEL = "none"
     ae = netopts.TunedAE(ae_title=peer.calling_aet)
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout

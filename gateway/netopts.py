@@ -14,8 +14,8 @@ What changes (protocol, state machine, events and handlers are pynetdicom's own,
 - `EventDrivenAssociation._run_reactor`: waits on `user_ready` instead of sleeping 1 ms; the reactor
   counts as paused while it waits, so `send_c_store()`/`release()` no longer spin until the next tick.
 - `TunedSocket`: TCP_NODELAY on every association socket (accepted and outgoing: without it the response
-  to a C-STORE can sit behind the peer's delayed ACK, ~40 ms on Linux), reads whole PDUs with
-  `recv_into` instead of 4 KiB chunks, and sends each PDU with one `sendall`.
+  to a C-STORE can sit behind the peer's delayed ACK, ~40 ms on Linux), reads whole PDUs with one
+  MSG_WAITALL `recv` instead of 4 KiB chunks, and sends each PDU with one `sendall`.
 - `TunedAE`: an AE whose servers and outgoing associations use all of the above.
 
 Every wait has a `_MAX_WAIT` bound so timers (ARTIM, network idle) and kill flags are still checked the
@@ -42,12 +42,14 @@ from pynetdicom.transport import AddressInformation, AssociationSocket, RequestH
 try:
     import ssl
 
-    _SSLSocket: type | None = ssl.SSLSocket
+    _SSLSocket: type[ssl.SSLSocket] | None = ssl.SSLSocket
 except ImportError:  # pragma: no cover - Python built without ssl
     _SSLSocket = None
 
 _DUL_LOG = logging.getLogger("pynetdicom.dul")
 _ASSOC_LOG = logging.getLogger("pynetdicom.association")
+
+_MSG_WAITALL = getattr(socket, "MSG_WAITALL", 0)
 
 # Longest a reactor blocks before re-checking timers and kill flags (pynetdicom's timers are seconds-scale).
 _MAX_WAIT = 0.05
@@ -287,6 +289,8 @@ class TunedSocket(AssociationSocket):
     ) -> None:
         if client_socket is not None:
             tune_socket(client_socket)
+            # A peer silent in the middle of a PDU must not hold this thread (and an association slot) forever.
+            client_socket.settimeout(assoc.network_timeout)
         super().__init__(assoc, client_socket=client_socket, address=address)
 
     def _create_socket(self, address: AddressInformation) -> socket.socket:
@@ -294,18 +298,29 @@ class TunedSocket(AssociationSocket):
         tune_socket(sock)
         return sock
 
-    def recv(self, nr_bytes: int) -> bytearray:
-        """Read exactly `nr_bytes` (fewer only if the peer closed), straight into one buffer."""
+    def recv(self, nr_bytes: int) -> bytes:  # type: ignore[override]  # callers only extend a bytearray
+        """Read exactly `nr_bytes` (fewer only if the peer closed).
+
+        Why MSG_WAITALL: on a blocking socket (the SCP's accepted sockets) one system call returns a whole
+        131 KB PDU; pynetdicom's loop of 4 KiB reads, or a `recv_into` a fresh buffer, cost the DUL thread
+        30-50% more CPU per instance. On a socket with a timeout the call may return early; the loop
+        collects the rest.
+        """
         assert self.socket is not None
-        buf = bytearray(nr_bytes)
-        view = memoryview(buf)
-        got = 0
+        # SSLSocket.recv() refuses flags; TLS records are decrypted whole anyway.
+        flags = 0 if _SSLSocket is not None and isinstance(self.socket, _SSLSocket) else _MSG_WAITALL
+        first = self.socket.recv(nr_bytes, flags)
+        if len(first) == nr_bytes or not first:
+            return first
+        chunks = [first]
+        got = len(first)
         while got < nr_bytes:
-            n = self.socket.recv_into(view[got:], nr_bytes - got)
-            if not n:
-                return buf[:got]
-            got += n
-        return buf
+            chunk = self.socket.recv(nr_bytes - got, flags)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
 
     def send(self, bytestream: bytes) -> None:
         assert self.socket is not None

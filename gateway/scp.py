@@ -8,6 +8,8 @@ slow happens here (no decoding of pixels, no enhancement): peers time out after 
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import sqlite3
 import struct
 import threading
@@ -15,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
@@ -104,7 +107,7 @@ def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: 
 
     Why not pynetdicom's `event.encoded_dataset()`: it builds a pydicom FileMetaDataset and encodes it,
     about 0.7 ms of CPU per instance, the largest piece of the handler after the fsyncs. The bytes are the
-    same as pynetdicom's (same elements, implementation UID and version; `tests/gateway/test_scp_meta.py`
+    same as pynetdicom's (same elements, implementation UID and version; `tests/gateway/test_fast_meta.py`
     compares them), so spool files do not change.
     """
     body = b"".join(
@@ -133,6 +136,21 @@ def _check_dataset(
     ds: Dataset, affected_sop_uid: str, affected_sop_class: str, transfer_syntax: UID
 ) -> tuple[str, str, str, str]:
     """Return (study, series, sop, modality) or raise InvalidInstance; reads headers only."""
+    tags = list(ds.keys())
+    last = ds.get_item(tags[-1]) if tags else None
+    if (isinstance(last, RawDataElement) and isinstance(last.value, bytes) and last.length != 0xFFFFFFFF
+            and len(last.value) < last.length):
+        raise InvalidInstance(
+            f"dataset truncated: element {last.tag} declares {last.length} bytes but only {len(last.value)} arrived"
+        )
+    pixel = ds.get_item(0x7FE00010) if 0x7FE00010 in ds else None
+    if isinstance(pixel, RawDataElement) and transfer_syntax.is_compressed and pixel.length != 0xFFFFFFFF:
+        raise InvalidInstance(f"Pixel Data is not encapsulated, as {transfer_syntax.name} requires")
+    try:
+        for _ in ds.iterall():  # every element and sequence item parses (lengths fit their VRs)
+            pass
+    except Exception as exc:  # pydicom raises several types for malformed elements
+        raise InvalidInstance(f"malformed element: {exc}") from exc
     try:
         study = str(ds.StudyInstanceUID)
         series = str(ds.SeriesInstanceUID)
@@ -175,6 +193,9 @@ class Receiver:
 
     def _make_ae(self) -> AE:
         _config.PASS_CONTEXTVARS = True
+        # The "standard" handlers format debug lines per PDU and DIMSE message; the pynetdicom logger is kept
+        # at WARNING (gateway.logs), so they cost CPU on the receive path and print nothing.
+        _config.LOG_HANDLER_LEVEL = "none"
         ae = netopts.TunedAE(ae_title=self.settings.ae_title)
         ae.maximum_pdu_size = self.settings.max_pdu
         ae.maximum_associations = 32
@@ -238,6 +259,12 @@ class Receiver:
             time.sleep(0.05)
         open_assocs = self.ae.active_associations
         for assoc in open_assocs:
+            # A reader blocked mid-PDU (a peer that went silent) only returns when its socket is shut down;
+            # a blocking abort() would wait for it forever.
+            raw = getattr(assoc.dul.socket, "socket", None)
+            if raw is not None:
+                with contextlib.suppress(OSError):
+                    raw.shutdown(socket.SHUT_RDWR)
             assoc.abort()
         with self._idle:
             self._idle.wait_for(lambda: self._inflight == 0, timeout=grace + 30)
@@ -318,6 +345,7 @@ class Receiver:
             study, series, sop, modality = _check_dataset(
                 event.dataset, str(request.AffectedSOPInstanceUID), sop_class_uid, tsyntax
             )
+            self.spool.incoming_path(study, series, sop)  # a non-UID cannot name a spool folder: 0xC210
         except Exception as exc:  # noqa: BLE001 - any undecodable dataset is refused with 0xC210, never raised
             if stats:
                 stats.refused += 1
