@@ -91,7 +91,10 @@ def _float_or(value: Any, default: float) -> float:
     """float(value) for a DS/IS/number, ``default`` when missing or empty."""
     if value is None or value == "":
         return default
-    return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise PixelDecodeError(f"{value!r} is not a number (Rescale Slope/Intercept or similar)") from None
 
 
 def _seq_item(group: Dataset | None, keyword: str) -> Dataset | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.process
+import os
 import signal
 import threading
 import time
@@ -60,7 +61,6 @@ class Gateway:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ctx = multiprocessing.get_context("spawn")
-        self._worker_stop = self._ctx.Event()
         self._workers: list[multiprocessing.process.BaseProcess] = []
 
     def start(self) -> None:
@@ -106,7 +106,7 @@ class Gateway:
 
     def _start_worker(self) -> None:
         proc = self._ctx.Process(
-            target=worker.run, args=(self.settings, self._worker_stop), name="enhance-worker", daemon=True
+            target=worker.run, args=(self.settings, os.getpid()), name="enhance-worker", daemon=True
         )
         proc.start()
         self._workers.append(proc)
@@ -115,7 +115,7 @@ class Gateway:
         """A worker that died (OOM killer, segfault) is replaced and its job re-queued."""
         while not self._stop.wait(1.0):
             for proc in list(self._workers):
-                if proc.is_alive() or self._worker_stop.is_set():
+                if proc.is_alive() or self._stop.is_set():
                     continue
                 self._workers.remove(proc)
                 requeued = self.state.recover(owner=proc.pid)
@@ -128,14 +128,15 @@ class Gateway:
         if self.http is not None:
             self.http.stop()
         self._stop.set()
-        self._worker_stop.set()
         for t in self._threads:
             t.join(timeout)
+        for proc in self._workers:
+            proc.terminate()  # SIGTERM: the worker finishes its current job, then exits
         deadline = time.monotonic() + timeout
         for proc in self._workers:
             proc.join(max(0.1, deadline - time.monotonic()))
             if proc.is_alive():
-                proc.terminate()
+                proc.kill()
                 proc.join(5)
         self.state.close()
         log.info("gateway.stopped")

@@ -153,6 +153,10 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     return float(min(cap, base * (2 ** max(0, attempt - 1))))
 
 
+class JobTakenOver(StateError):
+    """This process no longer owns the job (a restarted service re-queued it and another worker claimed it)."""
+
+
 class State:
     """SQLite-backed state, safe to share between the threads of one process (one connection, one lock).
 
@@ -428,7 +432,10 @@ class State:
         """enhancing -> enhanced, with one pending delivery per destination (done ones stay done)."""
         now = time.time()
         with self._tx() as db:
-            self._expect(db, job_id, "enhancing")
+            row = db.execute("SELECT state, owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["state"] != "enhancing" or row["owner"] != os.getpid():
+                raise JobTakenOver(f"job {job_id} is {row and row['state']} (owner {row and row['owner']}), "
+                                   f"no longer enhancing by pid {os.getpid()}")
             db.execute(
                 "UPDATE jobs SET state = 'enhanced', derived_count = ?, psnr = ?, ssim = ?, enhance_seconds = ?,"
                 " error = ?, attempts = 0, next_try_at = NULL, updated_at = ? WHERE id = ?",
@@ -454,7 +461,10 @@ class State:
         """Record a failure at `stage` ('enhancing' or 'sending'); returns the new state (failed or dead)."""
         now = time.time()
         with self._tx() as db:
-            attempts = int(db.execute("SELECT attempts FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]) + 1
+            row = db.execute("SELECT attempts, state, owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if stage == "enhancing" and (row["state"] != "enhancing" or row["owner"] != os.getpid()):
+                return str(row["state"])  # someone else owns it now: not ours to fail
+            attempts = int(row["attempts"]) + 1
             state = "dead" if attempts >= max_attempts else "failed"
             retry_stage = "queued" if stage == "enhancing" else "enhanced"
             db.execute(

@@ -8,8 +8,9 @@ flat in series size.
 
 from __future__ import annotations
 
-import multiprocessing.synchronize
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from gateway import logs, routing
 from gateway.derivation import build_derived, derivation_options, make_pipeline
 from gateway.settings import Settings
 from gateway.spool import Spool
-from gateway.state import Instance, Job, State
+from gateway.state import Instance, Job, JobTakenOver, State
 
 log = logs.get("gateway.worker")
 
@@ -42,10 +43,15 @@ class _Decoded:
     vrange: tuple[float, float]
 
 
+class ServiceGone(Exception):
+    """The service that spawned this worker died: stop now, its successor re-runs the job."""
+
+
 class Worker:
     """Processes queued jobs one at a time; pipelines are built once per enhancer and kept."""
 
-    def __init__(self, settings: Settings, state: State, spool: Spool) -> None:
+    def __init__(self, settings: Settings, state: State, spool: Spool, parent: int | None = None) -> None:
+        self.parent = parent
         self.settings = settings
         self.state = state
         self.spool = spool
@@ -65,6 +71,8 @@ class Worker:
         with bound_contextvars(job_id=job.id, study_uid=job.study_uid, series_uid=job.series_uid):
             try:
                 self.process(job)
+            except (ServiceGone, JobTakenOver) as exc:
+                log.warning("job.abandoned", reason=str(exc))
             except Exception as exc:
                 snd = self.settings.sender
                 new_state = self.state.fail_job(
@@ -99,6 +107,8 @@ class Worker:
         ssims: list[float] = []
         compute = 0.0
         for batch in self._batches(instances, problems):
+            if self.parent is not None and os.getppid() != self.parent:
+                raise ServiceGone("the service that spawned this worker is gone")
             stack = np.concatenate([d.frames for d in batch])
             t0 = time.monotonic()
             out = pipe.run(stack, modality=job.modality, value_range=batch[0].vrange)
@@ -160,7 +170,7 @@ class Worker:
                     problems.append(f"{inst.sop_uid}: {reason}")
                     continue
                 item = _Decoded(inst, ds, modality_frames(ds), value_range(ds))
-            except (DicomUtilsError, OSError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - one undecodable instance must not fail its series
                 problems.append(f"{inst.sop_uid}: {exc}")
                 log.warning("instance.not_enhanced", sop_instance_uid=inst.sop_uid, reason=str(exc)[:300])
                 continue
@@ -173,16 +183,16 @@ class Worker:
             yield batch
 
 
-def run(settings: Settings, stop: multiprocessing.synchronize.Event, poll_seconds: float = 0.5) -> None:
-    """Entry point of a worker process (spawned): loop until `stop` is set or the parent is gone.
-
-    Why watch the parent: after a SIGKILL of the service an orphaned worker would keep claiming jobs beside
-    the restarted service's own workers.
-    """
+def run(settings: Settings, parent: int, poll_seconds: float = 0.5) -> None:
+    """Entry point of a worker process (spawned): loop until SIGTERM or until the service `parent` is gone."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the service decides
+    if os.getppid() != parent:
+        return  # the service died while this process was still importing
     logs.configure()
-    parent = os.getppid()
     state = State(settings.state_db)
-    worker = Worker(settings, state, Spool(settings.spool_dir))
+    worker = Worker(settings, state, Spool(settings.spool_dir), parent=parent)
     log.info("worker.started")
     while not stop.is_set() and os.getppid() == parent:
         if not worker.run_once():
