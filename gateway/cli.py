@@ -149,7 +149,9 @@ def _dicom_files(paths: Sequence[Path]) -> list[Path]:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from gateway import dicomnet
+    from gateway import dicomnet, logs
+
+    logs.quiet_pynetdicom()
 
     host, _, port = args.to.rpartition(":")
     if not host or not port.isdigit():

@@ -110,9 +110,6 @@ def _contexts(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
 
 def _ae(peer: Peer, timeout: float) -> AE:
     _config.STORE_SEND_CHUNKED_DATASET = True  # stream files as stored (module docstring)
-    # pynetdicom's "standard" handlers format debug lines for every PDU and DIMSE message even though its
-    # logger is kept at WARNING (gateway.logs): ~15% of the sender's CPU for lines nobody sees.
-    _config.LOG_HANDLER_LEVEL = "none"
     ae = netopts.TunedAE(ae_title=peer.calling_aet)
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pynetdicom import AE, build_role, evt
+from pynetdicom import build_role, evt
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
 
-from gateway import logs
+from gateway import logs, netopts
 from gateway.dicomnet import Peer
 from gateway.errors import DeliveryError
 from gateway.scp import ACCEPTED_TRANSFER_SYNTAXES, OUT_OF_RESOURCES, SUCCESS
@@ -45,7 +45,7 @@ def retrieve_series(
         restored += 1
         return SUCCESS
 
-    ae = AE(ae_title=peer.calling_aet)
+    ae = netopts.TunedAE(ae_title=peer.calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.maximum_pdu_size = 0
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)

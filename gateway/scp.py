@@ -193,9 +193,6 @@ class Receiver:
 
     def _make_ae(self) -> AE:
         _config.PASS_CONTEXTVARS = True
-        # The "standard" handlers format debug lines per PDU and DIMSE message; the pynetdicom logger is kept
-        # at WARNING (gateway.logs), so they cost CPU on the receive path and print nothing.
-        _config.LOG_HANDLER_LEVEL = "none"
         ae = netopts.TunedAE(ae_title=self.settings.ae_title)
         ae.maximum_pdu_size = self.settings.max_pdu
         ae.maximum_associations = 32

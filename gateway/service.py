@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from gateway import logs, sender, worker
+from gateway import logs, sender
 from gateway.metrics import HttpEndpoint, Metrics, health_checks
 from gateway.scp import Receiver
 from gateway.settings import Settings
@@ -44,6 +44,13 @@ def _completion_loop(state: State, stable_seconds: float, stop: threading.Event,
         except Exception:
             log.exception("completion.error")
         stop.wait(interval)
+
+
+def _run_worker(settings: Settings, parent: int) -> None:
+    """Spawned worker's entry: imports torch there, so the service process never loads it (~200 MiB)."""
+    from gateway import worker
+
+    worker.run(settings, parent)
 
 
 class Gateway:
@@ -106,7 +113,7 @@ class Gateway:
 
     def _start_worker(self) -> None:
         proc = self._ctx.Process(
-            target=worker.run, args=(self.settings, os.getpid()), name="enhance-worker", daemon=True
+            target=_run_worker, args=(self.settings, os.getpid()), name="enhance-worker", daemon=True
         )
         proc.start()
         self._workers.append(proc)
