@@ -1,0 +1,88 @@
+"""Image quality metrics: PSNR and SSIM against a reference, with an explicit data range.
+
+Why the data range is an argument and never guessed from the image: PSNR and SSIM depend on it, and a value
+without it cannot be compared across slices, series or papers. The gateway passes the range the modality can
+store; the evaluation states the range it used (e.g. CT: 2000 HU for the [-1000, 1000] window it scores).
+
+SSIM is Wang et al. (2004) with the usual constants (K1 = 0.01, K2 = 0.03) and a 7x7 uniform window, as in
+scikit-image's default; for a stack of slices it is the mean over slices (each slice scored in 2-D).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from skimage.metrics import structural_similarity
+
+
+def _pair(reference: npt.ArrayLike, test: npt.ArrayLike, data_range: float) -> tuple[np.ndarray, np.ndarray]:
+    ref = np.asarray(reference, dtype=np.float64)
+    tst = np.asarray(test, dtype=np.float64)
+    if ref.shape != tst.shape:
+        raise ValueError(f"reference shape {ref.shape} differs from test shape {tst.shape}")
+    if ref.ndim not in (2, 3):
+        raise ValueError(f"expected a 2-D slice or a (N, H, W) stack, got {ref.ndim}-D")
+    if not (np.isfinite(data_range) and data_range > 0):
+        raise ValueError(f"data_range must be a positive finite number, got {data_range!r}")
+    return ref, tst
+
+
+def psnr(reference: np.ndarray, test: np.ndarray, data_range: float) -> float:
+    """Peak signal-to-noise ratio in dB, 10 log10(data_range^2 / MSE); +inf for identical images."""
+    ref, tst = _pair(reference, test, data_range)
+    mse = float(np.mean((ref - tst) ** 2))
+    if mse == 0.0:
+        return math.inf
+    return 10.0 * math.log10(float(data_range) ** 2 / mse)
+
+
+def ssim(reference: np.ndarray, test: np.ndarray, data_range: float) -> float:
+    """Structural similarity of a 2-D slice, or the mean over the slices of a (N, H, W) stack."""
+    ref, tst = _pair(reference, test, data_range)
+    stack_ref = ref[None] if ref.ndim == 2 else ref
+    stack_tst = tst[None] if tst.ndim == 2 else tst
+    if min(stack_ref.shape[1:]) < 7:
+        raise ValueError(f"SSIM needs slices of at least 7x7 pixels, got {stack_ref.shape[1:]}")
+    values = [
+        float(structural_similarity(r, t, data_range=float(data_range), win_size=7))  # type: ignore[no-untyped-call]
+        for r, t in zip(stack_ref, stack_tst, strict=True)
+    ]
+    return float(np.mean(values))
+
+
+#: The HU window CT is scored in: where diagnostic soft tissue and bone edges are; air and dense bone beyond
+#: it are clipped in both images so they neither reward nor punish an enhancer.
+CT_SCORE_WINDOW: tuple[float, float] = (-1000.0, 1000.0)
+
+
+@dataclass(frozen=True)
+class Score:
+    """PSNR (dB) and SSIM of one enhanced slice against its clean reference, with the data range used."""
+
+    psnr: float
+    ssim: float
+    data_range: float
+    rule: str
+
+
+def score(group: str, clean: np.ndarray, test: np.ndarray) -> Score:
+    """Score `test` against `clean` with the evaluation's stated data range for the modality group.
+
+    CT: both clipped to [-1000, 1000] HU, data range 2000 HU. MR and X-ray (and anything else): data range =
+    max - min of the clean slice (MR magnitude and X-ray stored values have no fixed physical scale).
+    """
+    if group == "CT":
+        lo, hi = CT_SCORE_WINDOW
+        c = np.clip(np.asarray(clean, dtype=np.float64), lo, hi)
+        t = np.clip(np.asarray(test, dtype=np.float64), lo, hi)
+        rng = hi - lo
+        rule = f"HU clipped to [{lo:g}, {hi:g}], data range {rng:g} HU"
+    else:
+        c = np.asarray(clean, dtype=np.float64)
+        t = np.asarray(test, dtype=np.float64)
+        rng = float(c.max() - c.min()) or 1.0
+        rule = "data range = max - min of the clean slice"
+    return Score(psnr(c, t, rng), ssim(c, t, rng), rng, rule)

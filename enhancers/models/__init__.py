@@ -1,0 +1,66 @@
+"""Model architectures (one per file) and the registration of the shipped, trained weights.
+
+Importing this package registers every architecture, then one enhancer per entry of
+`enhancers/weights/manifest.json` (name, architecture, config, task, modalities, sha256). Weights are loaded
+and verified only when an enhancer is created, so listing the registry never reads a weights file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from enhancers.models import dncnn, drunet, fastdn, fastsr, srcnn, srresnet, unet, vdsr  # noqa: F401  (register)
+from enhancers.models.arch import ARCHITECTURES, TrainedModel, architecture, build_module, count_params
+from enhancers.registry import EnhancerInfo, register
+from enhancers.store import WEIGHTS_DIR, read_manifest
+
+__all__ = [
+    "ARCHITECTURES",
+    "architecture",
+    "build_module",
+    "count_params",
+    "info_from_entry",
+    "register_shipped",
+]
+
+
+def info_from_entry(name: str, entry: dict[str, Any]) -> EnhancerInfo:
+    """The registry description of one manifest entry."""
+    return EnhancerInfo(
+        name=name,
+        version=str(entry.get("version", "1")),
+        task=str(entry["task"]),
+        modalities=tuple(str(m) for m in entry["modalities"]),
+        kind="model",
+        weights_sha256=str(entry["sha256"]),
+        params=int(entry["params"]),
+        hallucination_risk=bool(entry.get("hallucination_risk", False)),
+        description=str(entry.get("description", "")),
+    )
+
+
+def register_shipped(weights_dir: Path = WEIGHTS_DIR) -> list[str]:
+    """Register every model of the manifest in `weights_dir`; return their names."""
+    added: list[str] = []
+    for name, entry in sorted(read_manifest(weights_dir).items()):
+        meta = info_from_entry(name, entry)
+        arch_name = str(entry["arch"])
+        architecture(arch_name)  # fail at registration time if the architecture is unknown
+        config = dict(entry.get("config", {}))
+        path = weights_dir / str(entry["file"])
+
+        def factory(
+            meta: EnhancerInfo = meta,
+            arch_name: str = arch_name,
+            config: dict[str, Any] = config,
+            path: Path = path,
+        ) -> TrainedModel:
+            return TrainedModel(meta, arch_name, config, path)
+
+        register(meta, factory)
+        added.append(name)
+    return added
+
+
+register_shipped()

@@ -1,0 +1,67 @@
+"""SRResNet, the SRGAN generator (Ledig et al., CVPR 2017), for 2x super-resolution.
+
+The paper's generator: a 9x9 head with PReLU, B residual blocks (3x3 conv, batch norm, PReLU, 3x3 conv, batch
+norm, identity skip), a 3x3 conv + batch norm with a long skip, one sub-pixel (pixel shuffle) 2x upsampling
+stage with PReLU, and a 9x9 output conv. The paper uses B = 16 blocks of 64 features; the shipped weights use
+fewer (their card says how many) to fit a CPU training budget. Trained with an L1 loss only it is a plain
+regression model; with the optional adversarial loss the card sets `hallucination_risk`, because a GAN
+generator is rewarded for plausible texture that may not be in the patient's data.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from enhancers.classical import bicubic_up2
+from enhancers.models.arch import Architecture, register_architecture
+
+
+class _Block(nn.Module):
+    def __init__(self, features: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(features, features, 3, padding=1),
+            nn.BatchNorm2d(features),
+            nn.PReLU(features),
+            nn.Conv2d(features, features, 3, padding=1),
+            nn.BatchNorm2d(features),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = x + self.body(x)
+        return out
+
+
+class SRResNet(nn.Module):
+    """(B, 1, H, W) -> (B, 1, 2H, 2W). `bicubic_skip` adds the bicubic image to the output (off in the paper)."""
+
+    def __init__(self, blocks: int = 16, features: int = 64, bicubic_skip: bool = False):
+        super().__init__()
+        self.bicubic_skip = bicubic_skip
+        self.head = nn.Sequential(nn.Conv2d(1, features, 9, padding=4), nn.PReLU(features))
+        self.blocks = nn.Sequential(*[_Block(features) for _ in range(blocks)])
+        self.fuse = nn.Sequential(nn.Conv2d(features, features, 3, padding=1), nn.BatchNorm2d(features))
+        self.up = nn.Sequential(
+            nn.Conv2d(features, features * 4, 3, padding=1), nn.PixelShuffle(2), nn.PReLU(features)
+        )
+        self.tail = nn.Conv2d(features, 1, 9, padding=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        head = self.head(x)
+        feat = head + self.fuse(self.blocks(head))
+        out: torch.Tensor = self.tail(self.up(feat))
+        return out + bicubic_up2(x) if self.bicubic_skip else out
+
+
+register_architecture(
+    Architecture(
+        name="srresnet",
+        task="sr2x",
+        build=SRResNet,
+        config={"blocks": 16, "features": 64, "bicubic_skip": False},
+        halo=32,
+        description="SRGAN generator (SRResNet): residual blocks with BN/PReLU, pixel-shuffle 2x",
+        paper="Ledig et al., Photo-Realistic Single Image Super-Resolution Using a GAN, CVPR 2017",
+    )
+)

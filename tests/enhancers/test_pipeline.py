@@ -1,0 +1,109 @@
+"""Every registered enhancer on real CT, MR and CR pixels through the pipeline: shape, dtype, range,
+determinism; plus tiling and the normalisation round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from enhancers import registry
+from enhancers.base import normalisation_for
+from enhancers.metrics import psnr
+from enhancers.pipeline import Pipeline, tile_spans
+
+Image = tuple[np.ndarray, str, tuple[float, float]]
+
+
+def _case(name: str, ct: Image, mr: Image) -> Image:
+    meta = registry.info(name)
+    if "CT" in meta.modalities:
+        values, modality, rng = ct
+        if meta.kind == "model" and meta.task == "sr2x":
+            values = values[:, 128:384, 128:384]  # the big SR models take seconds per full slice on CPU
+        return values, modality, rng
+    return mr
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_every_enhancer_runs_on_a_real_image(name: str, ct_slice: Image, mr_slice: Image) -> None:
+    values, modality, value_range = _case(name, ct_slice, mr_slice)
+    pipe = Pipeline(name, device="cpu", batch_size=4, threads=1)
+    assert pipe.device == "cpu"
+    out = pipe.run(values, modality=modality, value_range=value_range)
+    scale = registry.info(name).scale
+    assert out.shape == (values.shape[0], values.shape[1] * scale, values.shape[2] * scale)
+    assert out.dtype == np.float32
+    assert out.min() >= value_range[0] and out.max() <= value_range[1]
+    again = pipe.run(values, modality=modality, value_range=value_range)
+    np.testing.assert_array_equal(out, again)
+    if scale == 1 and registry.info(name).name != "clahe":
+        # a denoiser on a clean clinical image must stay close to it
+        assert psnr(np.clip(values, -1000, 3000), np.clip(out, -1000, 3000), 4000.0) > 30.0
+
+
+def test_single_slice_in_single_slice_out(mr_slice: Image) -> None:
+    values, modality, value_range = mr_slice
+    out = Pipeline("gaussian", device="cpu").run(values[0], modality=modality, value_range=value_range)
+    assert out.shape == values[0].shape
+
+
+def test_clipping_to_value_range(ct_slice: Image) -> None:
+    values, modality, _ = ct_slice
+    out = Pipeline("unsharp", device="cpu").run(values, modality=modality, value_range=(-1000.0, 1000.0))
+    assert out.min() == -1000.0 and out.max() == 1000.0
+
+
+def test_bad_inputs_are_refused(ct_slice: Image) -> None:
+    values, modality, value_range = ct_slice
+    pipe = Pipeline("gaussian", device="cpu")
+    bad = values.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        pipe.run(bad, modality=modality, value_range=value_range)
+    with pytest.raises(ValueError, match="shape"):
+        pipe.run(values[None], modality=modality, value_range=value_range)
+    with pytest.raises(ValueError, match="value_range"):
+        pipe.run(values, modality=modality, value_range=(10.0, -10.0))
+    with pytest.raises(ValueError, match="batch_size"):
+        Pipeline("gaussian", batch_size=0)
+    with pytest.raises(KeyError, match="nlm"):
+        Pipeline("no-such-enhancer")
+
+
+@pytest.mark.parametrize(
+    ("length", "tile", "halo"), [(100, 512, 16), (1841, 512, 32), (513, 512, 32), (600, 64, 8)]
+)
+def test_tile_spans_partition_the_axis(length: int, tile: int, halo: int) -> None:
+    spans = tile_spans(length, tile, halo)
+    assert spans[0][2] == 0 and spans[-1][3] == length
+    for (s, e, ks, ke), nxt in zip(spans, spans[1:] + [None], strict=True):
+        assert 0 <= s < e <= length and e - s == min(tile, length)
+        assert s <= ks < ke <= e
+        if nxt is not None:
+            assert nxt[2] == ke
+            assert ks == 0 or ks - s >= halo
+            assert e - ke >= halo
+
+
+@pytest.mark.parametrize("group", ["CT", "MR", "XR", None])
+def test_normalisation_round_trip(group: str | None, ct_slice: Image) -> None:
+    values, _, value_range = ct_slice
+    norm = normalisation_for(group, values, value_range)
+    back = norm.inverse(norm.forward(values))
+    np.testing.assert_allclose(back, values, atol=1e-3 * max(1.0, norm.scale))
+
+
+def test_model_tiling_matches_whole_image(cr_crop: Image) -> None:
+    """A model run in overlapping tiles gives the same result as on the whole image (halo >= receptive field)."""
+    models = [
+        m.name for m in registry.infos() if m.kind == "model" and m.task == "denoise" and "XR" in m.modalities
+    ]
+    if not models:
+        pytest.skip("no X-ray model shipped")
+    name = min(models, key=lambda n: registry.info(n).params)
+    values, modality, value_range = cr_crop
+    whole = Pipeline(name, device="cpu", tile=1024).run(values, modality=modality, value_range=value_range)
+    tiled = Pipeline(name, device="cpu", tile=160, batch_size=3).run(
+        values, modality=modality, value_range=value_range
+    )
+    np.testing.assert_allclose(tiled, whole, atol=1e-3 * (value_range[1] - value_range[0]))

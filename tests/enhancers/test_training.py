@@ -1,0 +1,121 @@
+"""Train smoke run (1 epoch, a few patches, tmp dir), the card and manifest it writes, and the weights
+integrity check (a tampered copy is refused)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from enhancers import registry
+from enhancers.cli import main as cli_main
+from enhancers.models import register_shipped
+from enhancers.models.arch import TrainedModel
+from enhancers.pipeline import Pipeline
+from enhancers.store import WEIGHTS_DIR, WeightsError, read_manifest, sha256_file
+
+Image = tuple[np.ndarray, str, tuple[float, float]]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("weights")
+    code = cli_main(
+        [
+            "train",
+            "--model",
+            "fastdn",
+            "--modality",
+            "MR",
+            "--name",
+            "smoke-fastdn",
+            "--epochs",
+            "1",
+            "--steps",
+            "2",
+            "--patch",
+            "32",
+            "--batch",
+            "2",
+            "--device",
+            "cpu",
+            "--seed",
+            "3",
+            "--threads",
+            "1",
+            "--max-val-slices",
+            "2",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_train_writes_weights_card_and_manifest(trained: Path) -> None:
+    entry = read_manifest(trained)["smoke-fastdn"]
+    weights = trained / entry["file"]
+    assert weights.is_file() and sha256_file(weights) == entry["sha256"]
+    assert entry["arch"] == "fastdn" and entry["task"] == "denoise" and entry["modalities"] == ["MR"]
+    card = json.loads((trained / entry["card"]).read_text())
+    assert card["sha256"] == entry["sha256"]
+    assert len(card["data"]["corpus_manifest_sha256"]) == 64
+    assert card["validation"]["history"] and card["validation"]["best_epoch"] == 1
+    assert np.isfinite(card["validation"]["psnr"]) and card["hallucination_risk"] is False
+    assert "mr-colin27-ch2better" in card["training"]["train_sources"]
+    assert not set(card["training"]["train_sources"]) & set(card["validation"]["sources"])
+
+
+def test_trained_model_registers_and_runs(trained: Path, mr_slice: Image) -> None:
+    names = register_shipped(trained)
+    try:
+        assert names == ["smoke-fastdn"]
+        values, modality, value_range = mr_slice
+        out = Pipeline("smoke-fastdn", device="cpu").run(values, modality=modality, value_range=value_range)
+        assert out.shape == values.shape and out.dtype == np.float32
+        with pytest.raises(ValueError, match="trained for MR"):
+            Pipeline("smoke-fastdn", device="cpu").run(values, modality="CT", value_range=(-1024.0, 3071.0))
+    finally:
+        registry.unregister("smoke-fastdn")
+
+
+def test_tampered_weights_are_refused(trained: Path, tmp_path: Path) -> None:
+    entry = read_manifest(trained)["smoke-fastdn"]
+    copy = tmp_path / entry["file"]
+    shutil.copy(trained / entry["file"], copy)
+    meta = registry.EnhancerInfo(
+        name="tamper",
+        version="1",
+        task="denoise",
+        modalities=("MR",),
+        kind="model",
+        weights_sha256=entry["sha256"],
+        params=entry["params"],
+    )
+    TrainedModel(meta, "fastdn", entry["config"], copy)  # intact: loads
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="sha256"):
+        TrainedModel(meta, "fastdn", entry["config"], copy)
+    with pytest.raises(WeightsError, match="missing"):
+        TrainedModel(meta, "fastdn", entry["config"], tmp_path / "absent.pt")
+
+
+def test_shipped_weights_match_their_manifest() -> None:
+    for name, entry in read_manifest(WEIGHTS_DIR).items():
+        path = WEIGHTS_DIR / entry["file"]
+        assert sha256_file(path) == entry["sha256"], name
+        assert path.stat().st_size < 4 * 1024 * 1024, f"{name} weights are larger than 4 MiB"
+        card = json.loads((WEIGHTS_DIR / entry["card"]).read_text())
+        assert card["sha256"] == entry["sha256"]
+        assert registry.info(name).weights_sha256 == entry["sha256"]
+        if registry.info(name).hallucination_risk:
+            assert name not in {
+                registry.default_enhancer(m, t) for m in ("CT", "MR", "CR") for t in ("denoise", "sr2x")
+            }
