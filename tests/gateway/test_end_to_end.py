@@ -15,6 +15,7 @@ import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, RLELossless
 
 from dicom_utils.private_tags import read_block
+from enhancers.registry import default_enhancer
 from tests.gateway.harness import GatewayProcess, wait_for
 from tests.peers import Orthanc, recompress, storescu
 from tests.realdata import make_series, testfile
@@ -44,7 +45,8 @@ def test_series_from_storescu_reaches_orthanc_as_a_derived_series(tmp_path: Path
     try:
         storescu(gw.port, files, called_aet="ENHANCE_GW")
         (job,) = gw.wait_jobs({"done"}, 1)
-        assert job.instance_count == 6 and job.derived_count == 6 and job.enhancer == "nlm"
+        default = default_enhancer("CT")  # no route: the modality default from the registry
+        assert job.instance_count == 6 and job.derived_count == 6 and job.enhancer == default
         derived = wait_for(lambda: _derived_series(orthanc, source.StudyInstanceUID, source.SeriesInstanceUID),
                            60, "the derived series in Orthanc")
         (series,) = derived
@@ -55,14 +57,14 @@ def test_series_from_storescu_reaches_orthanc_as_a_derived_series(tmp_path: Path
         assert ds.SeriesInstanceUID != source.SeriesInstanceUID and ds.SeriesInstanceUID.startswith("2.25.")
         assert ds.SOPInstanceUID not in {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
         assert list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
-        assert "nlm" in ds.SeriesDescription
+        assert default in ds.SeriesDescription
         assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID in {
             pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files
         }
         block = read_block(ds)
         assert isinstance(block["psnr"], float) and block["psnr"] > 20
         assert isinstance(block["ssim"], float) and 0 < block["ssim"] <= 1
-        assert block["enhancer"] == "nlm"
+        assert block["enhancer"] == default
         archived = _archive_files(gw)
         assert len(archived) == 6
         assert {p.parent.name for p in archived} == {ds.SeriesInstanceUID}
