@@ -132,6 +132,10 @@ class InvalidInstance(ValueError):
     """The dataset cannot be stored as an instance: the message says which attribute is wrong."""
 
 
+class SopClassMismatch(InvalidInstance):
+    """The dataset's SOP class is not the one the request announced (0xA900)."""
+
+
 def _check_dataset(
     ds: Dataset, affected_sop_uid: str, affected_sop_class: str, transfer_syntax: UID
 ) -> tuple[str, str, str, str]:
@@ -162,7 +166,7 @@ def _check_dataset(
     if sop != affected_sop_uid:
         raise InvalidInstance("SOP Instance UID in the dataset differs from the request's Affected SOP Instance UID")
     if sop_class != affected_sop_class:
-        raise InvalidInstance("SOP Class UID in the dataset differs from the request's Affected SOP Class UID")
+        raise SopClassMismatch("SOP Class UID in the dataset differs from the request's Affected SOP Class UID")
     if "PixelData" in ds and not transfer_syntax.is_compressed:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
         expected = (
@@ -343,18 +347,19 @@ class Receiver:
                 event.dataset, str(request.AffectedSOPInstanceUID), sop_class_uid, tsyntax
             )
             self.spool.incoming_path(study, series, sop)  # a non-UID cannot name a spool folder: 0xC210
-        except Exception as exc:  # noqa: BLE001 - any undecodable dataset is refused with 0xC210, never raised
+        except Exception as exc:  # noqa: BLE001 - any undecodable dataset is refused with a status, never raised
+            code = SOP_CLASS_MISMATCH if isinstance(exc, SopClassMismatch) else CANNOT_UNDERSTAND
             if stats:
                 stats.refused += 1
             log.warning(
                 "store.refused",
-                status="0xC210",
+                status=f"0x{code:04X}",
                 sop_instance_uid=str(request.AffectedSOPInstanceUID),
                 reason=str(exc)[:300],
             )
             if self.metrics:
-                self.metrics.instances_refused.labels("0xC210").inc()
-            return CANNOT_UNDERSTAND
+                self.metrics.instances_refused.labels(f"0x{code:04X}").inc()
+            return code
         with bound_contextvars(study_uid=study, series_uid=series):
             if self.state.has_instance(sop):
                 if stats:

@@ -474,12 +474,6 @@ class State:
             )
         return state
 
-    def _expect(self, db: sqlite3.Connection, job_id: int, state: str) -> None:
-        row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None or row["state"] != state:
-            got = None if row is None else row["state"]
-            raise StateError(f"job {job_id} is {got}, expected {state}")
-
     # --- deliveries ------------------------------------------------------------------------------------
 
     def deliveries(self, job_id: int) -> list[Delivery]:
