@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from enhancers.registry import default_enhancer, info, names
+from enhancers.registry import default_enhancer, info, modality_group, names
 from gateway.errors import ConfigError
 from gateway.settings import Route
 
@@ -33,7 +33,14 @@ def validate(routes: Sequence[Route]) -> None:
             raise ConfigError(
                 f"routes[{i}].enhancer = {route.enhancer!r} is not a registered enhancer; known: {', '.join(known)}"
             )
-        task = info(route.enhancer).task
+        details = info(route.enhancer)
+        group = modality_group(route.modality) if route.modality else None
+        if route.modality and group not in details.modalities:
+            raise ConfigError(
+                f"routes[{i}]: enhancer {route.enhancer!r} is made for {', '.join(details.modalities)}, not"
+                f" {route.modality}; pick one for that modality (`enhance-gateway models`)"
+            )
+        task = details.task
         if task != route.task:
             raise ConfigError(
                 f"routes[{i}]: enhancer {route.enhancer!r} does task {task!r} but the route says {route.task!r}"

@@ -92,3 +92,16 @@ def test_tls_settings_are_checked(tmp_path: Path) -> None:
         settings.parse(_doc(tls={"cert": str(cert), "key": str(cert), "require_client_cert": True}), environ={})
     cfg = settings.parse(_doc(tls={"cert": str(cert), "key": str(cert)}), environ={})
     assert cfg.tls is not None and cfg.tls.ca is None
+
+
+def test_routes_are_checked_against_the_registry() -> None:
+    from gateway import routing
+    from gateway.settings import Route
+
+    routing.validate([Route(enhancer="nlm", modality="CT"), Route(enhancer="bicubic", task="sr2x")])
+    with pytest.raises(ConfigError, match="not a registered enhancer"):
+        routing.validate([Route(enhancer="no-such-model")])
+    with pytest.raises(ConfigError, match="does task 'sr2x'"):
+        routing.validate([Route(enhancer="bicubic", task="denoise")])
+    with pytest.raises(ConfigError, match="not US"):
+        routing.validate([Route(enhancer="nlm", modality="US")])
