@@ -119,3 +119,50 @@ def test_shipped_weights_match_their_manifest() -> None:
             assert name not in {
                 registry.default_enhancer(m, t) for m in ("CT", "MR", "CR") for t in ("denoise", "sr2x")
             }
+
+
+def test_adversarial_training_marks_hallucination_risk(tmp_path: Path) -> None:
+    code = cli_main(
+        [
+            "train",
+            "--model",
+            "srresnet",
+            "--modality",
+            "MR",
+            "--name",
+            "smoke-gan",
+            "--adversarial",
+            "--config",
+            '{"blocks": 1, "features": 8}',
+            "--epochs",
+            "1",
+            "--steps",
+            "1",
+            "--patch",
+            "32",
+            "--batch",
+            "2",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--max-val-slices",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    entry = read_manifest(tmp_path)["smoke-gan"]
+    assert entry["hallucination_risk"] is True
+    card = json.loads((tmp_path / entry["card"]).read_text())
+    assert card["hallucination_risk"] is True and "adversarial" in card["training"]["loss"]
+    register_shipped(tmp_path)
+    try:
+        assert registry.info("smoke-gan").hallucination_risk
+        assert "smoke-gan" not in {
+            registry.default_enhancer(m, "sr2x", quality=q) for m in ("CT", "MR") for q in (False, True)
+        }
+    finally:
+        registry.unregister("smoke-gan")
