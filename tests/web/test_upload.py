@@ -24,6 +24,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 
 from dicom_utils.private_tags import read_block
+from enhancers.registry import default_enhancer
 from tests import realdata
 from tests.dicom_utils.helpers import dciodvfy_errors
 from tests.web.harness import ConsoleProcess, images_loaded, screenshot, wait, wait_download, wait_visible
@@ -83,7 +84,7 @@ def test_ct_upload_shows_before_after_and_downloads_a_valid_derived_dicom(
     _clear(downloads)
     _upload(browser, console, realdata.testfile(CT), enhancer="auto", shot="01-upload-form")
     _wait_result(browser)
-    assert "nlm" in browser.find_element(By.TAG_NAME, "h1").text  # the gateway's default for CT denoise
+    assert default_enhancer("CT") in browser.find_element(By.TAG_NAME, "h1").text  # the CT denoise default
     psnr, ssim = _metric(browser, "metric-psnr"), _metric(browser, "metric-ssim")
     assert re.fullmatch(r"\d+\.\d\d dB", psnr) and re.fullmatch(r"0\.\d{4}|1\.0000", ssim)
     assert browser.find_element(By.CSS_SELECTOR, "#metric-qa .badge").text == "PASS"
@@ -112,7 +113,7 @@ def test_ct_upload_shows_before_after_and_downloads_a_valid_derived_dicom(
     browser.find_element(By.ID, "download-dicom").click()
     dcm = wait_download(downloads, ".dcm")
     assert "CompressedSamples" not in dcm.name and "1CT1" not in dcm.name
-    _check_derived(dcm, CT, "nlm", psnr, ssim)
+    _check_derived(dcm, CT, default_enhancer("CT"), psnr, ssim)
 
     browser.find_element(By.ID, "download-comparison").click()
     png = wait_download(downloads, ".png")
