@@ -25,10 +25,14 @@ def _cbr(cin: int, cout: int) -> nn.Sequential:
     )
 
 
-class FastDenoiser(nn.Module):
-    """(B, 1, H, W) -> (B, 1, H, W) = input + predicted correction."""
+class UnshuffledUBody(nn.Module):
+    """The body `fastdn` and `fastsr` share: unshuffle, work at 1/2 and 1/4 resolution, a zero-initialised tail.
 
-    def __init__(self, f1: int = 32, f2: int = 64, mid: int = 2):
+    Subclasses choose the tail's channel count and what the tail's output is added to. The attribute names
+    are the weights' keys: renaming one would orphan the shipped weights.
+    """
+
+    def __init__(self, f1: int, f2: int, mid: int, tail_channels: int):
         super().__init__()
         self.head = nn.Sequential(nn.Conv2d(4, f1, 3, padding=1), nn.ReLU(inplace=True))
         self.enc1 = _cbr(f1, f1)
@@ -36,19 +40,34 @@ class FastDenoiser(nn.Module):
         self.mid = nn.Sequential(*[_cbr(f2, f2) for _ in range(mid)])
         self.up = nn.ConvTranspose2d(f2, f1, 2, stride=2)
         self.dec1 = _cbr(f1, f1)
-        self.tail = nn.Conv2d(f1, 4, 3, padding=1)
-        nn.init.zeros_(self.tail.weight)
+        self.tail = nn.Conv2d(f1, tail_channels, 3, padding=1)
+        nn.init.zeros_(self.tail.weight)  # starts as the identity (or bicubic): only the correction is learnt
         if self.tail.bias is not None:
             nn.init.zeros_(self.tail.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % 4, (-w) % 4
-        xp = F.pad(x, (0, pw, 0, ph), mode="reflect") if (ph or pw) else x
+    def padded(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` reflect-padded to a multiple of 4 (two halvings)."""
+        ph, pw = (-x.shape[-2]) % 4, (-x.shape[-1]) % 4
+        return F.pad(x, (0, pw, 0, ph), mode="reflect") if (ph or pw) else x
+
+    def correction(self, xp: torch.Tensor) -> torch.Tensor:
+        """The tail's output on the 1/2-resolution grid for a padded input."""
         h1 = self.enc1(self.head(F.pixel_unshuffle(xp, 2)))
         h2 = self.mid(self.down(h1))
-        d1 = self.dec1(self.up(h2) + h1)
-        out: torch.Tensor = xp + F.pixel_shuffle(self.tail(d1), 2)
+        out: torch.Tensor = self.tail(self.dec1(self.up(h2) + h1))
+        return out
+
+
+class FastDenoiser(UnshuffledUBody):
+    """(B, 1, H, W) -> (B, 1, H, W) = input + predicted correction."""
+
+    def __init__(self, f1: int = 32, f2: int = 64, mid: int = 2):
+        super().__init__(f1, f2, mid, tail_channels=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        xp = self.padded(x)
+        out: torch.Tensor = xp + F.pixel_shuffle(self.correction(xp), 2)
         return out[..., :h, :w]
 
 

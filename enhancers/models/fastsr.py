@@ -11,42 +11,22 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from enhancers.classical import bicubic_up2
 from enhancers.models.arch import Architecture, register_architecture
+from enhancers.models.fastdn import UnshuffledUBody
 
 
-def _cbr(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
-    )
-
-
-class FastSR(nn.Module):
+class FastSR(UnshuffledUBody):
     """(B, 1, H, W) -> (B, 1, 2H, 2W) = bicubic + predicted detail."""
 
     def __init__(self, f1: int = 32, f2: int = 64, mid: int = 2):
-        super().__init__()
-        self.head = nn.Sequential(nn.Conv2d(4, f1, 3, padding=1), nn.ReLU(inplace=True))
-        self.enc1 = _cbr(f1, f1)
-        self.down = nn.Sequential(nn.Conv2d(f1, f2, 2, stride=2), nn.ReLU(inplace=True))
-        self.mid = nn.Sequential(*[_cbr(f2, f2) for _ in range(mid)])
-        self.up = nn.ConvTranspose2d(f2, f1, 2, stride=2)
-        self.dec1 = _cbr(f1, f1)
-        self.tail = nn.Conv2d(f1, 16, 3, padding=1)  # 16 = (2 unshuffle x 2 upscale)^2 sub-pixel outputs
-        nn.init.zeros_(self.tail.weight)
-        if self.tail.bias is not None:
-            nn.init.zeros_(self.tail.bias)
+        super().__init__(f1, f2, mid, tail_channels=16)  # 16 = (2 unshuffle x 2 upscale)^2 sub-pixel outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        ph, pw = (-h) % 4, (-w) % 4
-        xp = F.pad(x, (0, pw, 0, ph), mode="reflect") if (ph or pw) else x
-        h1 = self.enc1(self.head(F.pixel_unshuffle(xp, 2)))
-        h2 = self.mid(self.down(h1))
-        d1 = self.dec1(self.up(h2) + h1)
-        out: torch.Tensor = bicubic_up2(xp) + F.pixel_shuffle(self.tail(d1), 4)
+        xp = self.padded(x)
+        out: torch.Tensor = bicubic_up2(xp) + F.pixel_shuffle(self.correction(xp), 4)
         return out[..., : 2 * h, : 2 * w]
 
 
