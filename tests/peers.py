@@ -26,6 +26,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -78,9 +79,13 @@ class PeerCommandError(subprocess.CalledProcessError):
 def require_binary(name: str, *fallbacks: str) -> str:
     """Absolute path of the program `name` (PATH first, then `fallbacks`), or PeerMissingError with the fix.
 
-    Fallbacks exist because Orthanc lives in /usr/sbin, which is not on every user's PATH.
+    Fallbacks exist because Orthanc lives in /usr/sbin, which is not on every user's PATH. The virtual
+    environment's bin folder is skipped: pynetdicom installs its own `storescp`/`storescu` there, and a test
+    that means dcmtk must never get pynetdicom's look-alike because the venv happens to be activated.
     """
-    found = shutil.which(name)
+    venv_bin = (Path(sys.prefix) / "bin").resolve()
+    search = [p for p in os.environ.get("PATH", os.defpath).split(os.pathsep) if p and Path(p).resolve() != venv_bin]
+    found = shutil.which(name, path=os.pathsep.join(search))
     if found:
         return found
     for candidate in fallbacks:

@@ -8,6 +8,9 @@ the graceful Orthanc restart, which Orthanc itself makes take ~4 s).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -207,3 +210,17 @@ def test_orthanc_sends_to_a_registered_modality(
 def test_missing_peer_fails_with_the_install_command() -> None:
     with pytest.raises(PeerMissingError, match="apt-get install -y dcmtk orthanc dicom3tools"):
         require_binary("no-such-dicom-peer")
+
+
+def test_dcmtk_is_found_even_when_the_venv_with_pynetdicoms_storescp_comes_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pynetdicom installs `storescp`/`storescu` scripts into the venv; an activated venv must not shadow dcmtk."""
+    venv_bin = Path(sys.prefix) / "bin"
+    if not (venv_bin / "storescp").exists():
+        pytest.skip("this environment has no pynetdicom storescp script to shadow dcmtk's")
+    monkeypatch.setenv("PATH", f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}")
+    found = Path(require_binary("storescp"))
+    assert found.parent.resolve() != venv_bin.resolve()
+    version = subprocess.run([str(found), "--version"], check=False, capture_output=True).stdout
+    assert b"dcmtk" in version.lower()
