@@ -10,8 +10,7 @@ modality units and gets enhanced slices back. Public API:
 - `enhancers.degrade`: the simulated degradations (CT low dose in the projection domain, MR Rician,
   X-ray Poisson-Gaussian, 2x area downsampling, Gaussian blur).
 - `enhancers.corpus`: the split-by-patient corpus manifest (`enhancers/data/manifest.json`).
-- `enhancers.cli.add_commands`: the `train`, `evaluate` and `models` subcommands
-  (`python -m enhancers.cli ...` until the gateway's console script wires them).
+- `enhancers.cli.add_commands`: the `train`, `evaluate` and `models` subcommands of `enhance-gateway`.
 
 Shipped weights live in `enhancers/weights/` with `manifest.json` (sha256) and one model card per weight;
 `docs/evaluation.md` has the evaluation table and the command lines that produced it.
