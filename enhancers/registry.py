@@ -34,12 +34,13 @@ SAFE_DEFAULT: dict[str, str] = {"denoise": "nlm", "sr2x": "bicubic"}
 #: `SAFE_DEFAULT` applies. The plain default is the *fast* variant: it beats `nlm` and is faster than it on a
 #: CPU, so switching a site from the classical default never slows it down; the quality variant (several
 #: times slower on CPU, meant for GPU sites) is `default_enhancer(..., quality=True)` or a routing rule.
+#: For sr2x fastsr is both: it beat vdsr and srresnet on the test split (docs/evaluation.md).
 TRAINED_DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {
     ("CT", "denoise"): ("fastdn-ct", "drunet-ct"),
     ("MR", "denoise"): ("fastdn-mr", "drunet-mr"),
     ("XR", "denoise"): ("fastdn-xr", "drunet-xr"),
-    ("CT", "sr2x"): ("fastsr", "vdsr"),
-    ("MR", "sr2x"): ("fastsr", "vdsr"),
+    ("CT", "sr2x"): ("fastsr", "fastsr"),
+    ("MR", "sr2x"): ("fastsr", "fastsr"),
 }
 
 
