@@ -29,8 +29,10 @@ import logging
 import queue
 import select
 import socket
+import struct
 import threading
-from typing import Any
+import time
+from typing import Any, cast
 
 import pynetdicom
 from pynetdicom import AE, evt
@@ -38,6 +40,8 @@ from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AddressInformation, AssociationSocket, RequestHandler
+
+from gateway.pdata import PDataRouter, StoreSink
 
 try:
     import ssl
@@ -50,9 +54,12 @@ _DUL_LOG = logging.getLogger("pynetdicom.dul")
 _ASSOC_LOG = logging.getLogger("pynetdicom.association")
 
 _MSG_WAITALL = getattr(socket, "MSG_WAITALL", 0)
+_PDU_HEADER = struct.Struct(">BBL")  # PDU type, reserved, length (PS3.8 9.3)
 
 # Longest a reactor blocks before re-checking timers and kill flags (pynetdicom's timers are seconds-scale).
 _MAX_WAIT = 0.05
+# Longest the DUL thread waits for the association thread to finish accepting (EVT_ACCEPTED handlers).
+_MAX_ESTABLISH_WAIT = 10.0
 
 ENABLED: bool = pynetdicom.__version__.split(".")[0] == "3" and all(
     hasattr(cls, name)
@@ -60,6 +67,8 @@ ENABLED: bool = pynetdicom.__version__.split(".")[0] == "3" and all(
         (DULServiceProvider, "_process_recv_primitive"),
         (DULServiceProvider, "_is_transport_event"),
         (DULServiceProvider, "idle_timer_expired"),
+        (DULServiceProvider, "_read_pdu_data"),
+        (DULServiceProvider, "_decode_pdu"),
         (Association, "_run_reactor"),
         (Association, "_serve_request"),
         (RequestHandler, "_create_association"),
@@ -114,6 +123,8 @@ class EventDrivenDUL(DULServiceProvider):
         self._wakeup = _Wakeup()
         # Set after every state-machine action: a DIMSE message or an ACSE primitive may be waiting.
         self.user_ready = threading.Event()
+        # Set on acceptor associations whose AE has a store sink: C-STOREs bypass the state machine.
+        self.pdata_router: PDataRouter | None = None
 
     def send_pdu(self, primitive: Any) -> None:
         super().send_pdu(primitive)
@@ -157,6 +168,67 @@ class EventDrivenDUL(DULServiceProvider):
             # The socket was closed under us: fall through, `_is_transport_event` reports it (Evt17).
             select.select([self._wakeup], [], [], 0.001)
         self._wakeup.drain()
+
+    def _await_established(self) -> bool:
+        """Wait (at most `_MAX_ESTABLISH_WAIT` s) for the association thread to finish accepting.
+
+        Why: the peer may send its first C-STORE as soon as it has the A-ASSOCIATE-AC, while the association
+        thread is still running the EVT_ACCEPTED handlers (the gateway's peer-host check among them); a
+        store served here before they ran would skip that check.
+        """
+        deadline = time.monotonic() + _MAX_ESTABLISH_WAIT
+        while not self.assoc.is_established:
+            if self._kill_thread or time.monotonic() > deadline:
+                return False
+            time.sleep(0.0005)
+        return True
+
+    def _read_pdu_data(self) -> None:
+        """Read one PDU; on an established association, P-DATA-TF PDUs go through `pdata_router` first.
+
+        The same events as pynetdicom's reader for everything else (Evt17 when the connection closes
+        mid-PDU, Evt19 for an unknown PDU type or one that does not decode); only the PDVs the router leaves
+        (messages other than C-STORE requests) reach pynetdicom, re-wrapped into a P-DATA-TF PDU.
+        """
+        router = self.pdata_router
+        if router is None or self.state_machine.current_state != "Sta6":
+            super()._read_pdu_data()
+            return
+        if not self.assoc.is_established and not self._await_established():
+            self.pdata_router = None  # once a message went to pynetdicom, all later ones do too
+            super()._read_pdu_data()
+            return
+        sock = self.socket
+        assert sock is not None
+        try:
+            header = bytes(sock.recv(6))
+            pdu_type, _, length = _PDU_HEADER.unpack(header)
+            body: bytes = sock.recv(length)  # type: ignore[assignment]  # TunedSocket.recv returns bytes
+        except (OSError, TimeoutError, struct.error):
+            _DUL_LOG.error("Connection closed before the entire PDU was received")
+            self.event_queue.put("Evt17")
+            return
+        if len(body) != length:
+            _DUL_LOG.error(f"The received PDU is shorter than expected ({len(body)} of {length} bytes)")
+            self.event_queue.put("Evt17")
+            return
+        if pdu_type == 0x04:
+            left = router.feed(body)
+            if not left:
+                return
+            header, body = _PDU_HEADER.pack(0x04, 0, len(left)), left
+        elif pdu_type not in range(0x01, 0x08):
+            _DUL_LOG.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+            self.event_queue.put("Evt19")
+            return
+        try:
+            pdu, event = self._decode_pdu(bytearray(header + body))
+        except Exception as exc:  # noqa: BLE001 - as pynetdicom: a PDU that does not decode is Evt19
+            _DUL_LOG.error(f"Unable to decode the received PDU data: {exc}")
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
 
     def _abort_after_error(self, exc: Exception) -> None:
         """Same recovery as pynetdicom: an exception inside the reactor sends A-ABORT and stops both loops."""
@@ -358,12 +430,23 @@ class TunedRequestHandler(RequestHandler):
             if isinstance(self.request, socket.socket):
                 tune_socket(self.request)
             return assoc
-        assoc.set_socket(TunedSocket(assoc, client_socket=self.request))
+        tuned = TunedSocket(assoc, client_socket=self.request)
+        assoc.set_socket(tuned)
+        sink: StoreSink | None = getattr(self.ae, "store_sink", None)
+        if sink is not None:
+            dul = cast(EventDrivenDUL, assoc.dul)
+            dul.pdata_router = PDataRouter(assoc, contexts=lambda: assoc._accepted_cx, send=tuned.send, sink=sink)
         return assoc
 
 
 class TunedAE(AE):
-    """AE whose servers and outgoing associations use the event-driven reactors and tuned sockets."""
+    """AE whose servers and outgoing associations use the event-driven reactors and tuned sockets.
+
+    `store_sink`, when set before `start_server()`, receives the C-STORE requests of accepted associations
+    through `gateway.pdata` instead of pynetdicom's EVT_C_STORE (see that module for why and what differs).
+    """
+
+    store_sink: StoreSink | None = None
 
     def make_server(self, *args: Any, **kwargs: Any) -> Any:
         if ENABLED:

@@ -15,6 +15,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import Any
 
 from pydicom.dataelem import RawDataElement
@@ -36,14 +37,17 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, _config, evt
+from pynetdicom.dsutils import decode
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from structlog.contextvars import bound_contextvars
 
+from dicom_utils import header_scan
 from gateway import logs, netopts
 from gateway.errors import OutOfSpaceError, SpoolError
 from gateway.metrics import Metrics
+from gateway.pdata import StoreRequest
 from gateway.settings import Settings
 from gateway.spool import Spool
 from gateway.state import State
@@ -179,6 +183,64 @@ def _check_dataset(
     return study, series, sop, modality
 
 
+_STUDY, _SERIES, _SOP, _SOP_CLASS, _MODALITY = 0x0020000D, 0x0020000E, 0x00080018, 0x00080016, 0x00080060
+_ROWS, _COLUMNS, _SAMPLES, _FRAMES, _BITS = 0x00280010, 0x00280011, 0x00280002, 0x00280008, 0x00280100
+_SCANNED = frozenset((_STUDY, _SERIES, _SOP, _SOP_CLASS, _MODALITY, _ROWS, _COLUMNS, _SAMPLES, _FRAMES, _BITS))
+
+
+def _text(raw: bytes | None, strip: str) -> str | None:
+    """A single-valued ASCII value (UI, CS, IS) as pydicom reads it; None if absent or anything else."""
+    if raw is None:
+        return None
+    try:
+        text = raw.decode("ascii").rstrip(strip)
+    except UnicodeDecodeError:
+        return None
+    return None if "\\" in text else text
+
+
+def _quick_check(
+    data: bytes, affected_sop_uid: str, affected_sop_class: str, transfer_syntax: UID
+) -> tuple[str, str, str, str] | None:
+    """`_check_dataset`'s verdict for a sound instance, without pydicom; None whenever the full check must decide.
+
+    Why: see `dicom_utils.header_scan` (about 2 ms of CPU per instance less on the receive path). It covers
+    Explicit VR Little Endian and the encapsulated (compressed) syntaxes, which are Explicit VR Little Endian
+    too; it returns a result only when every check `_check_dataset` makes passes, so a refusal and its message
+    always come from the full check.
+    """
+    if transfer_syntax != ExplicitVRLittleEndian and not (
+        transfer_syntax.is_compressed and not transfer_syntax.is_deflated
+    ):
+        return None
+    scanned = header_scan.scan(data, _SCANNED)
+    if scanned is None:
+        return None
+    values, pixel_length = scanned
+    uids = [_text(values.get(tag), "\x00 ") for tag in (_STUDY, _SERIES, _SOP, _SOP_CLASS)]
+    modality = _text(values.get(_MODALITY, b""), " ")
+    study, series, sop, sop_class = uids
+    if not (study and series and sop and sop_class) or modality is None:
+        return None
+    if sop != affected_sop_uid or sop_class != affected_sop_class:
+        return None
+    if pixel_length is not None:
+        if transfer_syntax.is_compressed:
+            if pixel_length != header_scan.UNDEFINED:
+                return None
+        else:
+            try:
+                frames_text = _text(values.get(_FRAMES, b""), " ")
+                frames = int(frames_text or 1) or 1
+                size = [struct.unpack("<H", values[tag])[0] for tag in (_ROWS, _COLUMNS, _BITS)]
+                samples = struct.unpack("<H", values[_SAMPLES])[0] if _SAMPLES in values else 1
+            except (KeyError, ValueError, TypeError, struct.error):
+                return None
+            if pixel_length == header_scan.UNDEFINED or pixel_length < size[0] * size[1] * samples * frames * size[2] // 8:
+                return None
+    return study, series, sop, modality
+
+
 class Receiver:
     """Owns the AE and the event handlers; `start()` returns once the port is listening."""
 
@@ -207,6 +269,7 @@ class Receiver:
             if cx.abstract_syntax is not None:
                 ae.add_supported_context(cx.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        ae.store_sink = self.store
         if self.settings.allowed_calling_aets:
             ae.require_calling_aet = list(self.settings.allowed_calling_aets)
         return ae
@@ -273,9 +336,9 @@ class Receiver:
 
     # --- handlers (never raise) ------------------------------------------------------------------------
 
-    def _stats(self, event: Any) -> _AssocStats | None:
+    def _stats(self, assoc: Any) -> _AssocStats | None:
         with self._lock:
-            return self._assocs.get(id(event.assoc))
+            return self._assocs.get(id(assoc))
 
     def _on_accepted(self, event: Any) -> None:
         requestor = event.assoc.requestor
@@ -321,12 +384,24 @@ class Receiver:
         return SUCCESS
 
     def _on_store(self, event: Any) -> int:
+        """EVT_C_STORE, for associations that pynetdicom serves itself (see `store` for the fast path)."""
+        request = event.request
+        fields = StoreRequest(
+            context_id=int(event.context.context_id),
+            message_id=int(request.MessageID),
+            sop_class_uid=str(request.AffectedSOPClassUID),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID),
+        )
+        return self.store(event.assoc, fields, str(event.context.transfer_syntax), request.DataSet.getvalue())
+
+    def store(self, assoc: Any, request: StoreRequest, transfer_syntax: str, data: bytes) -> int:
+        """Store one received data set and return its DIMSE status; never raises (`gateway.pdata.StoreSink`)."""
         with self._lock:
             if self._draining:
                 return OUT_OF_RESOURCES  # shutting down: not stored, the peer keeps the instance
             self._inflight += 1
         try:
-            return self._store(event)
+            return self._store(assoc, request, UID(transfer_syntax), data)
         except Exception as exc:  # the handler must never raise: the server keeps serving
             log.exception("store.internal_error", error=type(exc).__name__)
             return OUT_OF_RESOURCES
@@ -335,17 +410,17 @@ class Receiver:
                 self._inflight -= 1
                 self._idle.notify_all()
 
-    def _store(self, event: Any) -> int:
-        stats = self._stats(event)
+    def _store(self, assoc: Any, request: StoreRequest, tsyntax: UID, data: bytes) -> int:
+        stats = self._stats(assoc)
         if stats is not None and not stats.allowed:
             return NOT_AUTHORIZED
-        request = event.request
-        sop_class_uid = str(request.AffectedSOPClassUID)
+        sop_class_uid = request.sop_class_uid
         try:
-            tsyntax = UID(event.context.transfer_syntax)
-            study, series, sop, modality = _check_dataset(
-                event.dataset, str(request.AffectedSOPInstanceUID), sop_class_uid, tsyntax
-            )
+            found = _quick_check(data, request.sop_instance_uid, sop_class_uid, tsyntax)
+            if found is None:  # not provably sound at a glance: pydicom's full check gives the verdict
+                ds = decode(BytesIO(data), tsyntax.is_implicit_VR, tsyntax.is_little_endian, tsyntax.is_deflated)
+                found = _check_dataset(ds, request.sop_instance_uid, sop_class_uid, tsyntax)
+            study, series, sop, modality = found
             self.spool.incoming_path(study, series, sop)  # a non-UID cannot name a spool folder: 0xC210
         except Exception as exc:  # noqa: BLE001 - any undecodable dataset is refused with a status, never raised
             code = SOP_CLASS_MISMATCH if isinstance(exc, SopClassMismatch) else CANNOT_UNDERSTAND
@@ -354,7 +429,7 @@ class Receiver:
             log.warning(
                 "store.refused",
                 status=f"0x{code:04X}",
-                sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                sop_instance_uid=request.sop_instance_uid,
                 reason=str(exc)[:300],
             )
             if self.metrics:
@@ -367,7 +442,7 @@ class Receiver:
                 log.info("store.duplicate", sop_instance_uid=sop)
                 return SUCCESS
             try:
-                data = file_meta_bytes(sop_class_uid, sop, tsyntax) + request.DataSet.getbuffer()
+                data = file_meta_bytes(sop_class_uid, sop, tsyntax) + data
                 path = self.spool.store_incoming(study, series, sop, data)
                 self.state.record_instance(
                     sop_uid=sop,
