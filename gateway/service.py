@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway import logs, sender
 from gateway.metrics import HttpEndpoint, Metrics, health_checks
+from gateway.reconcile import RunMarker, reconcile
 from gateway.scp import Receiver
 from gateway.settings import Settings
 from gateway.spool import Spool
@@ -69,10 +70,20 @@ class Gateway:
         self._threads: list[threading.Thread] = []
         self._ctx = multiprocessing.get_context("spawn")
         self._workers: list[multiprocessing.process.BaseProcess] = []
+        self.marker = RunMarker(settings.var_dir)
 
     def start(self) -> None:
+        unclean = self.marker.begin()
         recovered = self.state.recover()
         cleaned = self.spool.clean_tmp()
+        if unclean:
+            found = reconcile(self.spool, self.state)
+            log.warning(
+                "gateway.unclean_stop_recovered",
+                recorded_again=found.recorded,
+                unreadable=found.unreadable,
+                hint="the last run ended without a clean stop (crash, kill -9 or power loss)",
+            )
         log.info(
             "gateway.starting",
             var_dir=str(self.settings.var_dir),
@@ -146,6 +157,7 @@ class Gateway:
                 proc.kill()
                 proc.join(5)
         self.state.close()
+        self.marker.end()
         log.info("gateway.stopped")
 
     def serve(self) -> None:

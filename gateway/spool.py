@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.errors import OutOfSpaceError, SpoolError
@@ -27,7 +28,8 @@ def _safe(uid: str) -> str:
     return uid
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename, a new or removed file) durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -45,7 +47,7 @@ def write_atomic(final: Path, data: bytes | memoryview, tmp_dir: Path) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise SpoolError(f"could not write {final}: {exc.strerror or exc}") from exc
@@ -81,6 +83,15 @@ class Spool:
                 f"less than {self.min_free_mb} MB would stay free under {self.root}; free space or lower"
                 " gateway.min_free_mb"
             )
+
+    def incoming_series(self) -> Iterator[tuple[str, str, list[Path]]]:
+        """(study UID, series UID, its .dcm files) for every series folder under incoming/."""
+        for study in sorted(self.incoming.iterdir()):
+            if not study.is_dir():
+                continue
+            for series in sorted(study.iterdir()):
+                if series.is_dir():
+                    yield study.name, series.name, sorted(series.glob("*.dcm"))
 
     def incoming_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return self.incoming / _safe(study_uid) / _safe(series_uid) / f"{_safe(sop_uid)}.dcm"
