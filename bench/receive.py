@@ -7,7 +7,7 @@ and then the gateway back to back; the medians over repetitions are reported.
 Why the gateway config is what it is: enhancer `gaussian` (the cheapest) and stable_seconds = 3600, so no
 series becomes a job and no enhancement competes with reception while it is timed. The gateway still does
 all it must per instance: parse the headers, write temp file + fsync + rename + fsync of the directory,
-commit a SQLite row (synchronous=FULL), and only then acknowledge. storescp does none of the syncing; that
+commit a SQLite row (see State.record_instance), and only then acknowledge. storescp does none of the syncing; that
 is part of what the ratio shows.
 
 Also printed: the durability floor, i.e. instances/s of the gateway's own Spool.store_incoming +
@@ -46,6 +46,11 @@ class Figures:
     def ratios(self) -> list[float]:
         return [g / p for g, p in zip(self.gateway, self.peer, strict=True)]
 
+    def ceilings(self) -> list[float]:
+        """Per repetition, the rate the gateway would reach if its only costs beyond storescp's were the
+        durable store: each instance then takes storescp's time plus the floor's, 1 / (1/peer + 1/floor)."""
+        return [1.0 / (1.0 / p + 1.0 / f) for p, f in zip(self.peer, self.floor, strict=True)]
+
 
 def measure_peer(files_groups: list[list[Path]], n: int, fork: bool) -> float:
     out = scratch("storescp-")
@@ -64,7 +69,7 @@ def measure_peer(files_groups: list[list[Path]], n: int, fork: bool) -> float:
 def durability_floor(template: Path, threads: int, count: int = 100) -> float:
     """Instances/s of the per-instance durable store alone, from `threads` threads sharing one Spool and State.
 
-    Temp file, fsync, rename, fsync of the directory, SQLite commit (synchronous=FULL): what the SCP does
+    Temp file, fsync, rename, fsync of the directory, SQLite commit (State.record_instance): what the SCP does
     per instance before it may acknowledge, with the same objects it uses, so the figure is the ceiling the
     disk sets for 1 or N concurrent associations.
     """
@@ -122,7 +127,7 @@ def run(n: int, senders: int, repeat: int) -> dict[int, Figures]:
     for rep in range(repeat):
         root = scratch("gw-recv-")
         try:
-            with gateway(root, **gateway_config(root)) as gw:  # type: ignore[arg-type]
+            with gateway(root, **gateway_config(root)) as gw:
                 for count, groups in ((1, [single]), (senders, groups_multi)):
                     total = sum(len(g) for g in groups)
                     figures[count].peer.append(measure_peer(groups, total, fork=count > 1))
@@ -164,16 +169,20 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(
         f"{'N':>5} {'senders':>7} {'storescp/s':>11} {'gateway/s':>10} {'ratio':>6} {'cpu ms':>7}"
-        f" {'floor/s':>8} {'floor/storescp':>14}  runs (gateway/s)"
+        f" {'floor/s':>8} {'floor/storescp':>14} {'ceiling/s':>10} {'gateway/ceiling':>15}  runs (gateway/s)"
     )
     for n, count, fig in rows:
         floor_ratio = median([f / p for f, p in zip(fig.floor, fig.peer, strict=True)])
+        of_ceiling = median([g / c for g, c in zip(fig.gateway, fig.ceilings(), strict=True)])
         print(
             f"{n:>5} {count:>7} {median(fig.peer):>11.0f} {median(fig.gateway):>10.0f} {median(fig.ratios()):>6.2f}"
-            f" {median(fig.cpu_ms):>7.2f} {median(fig.floor):>8.0f} {floor_ratio:>14.2f}  {fmt_runs(fig.gateway)}"
+            f" {median(fig.cpu_ms):>7.2f} {median(fig.floor):>8.0f} {floor_ratio:>14.2f}"
+            f" {median(fig.ceilings()):>10.0f} {of_ceiling:>15.2f}  {fmt_runs(fig.gateway)}"
         )
     print("cpu ms: the gateway process's CPU time per instance received (all threads)")
     print("floor: only the durable store per instance, from as many threads as senders (module docstring)")
+    print("ceiling: 1 / (1/storescp + 1/floor), storescp's per-instance time plus the durable store's; a")
+    print("  receiver that acknowledges only what is durable cannot beat it, so ratio >= 0.5 needs floor >= storescp")
 
 
 if __name__ == "__main__":

@@ -163,4 +163,5 @@ class GatewayProcess:
             done = [j for j in jobs if j.state in states]
             return done if len(done) >= count else None
 
-        return wait_for(ready, timeout, f"{count} job(s) in {sorted(states)}; log tail:\n{self.log_text()[-2000:]}")
+        jobs: list[Any] = wait_for(ready, timeout, f"{count} job(s) in {sorted(states)}; log tail:\n{self.log_text()[-2000:]}")
+        return jobs
