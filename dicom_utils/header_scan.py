@@ -48,72 +48,14 @@ class _Unsure(Exception):
 def scan(data: bytes, wanted: frozenset[int]) -> tuple[dict[int, bytes], int | None] | None:
     """Prove `data` (Explicit VR Little Endian) well formed and return ({tag: value} of the top-level `wanted`
     tags, Pixel Data's length, UNDEFINED when encapsulated, None when absent); None when it cannot."""
-    values: dict[int, bytes] = {}
-    pixel: list[int | None] = [None]
+    walker = _Walker(data, wanted)
     try:
-        end = _elements(memoryview(data), 0, len(data), 0, wanted, values, pixel)
+        end = walker.elements(0, len(data), 0)
     except (_Unsure, struct.error):
         return None
     if end != len(data):
         return None  # a stray delimiter at the top level
-    return values, pixel[0]
-
-
-def _elements(
-    buf: memoryview,
-    pos: int,
-    end: int,
-    depth: int,
-    wanted: frozenset[int],
-    values: dict[int, bytes],
-    pixel: list[int | None],
-) -> int:
-    """Walk elements from `pos` until `end` or an item delimiter (its offset is returned, for the caller)."""
-    if depth > _MAX_DEPTH:
-        raise _Unsure
-    while pos < end:
-        if end - pos < 8:
-            raise _Unsure
-        group, element, vr, length = _SHORT.unpack_from(buf, pos)
-        tag = group << 16 | element
-        if tag == ITEM_END:
-            return pos
-        if vr in _LONG_VRS:
-            if end - pos < 12:
-                raise _Unsure
-            (length,) = _LONG_LENGTH.unpack_from(buf, pos + 8)
-            pos += 12
-        elif vr in _SHORT_VRS:
-            pos += 8
-        else:
-            raise _Unsure  # unknown VR, an implicit VR stream, or a delimiter where an element belongs
-        if vr == b"UN":
-            raise _Unsure
-        if length == UNDEFINED:
-            if vr == b"SQ":
-                pos = _undefined_sequence(buf, pos, end, depth, wanted, values, pixel)
-            elif tag == PIXEL_DATA and depth == 0 and vr in (b"OB", b"OW"):
-                pos = _fragments(buf, pos, end)
-                pixel[0] = UNDEFINED
-            else:
-                raise _Unsure
-            continue
-        if length > end - pos:
-            raise _Unsure
-        size = _VALUE_SIZE.get(vr)
-        if size is not None and length % size:
-            raise _Unsure
-        if vr == b"SQ":
-            _defined_sequence(buf, pos, pos + length, depth, wanted, values, pixel)
-        elif tag == SPECIFIC_CHARACTER_SET and not _known_charsets(bytes(buf[pos : pos + length])):
-            raise _Unsure
-        if depth == 0 and vr != b"SQ":
-            if tag in wanted:
-                values[tag] = bytes(buf[pos : pos + length])
-            if tag == PIXEL_DATA:
-                pixel[0] = length
-        pos += length
-    return pos
+    return walker.values, walker.pixel
 
 
 def _known_charsets(value: bytes) -> bool:
@@ -125,75 +67,106 @@ def _known_charsets(value: bytes) -> bool:
     return all(term.strip(" ") in _KNOWN_CHARSETS for term in terms)
 
 
-def _item(
-    buf: memoryview,
-    pos: int,
-    end: int,
-    depth: int,
-    wanted: frozenset[int],
-    values: dict[int, bytes],
-    pixel: list[int | None],
-) -> int:
-    """One sequence item starting at `pos` (its tag); returns the offset after it."""
-    if end - pos < 8:
-        raise _Unsure
-    group, element, length = _TAG_LENGTH.unpack_from(buf, pos)
-    if group << 16 | element != ITEM:
-        raise _Unsure
-    pos += 8
-    if length == UNDEFINED:
-        pos = _elements(buf, pos, end, depth + 1, wanted, values, pixel)
-        if end - pos < 8 or _TAG_LENGTH.unpack_from(buf, pos) != (0xFFFE, 0xE00D, 0):
+class _Walker:
+    """One scan: the buffer, the tags to read at the top level, and what was read."""
+
+    def __init__(self, data: bytes, wanted: frozenset[int]) -> None:
+        self.buf = memoryview(data)
+        self.wanted = wanted
+        self.values: dict[int, bytes] = {}
+        self.pixel: int | None = None
+
+    def elements(self, pos: int, end: int, depth: int) -> int:
+        """Walk elements from `pos` until `end` or an item delimiter (its offset is returned, for the caller)."""
+        if depth > _MAX_DEPTH:
             raise _Unsure
-        return pos + 8
-    if length > end - pos or _elements(buf, pos, pos + length, depth + 1, wanted, values, pixel) != pos + length:
-        raise _Unsure
-    return pos + int(length)
+        buf = self.buf
+        while pos < end:
+            if end - pos < 8:
+                raise _Unsure
+            group, element, vr, length = _SHORT.unpack_from(buf, pos)
+            tag = group << 16 | element
+            if tag == ITEM_END:
+                return pos
+            if vr in _LONG_VRS:
+                if end - pos < 12:
+                    raise _Unsure
+                (length,) = _LONG_LENGTH.unpack_from(buf, pos + 8)
+                pos += 12
+            elif vr in _SHORT_VRS:
+                pos += 8
+            else:
+                raise _Unsure  # unknown VR, an implicit VR stream, or a delimiter where an element belongs
+            if vr == b"UN":
+                raise _Unsure
+            if length == UNDEFINED:
+                if vr == b"SQ":
+                    pos = self.undefined_sequence(pos, end, depth)
+                elif tag == PIXEL_DATA and depth == 0 and vr in (b"OB", b"OW"):
+                    pos = self.fragments(pos, end)
+                    self.pixel = UNDEFINED
+                else:
+                    raise _Unsure
+                continue
+            if length > end - pos:
+                raise _Unsure
+            size = _VALUE_SIZE.get(vr)
+            if size is not None and length % size:
+                raise _Unsure
+            if vr == b"SQ":
+                self.defined_sequence(pos, pos + length, depth)
+            elif tag == SPECIFIC_CHARACTER_SET and not _known_charsets(bytes(buf[pos : pos + length])):
+                raise _Unsure
+            if depth == 0 and vr != b"SQ":
+                if tag in self.wanted:
+                    self.values[tag] = bytes(buf[pos : pos + length])
+                if tag == PIXEL_DATA:
+                    self.pixel = length
+            pos += length
+        return pos
 
-
-def _defined_sequence(
-    buf: memoryview,
-    pos: int,
-    end: int,
-    depth: int,
-    wanted: frozenset[int],
-    values: dict[int, bytes],
-    pixel: list[int | None],
-) -> None:
-    while pos < end:
-        pos = _item(buf, pos, end, depth, wanted, values, pixel)
-
-
-def _undefined_sequence(
-    buf: memoryview,
-    pos: int,
-    end: int,
-    depth: int,
-    wanted: frozenset[int],
-    values: dict[int, bytes],
-    pixel: list[int | None],
-) -> int:
-    while True:
+    def item(self, pos: int, end: int, depth: int) -> int:
+        """One sequence item starting at `pos` (its tag); returns the offset after it."""
         if end - pos < 8:
             raise _Unsure
-        group, element, length = _TAG_LENGTH.unpack_from(buf, pos)
-        if group << 16 | element == SEQUENCE_END:
-            if length != 0:
+        group, element, length = _TAG_LENGTH.unpack_from(self.buf, pos)
+        if group << 16 | element != ITEM:
+            raise _Unsure
+        pos += 8
+        if length == UNDEFINED:
+            pos = self.elements(pos, end, depth + 1)
+            if end - pos < 8 or _TAG_LENGTH.unpack_from(self.buf, pos) != (0xFFFE, 0xE00D, 0):
                 raise _Unsure
             return pos + 8
-        pos = _item(buf, pos, end, depth, wanted, values, pixel)
-
-
-def _fragments(buf: memoryview, pos: int, end: int) -> int:
-    """Encapsulated Pixel Data: items of defined length (the offset table, then fragments), then the delimiter."""
-    while True:
-        if end - pos < 8:
+        if length > end - pos or self.elements(pos, pos + length, depth + 1) != pos + length:
             raise _Unsure
-        group, element, length = _TAG_LENGTH.unpack_from(buf, pos)
-        tag = group << 16 | element
-        pos += 8
-        if tag == SEQUENCE_END:
-            return pos
-        if tag != ITEM or length == UNDEFINED or length > end - pos:
-            raise _Unsure
-        pos += length
+        return pos + int(length)
+
+    def defined_sequence(self, pos: int, end: int, depth: int) -> None:
+        while pos < end:
+            pos = self.item(pos, end, depth)
+
+    def undefined_sequence(self, pos: int, end: int, depth: int) -> int:
+        while True:
+            if end - pos < 8:
+                raise _Unsure
+            group, element, length = _TAG_LENGTH.unpack_from(self.buf, pos)
+            if group << 16 | element == SEQUENCE_END:
+                if length != 0:
+                    raise _Unsure
+                return pos + 8
+            pos = self.item(pos, end, depth)
+
+    def fragments(self, pos: int, end: int) -> int:
+        """Encapsulated Pixel Data: items of defined length (the offset table, then fragments), then the delimiter."""
+        while True:
+            if end - pos < 8:
+                raise _Unsure
+            group, element, length = _TAG_LENGTH.unpack_from(self.buf, pos)
+            tag = group << 16 | element
+            pos += 8
+            if tag == SEQUENCE_END:
+                return pos
+            if tag != ITEM or length == UNDEFINED or length > end - pos:
+                raise _Unsure
+            pos += length

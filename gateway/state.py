@@ -231,38 +231,22 @@ class State:
         with self._lock:
             self._db.execute("PRAGMA synchronous=NORMAL")
             try:
-                return self._insert_instance(
-                    sop_uid, series_uid, study_uid, sop_class_uid, modality, path, size, calling_aet, now
-                )
+                with self._tx() as db:
+                    cur = db.execute(
+                        "INSERT OR IGNORE INTO series(series_uid, study_uid, modality, first_at, last_at)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (series_uid, study_uid, modality, now, now),
+                    )
+                    if not cur.rowcount:
+                        db.execute("UPDATE series SET last_at = ? WHERE series_uid = ?", (now, series_uid))
+                    cur = db.execute(
+                        "INSERT OR IGNORE INTO instances(sop_uid, series_uid, study_uid, sop_class_uid, path, size,"
+                        " calling_aet, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (sop_uid, series_uid, study_uid, sop_class_uid, path, size, calling_aet, now),
+                    )
+                    return bool(cur.rowcount)
             finally:
                 self._db.execute("PRAGMA synchronous=FULL")
-
-    def _insert_instance(
-        self,
-        sop_uid: str,
-        series_uid: str,
-        study_uid: str,
-        sop_class_uid: str,
-        modality: str,
-        path: str,
-        size: int,
-        calling_aet: str,
-        now: float,
-    ) -> bool:
-        with self._tx() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO series(series_uid, study_uid, modality, first_at, last_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (series_uid, study_uid, modality, now, now),
-            )
-            if not cur.rowcount:
-                db.execute("UPDATE series SET last_at = ? WHERE series_uid = ?", (now, series_uid))
-            cur = db.execute(
-                "INSERT OR IGNORE INTO instances(sop_uid, series_uid, study_uid, sop_class_uid, path, size,"
-                " calling_aet, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (sop_uid, series_uid, study_uid, sop_class_uid, path, size, calling_aet, now),
-            )
-            return bool(cur.rowcount)
 
     # --- completion ------------------------------------------------------------------------------------
 

@@ -23,9 +23,9 @@ from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from gateway import netopts
 from gateway.pdata import PDataError, PDataRouter, StoreRequest, parse_command, store_response_pdu
 from tests import realdata
+from tests.gateway.fast_scp import fast_scp
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -151,29 +151,22 @@ class _Sink:
 
 
 @pytest.fixture
-def server() -> Iterator[tuple[Any, _Sink]]:
-    if not netopts.ENABLED:
-        pytest.skip("installed pynetdicom is not the 3.x the fast path was written against")
+def server() -> Iterator[tuple[int, _Sink]]:
     sink = _Sink()
-    ae = netopts.TunedAE(ae_title="FAST")
-    ae.maximum_pdu_size = 16384  # the SCU must split each 512x512 data set into ~33 PDUs
-    ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    ae.add_supported_context(Verification)
-    ae.store_sink = sink
-    srv = ae.start_server(("127.0.0.1", 0), block=False)
-    assert srv is not None
-    yield srv, sink
-    srv.shutdown()
+    # 16 KiB PDUs: the SCU must split each 512x512 data set into ~33 of them
+    with fast_scp(sink, ae_title="FAST", syntaxes=[ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+                  max_pdu=16384) as port:
+        yield port, sink
 
 
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-def test_stores_and_echoes_interleave_on_one_association(server: tuple[Any, _Sink], syntax: str) -> None:
-    srv, sink = server
+def test_stores_and_echoes_interleave_on_one_association(server: tuple[int, _Sink], syntax: str) -> None:
+    port, sink = server
     ds = pydicom.dcmread(realdata.testfile("693_UNCR.dcm"))
     scu = AE(ae_title="SCU")
     scu.add_requested_context(CTImageStorage, [syntax])
     scu.add_requested_context(Verification)
-    assoc = scu.associate("127.0.0.1", srv.server_address[1], ae_title="FAST")
+    assoc = scu.associate("127.0.0.1", port, ae_title="FAST")
     assert assoc.is_established
     statuses = []
     sops = [ds.SOPInstanceUID + ".1", ds.SOPInstanceUID + ".99", ds.SOPInstanceUID + ".3"]

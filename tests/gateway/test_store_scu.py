@@ -14,18 +14,17 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
-from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from dicom_utils.part10 import scan_file_meta
-from gateway import netopts
 from gateway.dicomnet import Peer, send_files
 from gateway.errors import DeliveryError
 from gateway.pdata import StoreRequest, store_request_pdus
 from gateway.store_scu import FastStoreSCU
+from tests.gateway.fast_scp import fast_scp
 from tests.peers import StoreSCP, recompress
 from tests.realdata import make_series
 
@@ -108,23 +107,16 @@ class _Answering:
 
 @pytest.fixture
 def answering() -> Iterator[tuple[int, _Answering]]:
-    if not netopts.ENABLED:
-        pytest.skip("installed pynetdicom is not the 3.x the fast path was written against")
     sink = _Answering()
-    ae = netopts.TunedAE(ae_title="PACS")
-    ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
-    ae.store_sink = sink
-    server = ae.start_server(("127.0.0.1", 0), block=False)
-    assert server is not None
-    yield int(server.server_address[1]), sink
-    sink.release.set()
-    server.shutdown()
+    with fast_scp(sink, ae_title="PACS") as port:
+        yield port, sink
+        sink.release.set()
 
 
 def _renamed(tmp_path: Path, suffix: str) -> Path:
     (src,) = make_series("693_UNCR.dcm", 1, tmp_path / suffix, seed=suffix)
     ds = pydicom.dcmread(src)
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{ds.SOPInstanceUID}.{suffix}"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(f"{ds.SOPInstanceUID}.{suffix}")
     ds.save_as(src, enforce_file_format=True)
     return src
 
