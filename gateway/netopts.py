@@ -123,7 +123,8 @@ class EventDrivenDUL(DULServiceProvider):
         self._wakeup = _Wakeup()
         # Set after every state-machine action: a DIMSE message or an ACSE primitive may be waiting.
         self.user_ready = threading.Event()
-        # Set on acceptor associations whose AE has a store sink: C-STOREs bypass the state machine.
+        # Set on accepted associations whose AE has a store sink (C-STORE requests) and on the sender's
+        # associations (C-STORE responses): those messages bypass the state machine (gateway.pdata).
         self.pdata_router: PDataRouter | None = None
 
     def send_pdu(self, primitive: Any) -> None:
