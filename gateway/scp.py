@@ -36,7 +36,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, _config, evt
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, _config, evt
 from pynetdicom.dsutils import decode
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -257,7 +257,7 @@ class Receiver:
         self.server: ThreadedAssociationServer | None = None
         self.ae = self._make_ae()
 
-    def _make_ae(self) -> AE:
+    def _make_ae(self) -> netopts.TunedAE:
         _config.PASS_CONTEXTVARS = True
         ae = netopts.TunedAE(ae_title=self.settings.ae_title)
         ae.maximum_pdu_size = self.settings.max_pdu
