@@ -12,6 +12,7 @@ gateway runs on this var_dir.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,5 +88,7 @@ class RunMarker:
         return unclean
 
     def end(self) -> None:
-        self.path.unlink(missing_ok=True)
-        fsync_dir(self.path.parent)
+        """Remove the marker after a clean stop (a marker that could not be removed only costs a reconciliation)."""
+        with contextlib.suppress(OSError):
+            self.path.unlink(missing_ok=True)
+            fsync_dir(self.path.parent)

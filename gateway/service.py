@@ -13,13 +13,13 @@ import os
 import signal
 import threading
 import time
-from typing import Any
 
 from gateway import logs, sender
 from gateway.metrics import HttpEndpoint, Metrics, health_checks
 from gateway.reconcile import RunMarker, reconcile
 from gateway.scp import Receiver
 from gateway.settings import Settings
+from gateway.signals import StopSignals
 from gateway.spool import Spool
 from gateway.state import State
 
@@ -73,7 +73,17 @@ class Gateway:
         self.marker = RunMarker(settings.var_dir)
 
     def start(self) -> None:
-        unclean = self.marker.begin()
+        try:
+            unclean = self.marker.begin()
+        except OSError as exc:  # a full or read-only var_dir must not keep the gateway from starting
+            unclean = True  # cannot tell; a reconciliation pass is harmless
+            self.state.fast_instance_rows = False  # no marker to protect unsynced rows: sync them
+            log.error(
+                "gateway.run_marker_failed",
+                path=str(self.marker.path),
+                error=f"{type(exc).__name__}: {exc}"[:300],
+                hint="instance rows are synced instead (slower reception); free space under var_dir and restart",
+            )
         recovered = self.state.recover()
         cleaned = self.spool.clean_tmp()
         if unclean:
@@ -161,14 +171,9 @@ class Gateway:
         log.info("gateway.stopped")
 
     def serve(self) -> None:
-        stopping = threading.Event()
-
-        def _on_signal(signum: int, _: Any) -> None:
-            log.info("gateway.signal", signal=signal.Signals(signum).name)
-            stopping.set()
-
-        signal.signal(signal.SIGTERM, _on_signal)
-        signal.signal(signal.SIGINT, _on_signal)
+        stops = StopSignals(signal.SIGTERM, signal.SIGINT)  # before start(): a signal during it is kept
         self.start()
-        stopping.wait()
+        while not stops.sleep(3600.0):
+            pass
+        log.info("gateway.signal", signal=stops.name)
         self.stop()

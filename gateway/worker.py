@@ -36,6 +36,7 @@ from enhancers.registry import info as enhancer_info
 from gateway import logs, routing
 from gateway.derivation import build_derived, derivation_options, make_pipeline
 from gateway.settings import Settings
+from gateway.signals import StopSignals
 from gateway.spool import Spool
 from gateway.state import Instance, Job, JobTakenOver, State
 
@@ -297,8 +298,7 @@ class Worker:
 
 def run(settings: Settings, parent: int, poll_seconds: float = 0.5) -> None:
     """Entry point of a worker process (spawned): loop until SIGTERM or until the service `parent` is gone."""
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stops = StopSignals(signal.SIGTERM)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the service decides
     if os.getppid() != parent:
         return  # the service died while this process was still importing
@@ -306,8 +306,8 @@ def run(settings: Settings, parent: int, poll_seconds: float = 0.5) -> None:
     state = State(settings.state_db)
     worker = Worker(settings, state, Spool(settings.spool_dir), parent=parent)
     log.info("worker.started")
-    while not stop.is_set() and os.getppid() == parent:
+    while stops.received is None and os.getppid() == parent:
         if not worker.run_once():
-            stop.wait(poll_seconds)
+            stops.sleep(poll_seconds)
     state.close()
     log.info("worker.stopped")

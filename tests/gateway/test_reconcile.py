@@ -86,3 +86,20 @@ def test_rows_lost_at_a_power_loss_are_delivered_after_restart(tmp_path: Path) -
     gw.start()
     gw.stop()
     assert len([e for e in gw.events() if e["event"] == "gateway.unclean_stop_recovered"]) == 1
+
+
+def test_a_marker_that_cannot_be_written_does_not_stop_the_gateway(tmp_path: Path) -> None:
+    """A full or read-only var_dir at start: the gateway still receives, with its instance rows synced."""
+    files = make_series("693_UNCR.dcm", 2, tmp_path / "in", seed="nomarker")
+    gw = GatewayProcess(tmp_path, destinations=ARCHIVE, routes=FAST, stable_seconds=0.5)
+    (gw.var_dir / "gateway.running").mkdir(parents=True)  # os.open on it fails as on a full disk
+    gw.start()
+    try:
+        storescu(gw.port, files, called_aet="ENHANCE_GW")
+        (job,) = gw.wait_jobs({"done"}, 1)
+        assert job.derived_count == 2
+        (failed,) = [e for e in gw.events() if e["event"] == "gateway.run_marker_failed"]
+        assert "synced instead" in failed["hint"]
+    finally:
+        gw.stop()
+    assert gw.proc is not None and gw.proc.returncode == 0
