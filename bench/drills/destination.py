@@ -117,8 +117,10 @@ def _series_jobs(state: State, files: list[Path]) -> tuple[str, list[Any]]:
 
 def _wait_done(state: State, files: list[Path], timeout: float) -> list[Any]:
     def done() -> list[Any] | None:
+        if state.pending_series():  # read first: once instances are in a job, that job is in the job list
+            return None
         _, jobs = _series_jobs(state, files)
-        ready = jobs and all(j.state in ("done", "dead") for j in jobs) and not state.pending_series()
+        ready = jobs and all(j.state in ("done", "dead") for j in jobs)
         return jobs if ready else None
 
     return wait_until(done, timeout, interval=0.25) or _series_jobs(state, files)[1]

@@ -129,8 +129,10 @@ def _run(
         series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
 
         def finished() -> bool:
+            if state.pending_series():  # read first: once instances are in a job, that job is in jobs()
+                return False
             jobs = [j for j in state.jobs() if j.series_uid == series_uid]
-            return bool(jobs) and not state.pending_series() and all(j.state in ("done", "dead") for j in jobs)
+            return bool(jobs) and all(j.state in ("done", "dead") for j in jobs)
 
         result.check(bool(wait_until(finished, timeout, interval=0.25)),
                      f"{name}: jobs did not finish: {[(j.id, j.state, j.error) for j in state.jobs()]}")
