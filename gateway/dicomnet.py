@@ -123,7 +123,7 @@ def send_files(peer: Peer, files: Sequence[Path], *, timeout: float = 60.0) -> S
     accepted = {
         (str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id or 0) for cx in assoc.accepted_contexts
     }
-    fast = FastStoreSCU(assoc) if FastStoreSCU.usable(assoc) else None
+    fast = FastStoreSCU.for_association(assoc)
     sent = size = 0
     try:
         for path, pair in zip(files, pairs, strict=True):

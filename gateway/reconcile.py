@@ -44,6 +44,7 @@ def reconcile(spool: Spool, state: State) -> Reconciled:
                 continue
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
+                stat = path.stat()
                 recorded = state.record_instance(
                     sop_uid=str(ds.SOPInstanceUID),
                     series_uid=str(ds.SeriesInstanceUID),
@@ -51,9 +52,9 @@ def reconcile(spool: Spool, state: State) -> Reconciled:
                     sop_class_uid=str(ds.SOPClassUID),
                     modality=str(ds.get("Modality", "") or ""),
                     path=str(path),
-                    size=path.stat().st_size,
+                    size=stat.st_size,
                     calling_aet="",  # not in the file; the association that brought it is gone
-                    now=path.stat().st_mtime,
+                    now=stat.st_mtime,
                 )
             except Exception as exc:  # noqa: BLE001 - one unreadable file must not stop the start
                 out.unreadable += 1

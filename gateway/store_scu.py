@@ -27,23 +27,24 @@ from gateway.pdata import PDataRouter, StoreRequest, store_request_pdus
 class FastStoreSCU:
     """Sends C-STOREs on one established association; one request outstanding at a time (as storescu)."""
 
-    def __init__(self, assoc: Any) -> None:
-        dul = assoc.dul
-        if not isinstance(dul, EventDrivenDUL) or not isinstance(dul.socket, TunedSocket):
-            raise TypeError("the association was not upgraded by gateway.netopts")
+    def __init__(self, assoc: Any, dul: EventDrivenDUL, sock: TunedSocket) -> None:
         self._assoc = assoc
-        self._socket: TunedSocket = dul.socket
+        self._socket = sock
         self._cond = threading.Condition()
         self._awaited: int | None = None
         self._status: int | None = None
         self._message_id = 0
         dul.pdata_router = PDataRouter(
-            assoc, contexts=lambda: assoc._accepted_cx, send=dul.socket.send, on_response=self._on_response
+            assoc, contexts=lambda: assoc._accepted_cx, send=sock.send, on_response=self._on_response
         )
 
-    @staticmethod
-    def usable(assoc: Any) -> bool:
-        return isinstance(assoc.dul, EventDrivenDUL) and isinstance(assoc.dul.socket, TunedSocket)
+    @classmethod
+    def for_association(cls, assoc: Any) -> FastStoreSCU | None:
+        """The fast sender for an established association, or None if `netopts` did not upgrade it."""
+        dul = assoc.dul
+        if isinstance(dul, EventDrivenDUL) and isinstance(dul.socket, TunedSocket):
+            return cls(assoc, dul, dul.socket)
+        return None
 
     def _on_response(self, message_id: int, status: int) -> bool:
         """Called in the DUL thread for every C-STORE response; True if it is the one awaited."""
