@@ -97,3 +97,5 @@ class ModelEnhancer(Enhancer):
     #: How many pixels at a tile border are unreliable (at least the receptive-field radius), in input
     #: pixels; the pipeline overlaps tiles by twice this and keeps only the reliable centre of each tile.
     halo: int = 32
+    #: True for a noise-conditioned network: the pipeline feeds it the series' noise level as a second channel.
+    conditioned: bool = False

@@ -36,7 +36,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "split after every epoch, keep the best weights, and write NAME.pt, NAME.card.json and the manifest entry.",
     )
     tr.add_argument(
-        "--model", required=True, help="architecture: srcnn, vdsr, unet, srresnet, dncnn, fastdn, fastsr"
+        "--model",
+        required=True,
+        help="architecture: ncdn, srcnn, vdsr, unet, srresnet, dncnn, drunet, fastdn, fastsr",
     )
     tr.add_argument(
         "--task", choices=TASKS, default=None, help="denoise or sr2x (default: the architecture's task)"
@@ -95,6 +97,19 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "--corpus", type=Path, default=None, help="corpus manifest (default: enhancers/data/manifest.json)"
     )
     ev.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    ev.add_argument(
+        "--baselines",
+        action="store_true",
+        help="add the oracle-tuned baselines (NLM with the best h, BM3D with the true noise; MR also with Rician "
+        "bias correction): slow (BM3D ~10 s per 512x512 slice)",
+    )
+    ev.add_argument(
+        "--native",
+        action="store_true",
+        help="also run the default denoisers on real images at their own noise (no simulation): low-pass "
+        "residual, voids, grid, bias per image, crops input|output|difference, and the real-noise MR pair",
+    )
+    ev.add_argument("--native-only", action="store_true", help="only the --native part")
     ev.set_defaults(func=_evaluate)
 
     mo = subparsers.add_parser("models", help="list registered enhancers", description="List the registry.")

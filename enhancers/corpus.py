@@ -7,8 +7,16 @@ not a silent change of the corpus). Every candidate image is listed, including t
 encodings of the same pixels, derived maps), with the reason, so a reader sees what was considered.
 
 Sources: pydicom's test files and the `pydicom-data` package (read with pydicom, modality LUT applied here;
-`enhancers` never imports the gateway's DICOM code), and the Debian `mricron-data` T1 volumes (read with
-SimpleITK, axial slices). All sources of one patient share a `patient` key and hence one split.
+`enhancers` never imports the gateway's DICOM code); the Debian `mricron-data` T1 volumes (read with
+SimpleITK, axial slices); a real 108-slice head CT inside Debian `invesalius-examples`' `Cranium.inv3` (a tar.gz
+of `matrix.dat` + `main.plist`, read where the package installs it: it is GPL-2 and never copied here); the
+real T1 head of Debian `insighttoolkit5-examples`; dipy's bundled real T1 slice and b=0 volume; and the two b=5
+acquisitions of one slab taken 4 s apart in Debian `heudiconv`'s test data (the real-noise pair). All sources
+of one patient share a `patient` key and hence one split.
+
+Averaged templates (Colin27 is the mean of 27 scans, INIA19 a population template) are smooth: they carry
+the option `template` and are never used as noise-free truth for denoising (`load_split(..., denoise=True)`
+leaves them out), only for super-resolution.
 
 Why this split: CT_small (a 128x128, small field-of-view image) was first the CT validation image, but its
 simulated low-dose noise is far weaker than on full-FOV slices (the projection misses the body outside the
@@ -37,6 +45,16 @@ MANIFEST_PATH = CORPUS_DIR / "manifest.json"
 MANIFEST_FORMAT = 1
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 MRICRON_DIR = "/usr/share/mricron/templates"
+INVESALIUS_CRANIUM = "/usr/share/doc/invesalius-examples/examples/Cranium.inv3"
+ITK_DATA_DIR = "/usr/share/doc/insighttoolkit5-examples/examples/Data"
+HEUDICONV_PAIR_DIR = "/usr/lib/python3/dist-packages/heudiconv/tests/data/b0dwiForFmap"
+#: Where each Debian package installs what the corpus reads (for the error that says what to install).
+_PACKAGE_OF: dict[str, str] = {
+    MRICRON_DIR: "the Debian package mricron-data",
+    INVESALIUS_CRANIUM: "the Debian package invesalius-examples",
+    ITK_DATA_DIR: "the Debian package insighttoolkit5-examples",
+    HEUDICONV_PAIR_DIR: "the Debian package heudiconv",
+}
 
 
 class CorpusError(RuntimeError):
@@ -98,7 +116,7 @@ _DEFINITION: list[tuple[str, str, str, str, str, str, dict[str, Any], str]] = [
         "MR",
         "colin27",
         "train",
-        {"step": 8, "lo": 0.2, "hi": 0.8},
+        {"step": 8, "lo": 0.2, "hi": 0.8, "template": True},
         "Colin27 T1 (average of 27 scans), 0.5 mm",
     ),
     (
@@ -108,7 +126,7 @@ _DEFINITION: list[tuple[str, str, str, str, str, str, dict[str, Any], str]] = [
         "MR",
         "colin27",
         "train",
-        {"step": 6, "lo": 0.2, "hi": 0.8},
+        {"step": 6, "lo": 0.2, "hi": 0.8, "template": True},
         "Colin27 T1, 1 mm",
     ),
     (
@@ -118,8 +136,68 @@ _DEFINITION: list[tuple[str, str, str, str, str, str, dict[str, Any], str]] = [
         "MR",
         "inia19",
         "validation",
-        {"step": 12, "lo": 0.25, "hi": 0.75},
+        {"step": 12, "lo": 0.25, "hi": 0.75, "template": True},
         "INIA19 rhesus macaque T1 template, brain extracted",
+    ),
+    (
+        "ct-cranium",
+        "inv3",
+        INVESALIUS_CRANIUM,
+        "CT",
+        "ProMED-CT-0051",
+        "train",
+        {"step": 3},
+        "head CT, 108 slices 256x256, InVesalius example",
+    ),
+    (
+        "mr-dipy-t1",
+        "npy",
+        "dipy:t1_coronal_slice.npy",
+        "MR",
+        "dipy-t1",
+        "train",
+        {},
+        "T1 coronal slice, dipy",
+    ),
+    (
+        "mr-dipy-s0",
+        "nibabel",
+        "dipy:S0_10slices.nii.gz",
+        "MR",
+        "dipy-s0",
+        "train",
+        {},
+        "b=0 diffusion volume, 10 slices, dipy",
+    ),
+    (
+        "mr-itk-t1",
+        "nifti",
+        f"{ITK_DATA_DIR}/KmeansTest_T1UCharRaw.nii.gz",
+        "MR",
+        "itk-kmeans-t1",
+        "validation",
+        {"step": 6, "lo": 0.25, "hi": 0.75},
+        "T1 head, 8 bit, ITK examples",
+    ),
+    (
+        "mr-pair-a",
+        "dicom",
+        f"{HEUDICONV_PAIR_DIR}/b0dwi_for_fmap+00001.dcm",
+        "MR",
+        "heudiconv-b0dwi",
+        "test",
+        {"pair": "mr-pair-b"},
+        "b=5 diffusion mosaic, first of two acquisitions 4 s apart (real-noise pair)",
+    ),
+    (
+        "mr-pair-b",
+        "dicom",
+        f"{HEUDICONV_PAIR_DIR}/b0dwi_for_fmap+00002.dcm",
+        "MR",
+        "heudiconv-b0dwi",
+        "test",
+        {"pair": "mr-pair-a"},
+        "b=5 diffusion mosaic, second of two acquisitions 4 s apart (real-noise pair)",
     ),
     ("xr-chest", "dicom", "RG1_UNCR.dcm", "XR", "9RG1", "test", {}, "chest CR, 15 bit, MONOCHROME1"),
     ("xr-leg", "dicom", "RG3_UNCR.dcm", "XR", "11RG3", "train", {}, "extremity CR, 10 bit, MONOCHROME1"),
@@ -165,7 +243,14 @@ def _sha256(path: Path) -> str:
 
 
 def resolve(kind: str, file: str) -> Path:
-    """The local path of a source: a pydicom test file by base name, or an absolute path."""
+    """The local path of a source: a pydicom test file by base name, `dipy:NAME` (dipy's bundled files), or
+    an absolute path."""
+    if file.startswith("dipy:"):
+        try:
+            import dipy
+        except ImportError as exc:
+            raise CorpusError(f"{file} needs dipy's bundled data files; pip install dipy") from exc
+        return Path(dipy.__file__).parent / "data" / "files" / file.removeprefix("dipy:")
     if kind == "dicom" and "/" not in file:
         from pydicom.data import get_testdata_file
 
@@ -177,7 +262,8 @@ def resolve(kind: str, file: str) -> Path:
         return Path(str(found))
     path = Path(file)
     if not path.exists():
-        raise CorpusError(f"{path} is missing; install the Debian package mricron-data")
+        package = next((p for d, p in _PACKAGE_OF.items() if file.startswith(d)), "the package that ships it")
+        raise CorpusError(f"{path} is missing; install {package}")
     return path
 
 
@@ -327,6 +413,46 @@ def _nifti_slices(
     return np.ascontiguousarray(np.stack(picked)), (0.0, vmax), spacing
 
 
+def _inv3_slices(
+    path: Path, opts: dict[str, Any]
+) -> tuple[npt.NDArray[np.float32], tuple[float, float], float]:
+    """Every `step`-th slice of an InVesalius project (tar.gz: `main.plist` describes the int16 `matrix.dat`)."""
+    import plistlib
+    import tarfile
+
+    with tarfile.open(path, "r:gz") as tar:
+        members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+        meta_fh = tar.extractfile(members["main.plist"])
+        data_fh = tar.extractfile(members["matrix.dat"])
+        if meta_fh is None or data_fh is None:
+            raise CorpusError(f"{path} has no main.plist or matrix.dat")
+        meta = plistlib.loads(meta_fh.read())
+        raw = data_fh.read()
+    shape = tuple(int(v) for v in meta["matrix"]["shape"])
+    vol = np.frombuffer(raw, dtype=np.dtype(str(meta["matrix"]["dtype"])).newbyteorder("<")).reshape(shape)
+    step = int(opts.get("step", 1))
+    picked = np.ascontiguousarray(vol[::step].astype(np.float32))
+    lo, hi = (float(v) for v in meta.get("scalar_range", (-1024, 3071)))
+    return picked, (lo, hi), float(meta["spacing"][0])
+
+
+def _array_slices(
+    kind: str, path: Path, opts: dict[str, Any]
+) -> tuple[npt.NDArray[np.float32], tuple[float, float], float]:
+    """A 2-D .npy slice, or a NIfTI volume read with nibabel (whose direction cosines ITK refuses), as slices."""
+    if kind == "npy":
+        vol = np.load(path).astype(np.float32)[None]
+    else:
+        import nibabel
+
+        data = np.asarray(nibabel.load(str(path)).dataobj, dtype=np.float32)  # type: ignore[attr-defined]
+        data = data.reshape(data.shape[:3])
+        vol = np.ascontiguousarray(np.rot90(np.moveaxis(data, 2, 0), axes=(1, 2)))
+    step = int(opts.get("step", 1))
+    vol = np.ascontiguousarray(vol[::step])
+    return vol, (0.0, float(vol.max())), float(opts.get("pixel_mm", 1.0))
+
+
 def load_source(entry: dict[str, Any], *, verify: bool = True) -> list[Slice]:
     """The clean slices of one manifest source (sha256-checked when `verify`)."""
     path = resolve(entry["kind"], entry["file"])
@@ -337,10 +463,15 @@ def load_source(entry: dict[str, Any], *, verify: bool = True) -> list[Slice]:
                 f"{path} has sha256 {actual}, the corpus manifest records {entry['sha256']}: the installed data "
                 f"differs from the one the models were trained on; reinstall it or rewrite the manifest"
             )
+    opts = entry.get("options", {})
     if entry["kind"] == "dicom":
         values, vrange, pixel_mm = _dicom_frames(path)
+    elif entry["kind"] == "inv3":
+        values, vrange, pixel_mm = _inv3_slices(path, opts)
+    elif entry["kind"] in ("npy", "nibabel"):
+        values, vrange, pixel_mm = _array_slices(entry["kind"], path, opts)
     else:
-        values, vrange, pixel_mm = _nifti_slices(path, entry.get("options", {}))
+        values, vrange, pixel_mm = _nifti_slices(path, opts)
     out: list[Slice] = []
     for i, frame in enumerate(values):
         pixels = (
@@ -364,13 +495,25 @@ def load_source(entry: dict[str, Any], *, verify: bool = True) -> list[Slice]:
 
 
 def load_split(
-    split: str, groups: tuple[str, ...], *, path: Path = MANIFEST_PATH, max_per_source: int | None = None
+    split: str,
+    groups: tuple[str, ...],
+    *,
+    path: Path = MANIFEST_PATH,
+    max_per_source: int | None = None,
+    denoise: bool = False,
 ) -> list[Slice]:
-    """All clean slices of `split` for the modality groups `groups` (at most `max_per_source` per source)."""
+    """All clean slices of `split` for the modality groups `groups` (at most `max_per_source` per source).
+
+    `denoise=True` leaves out averaged templates (never noise-free truth) and the real-noise pair (scored
+    against each other by `evaluate --native`, not as clean references).
+    """
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {SPLITS}")
     slices: list[Slice] = []
     for entry in read_manifest(path):
+        opts = entry.get("options", {})
+        if denoise and (opts.get("template") or opts.get("pair")):
+            continue
         if entry["included"] and entry["split"] == split and entry["group"] in groups:
             got = load_source(entry)
             if max_per_source is not None and len(got) > max_per_source:

@@ -26,8 +26,9 @@ import numpy.typing as npt
 import torch
 
 from enhancers import corpus, degrade, registry
+from enhancers.baselines import baselines_for
 from enhancers.corpus import Slice
-from enhancers.metrics import Score, score
+from enhancers.metrics import Score, foreground_psnr, score
 from enhancers.pipeline import Pipeline
 from enhancers.training import VAL_DEGRADATIONS, CTSimCache, default_cache_dir, stable_seed
 
@@ -51,6 +52,9 @@ class EvalOptions:
     corpus_manifest: Path | None = None
     figures: bool = True
     include_blur: bool = True
+    baselines: bool = False
+    native: bool = False
+    native_only: bool = False
     command: str = ""
 
     @classmethod
@@ -70,6 +74,9 @@ class EvalOptions:
             seed=args.seed,
             corpus_manifest=args.corpus,
             figures=not args.no_figures,
+            baselines=args.baselines,
+            native=args.native or args.native_only,
+            native_only=args.native_only,
             command="enhance-gateway evaluate " + " ".join(argv),
         )
 
@@ -88,7 +95,9 @@ class Row:
     ssim: float
     ms_per_slice: float
     data_range: str
+    psnr_fg: float = float("nan")
     per_slice: list[tuple[str, float, float]] = field(default_factory=list)
+    per_patient: dict[str, float] = field(default_factory=dict)  # patient -> mean PSNR over its slices
 
 
 def load_images_dir(directory: Path) -> list[Slice]:
@@ -185,7 +194,9 @@ def evaluate(opts: EvalOptions) -> list[Row]:
         all_slices = [s for s in load_images_dir(opts.images) if s.group in opts.modalities]
         source_text = f"DICOM files under {opts.images}"
     else:
-        all_slices = corpus.load_split("test", opts.modalities, path=manifest, max_per_source=opts.max_slices)
+        all_slices = corpus.load_split(
+            "test", opts.modalities, path=manifest, max_per_source=opts.max_slices, denoise=True
+        )
         source_text = f"test split of {manifest.name} (sha256 {corpus.manifest_sha256(manifest)[:16]}...)"
     if not all_slices:
         raise ValueError("no images to evaluate for these modalities")
@@ -193,7 +204,8 @@ def evaluate(opts: EvalOptions) -> list[Row]:
     rows: list[Row] = []
     pipes: dict[str, Pipeline] = {}
     figures = opts.out / "figures"
-    for group in (g for g in ("CT", "MR", "XR") if g in opts.modalities):
+    groups = [] if opts.native_only else [g for g in ("CT", "MR", "XR") if g in opts.modalities]
+    for group in groups:
         slices = [s for s in all_slices if s.group == group]
         if not slices:
             continue
@@ -228,6 +240,7 @@ def evaluate(opts: EvalOptions) -> list[Row]:
                             cases,
                             [s for s in inp_scores if s is not None],
                             [0.0] * len(cases),
+                            [d for _, _, d in cases],
                         )
                     )
                 for meta in metas:
@@ -237,12 +250,14 @@ def evaluate(opts: EvalOptions) -> list[Row]:
                         pipes[meta.name] = pipe
                     scores: list[Score] = []
                     times: list[float] = []
+                    outs: list[FloatArray] = []
                     for k, (sl, clean, degraded) in enumerate(cases):
                         warm = degraded[:64, :64]
                         pipe.run(warm, modality=group, value_range=sl.value_range)
                         t0 = time.perf_counter()
                         out = pipe.run(degraded, modality=group, value_range=sl.value_range)
                         times.append((time.perf_counter() - t0) * 1000.0)
+                        outs.append(out)
                         sc = score(group, clean, out)
                         scores.append(sc)
                         if opts.figures:
@@ -262,13 +277,49 @@ def evaluate(opts: EvalOptions) -> list[Row]:
                                 caption,
                                 0.1 * sc.data_range,
                             )
-                    rows.append(_row(group, task, deg.name, meta.name, meta.kind, cases, scores, times))
+                    rows.append(_row(group, task, deg.name, meta.name, meta.kind, cases, scores, times, outs))
                     _progress(
                         f"  {meta.name:<14} PSNR {rows[-1].psnr:6.2f} dB  SSIM {rows[-1].ssim:.4f}  "
                         f"{rows[-1].ms_per_slice:8.0f} ms/slice"
                     )
-    write_tables(opts, rows, source_text)
+                if task == "denoise" and opts.baselines and not deg.name.startswith("blur"):
+                    for bname, fn in baselines_for(group).items():
+                        outs, scores, times = [], [], []
+                        for sl, clean, degraded in cases:
+                            t0 = time.perf_counter()
+                            outs.append(fn(clean, degraded, group, sl.value_range))
+                            times.append((time.perf_counter() - t0) * 1000.0)
+                            scores.append(score(group, clean, outs[-1]))
+                        rows.append(
+                            _row(group, task, deg.name, bname, "baseline", cases, scores, times, outs)
+                        )
+                        _progress(
+                            f"  {bname:<22} PSNR {rows[-1].psnr:6.2f} dB  fg {rows[-1].psnr_fg:6.2f} dB"
+                        )
+    extra = _native_section(opts, manifest, all_slices, figures) if opts.native else []
+    write_tables(opts, rows, source_text, extra)
     return rows
+
+
+def _native_section(opts: EvalOptions, manifest: Path, slices: list[Slice], figures: Path) -> list[str]:
+    """`--native`: the defaults and NLM on real images at native noise (corpus: every split), and the MR pair."""
+    from enhancers import native
+
+    images = (
+        slices
+        if opts.images is not None
+        else native.native_images(manifest, opts.modalities, per_source=opts.max_slices or 3)
+    )
+    chosen = {
+        g: list(opts.enhancers) if opts.enhancers else [*native.defaults_for(g), *native.BASELINES]
+        for g in opts.modalities
+    }
+    fig_dir = figures / "native" if opts.figures else None
+    rows = native.run_native(images, chosen, fig_dir, opts.threads)
+    pair = []
+    if opts.images is None and "MR" in opts.modalities:
+        pair = native.run_pair(manifest, native.defaults_for("MR"), fig_dir, opts.threads)
+    return native.native_markdown(rows, pair)
 
 
 def _row(
@@ -280,7 +331,16 @@ def _row(
     cases: list[tuple[Slice, FloatArray, FloatArray]],
     scores: list[Score],
     times: list[float],
+    outs: list[FloatArray],
 ) -> Row:
+    by_patient: dict[str, list[float]] = {}
+    for c, sc in zip(cases, scores, strict=True):
+        by_patient.setdefault(c[0].patient, []).append(sc.psnr)
+    fg = (
+        [foreground_psnr(group, c[1], o) for c, o in zip(cases, outs, strict=True)]
+        if task == "denoise"
+        else []
+    )
     return Row(
         group=group,
         task=task,
@@ -292,9 +352,11 @@ def _row(
         ssim=float(np.mean([s.ssim for s in scores])),
         ms_per_slice=float(np.mean(times)),
         data_range=scores[0].rule,
+        psnr_fg=float(np.mean(fg)) if fg else float("nan"),
         per_slice=[
             (f"{c[0].source}#{c[0].index}", s.psnr, s.ssim) for c, s in zip(cases, scores, strict=True)
         ],
+        per_patient={k: float(np.mean(v)) for k, v in by_patient.items()},
     )
 
 
@@ -303,7 +365,9 @@ def _progress(text: str) -> None:
     sys.stderr.flush()
 
 
-def write_tables(opts: EvalOptions, rows: list[Row], source_text: str) -> None:
+def write_tables(
+    opts: EvalOptions, rows: list[Row], source_text: str, extra: list[str] | None = None
+) -> None:
     """evaluation.csv (one row per enhancer and degradation) and evaluation.md (grouped tables)."""
     opts.out.mkdir(parents=True, exist_ok=True)
     with open(opts.out / "evaluation.csv", "w", newline="", encoding="utf-8") as fh:
@@ -320,6 +384,9 @@ def write_tables(opts: EvalOptions, rows: list[Row], source_text: str) -> None:
                 "ssim",
                 "ms_per_slice",
                 "data_range",
+                "psnr_fg_db",
+                "patient_min_db",
+                "patient_max_db",
                 "per_slice",
             ]
         )
@@ -336,6 +403,9 @@ def write_tables(opts: EvalOptions, rows: list[Row], source_text: str) -> None:
                     f"{r.ssim:.4f}",
                     f"{r.ms_per_slice:.1f}",
                     r.data_range,
+                    f"{r.psnr_fg:.3f}",
+                    f"{min(r.per_patient.values()):.3f}",
+                    f"{max(r.per_patient.values()):.3f}",
                     "; ".join(f"{k} {p:.2f}/{s:.4f}" for k, p, s in r.per_slice),
                 ]
             )
@@ -366,10 +436,13 @@ def write_tables(opts: EvalOptions, rows: list[Row], source_text: str) -> None:
                 "",
                 f"## {r.group} {r.task}: {r.degradation} ({r.slices} slice(s); {r.data_range})",
                 "",
-                "| enhancer | kind | PSNR dB | SSIM | ms/slice |",
-                "|---|---|---:|---:|---:|",
+                "| enhancer | kind | PSNR dB | patients min..max | foreground PSNR dB | SSIM | ms/slice |",
+                "|---|---|---:|---:|---:|---:|---:|",
             ]
         ms = "-" if r.enhancer == INPUT_ROW else f"{r.ms_per_slice:.0f}"
-        lines.append(f"| {r.enhancer} | {r.kind} | {r.psnr:.2f} | {r.ssim:.4f} | {ms} |")
+        spread = f"{min(r.per_patient.values()):.2f}..{max(r.per_patient.values()):.2f}"
+        fg = "-" if np.isnan(r.psnr_fg) else f"{r.psnr_fg:.2f}"
+        lines.append(f"| {r.enhancer} | {r.kind} | {r.psnr:.2f} | {spread} | {fg} | {r.ssim:.4f} | {ms} |")
+    lines += ["", *(extra or [])]
     (opts.out / "evaluation.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))

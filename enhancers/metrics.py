@@ -86,3 +86,25 @@ def score(group: str, clean: np.ndarray, test: np.ndarray) -> Score:
         rng = float(c.max() - c.min()) or 1.0
         rule = "data range = max - min of the clean slice"
     return Score(psnr(c, t, rng), ssim(c, t, rng), rng, rule)
+
+
+def foreground_psnr(group: str, clean: np.ndarray, test: np.ndarray) -> float:
+    """PSNR over the anatomy of `clean` only (`enhancers.qa.foreground_mask`), with `score`'s data range.
+
+    Why: on MR magnitude images whole-image PSNR is dominated by the dark background, where a model that
+    pushes the Rician floor to zero gains dB without denoising any tissue (and does the same to dark tissue).
+    """
+    from enhancers.qa import foreground_mask
+
+    c = np.asarray(clean, dtype=np.float64)
+    t = np.asarray(test, dtype=np.float64)
+    if group == "CT":
+        lo, hi = CT_SCORE_WINDOW
+        c, t, rng = np.clip(c, lo, hi), np.clip(t, lo, hi), hi - lo
+    else:
+        rng = float(c.max() - c.min()) or 1.0
+    mask = foreground_mask(c, group)
+    if not mask.any():
+        return psnr(c, t, rng)
+    mse = float(np.mean((c[mask] - t[mask]) ** 2))
+    return math.inf if mse == 0.0 else 10.0 * math.log10(rng**2 / mse)

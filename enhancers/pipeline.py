@@ -18,7 +18,13 @@ import torch
 
 from enhancers import registry
 from enhancers.base import ClassicalEnhancer, FloatArray, ModelEnhancer, normalisation_for
+from enhancers.models.arch import NOISE_LEVEL_GAIN
+from enhancers.noise import NoiseEstimate, estimate_noise
 from enhancers.registry import EnhancerInfo
+
+#: The range of a route's `strength`: 0 leaves the image as received, 1 removes the estimated noise, 2 acts
+#: as if there were twice as much (smoother). Beyond 2 a conditioned model is far outside what it was trained on.
+STRENGTH_RANGE: tuple[float, float] = (0.0, 2.0)
 
 
 def resolve_device(device: str) -> str:
@@ -97,6 +103,7 @@ class Pipeline:
         self._enhancer = registry.create(name)
         self._module: torch.nn.Module | None = None
         self._halo = 0
+        self.conditioned = False
         if isinstance(self._enhancer, ModelEnhancer):
             if self.device.startswith("cuda"):
                 torch.backends.cudnn.benchmark = False
@@ -106,6 +113,7 @@ class Pipeline:
             module = self._enhancer.module.to(self.device).eval()
             self._module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             self._halo = self._enhancer.halo
+            self.conditioned = self._enhancer.conditioned
         elif not isinstance(self._enhancer, ClassicalEnhancer):
             raise TypeError(f"enhancer {name!r} is neither a classical filter nor a model")
 
@@ -113,12 +121,23 @@ class Pipeline:
         return f"Pipeline({self.info.name!r}, device={self.device!r}, batch_size={self.batch_size}, tile={self.tile})"
 
     def run(
-        self, slices: npt.NDArray[np.floating], *, modality: str, value_range: tuple[float, float]
+        self,
+        slices: npt.NDArray[np.floating],
+        *,
+        modality: str,
+        value_range: tuple[float, float],
+        noise: NoiseEstimate | None = None,
+        strength: float = 1.0,
     ) -> FloatArray:
         """float32 (N, H, W) modality values -> float32 (N, H', W') modality values, clipped to value_range.
 
         H' = 2H and W' = 2W for `sr2x`, else H and W. A single (H, W) slice is accepted and returned as such.
         `modality` is the DICOM Modality (CT, MR, CR, DX, ...); a model not trained for it is refused.
+        `noise`: the series' noise (`enhancers.noise.estimate_noise` over the whole series, which the worker
+        computes once); None estimates it from `slices`. Only noise-conditioned models use it. `strength`
+        (see `STRENGTH_RANGE`) multiplies the noise level a conditioned model is given; for any other model
+        the output is blended, input + strength * (output - input), so 0 is the identity for every enhancer
+        of the same matrix size (sr2x ignores it).
         """
         arr = np.asarray(slices)
         squeeze = arr.ndim == 2
@@ -135,6 +154,8 @@ class Pipeline:
         lo, hi = float(value_range[0]), float(value_range[1])
         if not (np.isfinite(lo) and np.isfinite(hi)) or hi < lo:
             raise ValueError(f"value_range must be finite (low, high) with low <= high; got {value_range!r}")
+        if not (STRENGTH_RANGE[0] <= strength <= STRENGTH_RANGE[1]):
+            raise ValueError(f"strength must be within {STRENGTH_RANGE}, got {strength!r}")
         group = registry.modality_group(modality)
         if self.info.kind == "model" and group not in self.info.modalities:
             raise ValueError(
@@ -145,8 +166,13 @@ class Pipeline:
         x = norm.forward(arr)
         if isinstance(self._enhancer, ClassicalEnhancer):
             y = self._run_classical(self._enhancer, x)
+        elif self.conditioned:
+            sigma = (noise or estimate_noise(arr, group)).sigma
+            y = self._run_model(x, level=strength * sigma / norm.scale)
         else:
             y = self._run_model(x)
+        if self.info.scale == 1 and not self.conditioned and strength != 1.0:
+            y = x + np.float32(strength) * (y - x)
         out = np.clip(norm.inverse(y), lo, hi).astype(np.float32)
         return out[0] if squeeze else out
 
@@ -159,7 +185,7 @@ class Pipeline:
             outs = [enhancer.apply(s) for s in x]
         return np.stack(outs).astype(np.float32)
 
-    def _run_model(self, x: FloatArray) -> FloatArray:
+    def _run_model(self, x: FloatArray, level: float | None = None) -> FloatArray:
         assert self._module is not None
         return run_module(
             self._module,
@@ -169,6 +195,7 @@ class Pipeline:
             halo=self._halo,
             batch_size=self.batch_size,
             device=self.device,
+            level=level,
         )
 
 
@@ -181,11 +208,14 @@ def run_module(
     halo: int,
     batch_size: int,
     device: str,
+    level: float | None = None,
 ) -> FloatArray:
     """Run `module` (eval mode, on `device`) on normalised slices (N, H, W) with tiling and batching.
 
     Tiles of at most `tile` x `tile` input pixels overlap by 2 * `halo`; only their reliable centres are kept
     (see `tile_spans`). All tiles of a stack have one size, so any slices and tiles can share a batch.
+    `level`: for a noise-conditioned module, the normalised noise sigma, given as a constant second channel
+    (times `NOISE_LEVEL_GAIN`).
     """
     n, h, w = x.shape
     s = scale
@@ -199,6 +229,8 @@ def run_module(
             chunk = jobs[b : b + batch_size]
             batch = np.stack([x[i, ty[0] : ty[1], tx[0] : tx[1]] for i, ty, tx in chunk])[:, None]
             t = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+            if level is not None:
+                t = torch.cat([t, torch.full_like(t, float(level) * NOISE_LEVEL_GAIN)], dim=1)
             t = t.contiguous(memory_format=torch.channels_last)
             if cuda:
                 with torch.autocast("cuda", dtype=torch.float16):

@@ -37,6 +37,8 @@ from enhancers.base import normalisation_for
 from enhancers.corpus import Slice
 from enhancers.metrics import score
 from enhancers.models import architecture, build_module, count_params
+from enhancers.models.arch import NOISE_LEVEL_GAIN
+from enhancers.noise import estimate_noise
 from enhancers.pipeline import resolve_device, run_module
 from enhancers.store import WEIGHTS_DIR, save_state_dict, update_manifest, write_json
 
@@ -69,6 +71,19 @@ RECIPES: dict[str, dict[str, Any]] = {
         "config": {"blocks": 8, "features": 64},
     },
     "fastsr": {"epochs": 12, "steps": 100, "patch": 96, "batch": 16, "lr": 1e-3, "loss": "l1", "config": {}},
+    # Noise-conditioned: a continuum of levels from none (identity pairs) to strong low dose, real images only.
+    "ncdn": {
+        "epochs": 12,
+        "steps": 100,
+        "patch": 96,
+        "batch": 16,
+        "lr": 1e-3,
+        "loss": "l1",
+        "config": {},
+        "ct_i0": (5e3, 1e4, 2e4, 4e4, 1e5, 3e5, 1e6),
+        "mr_sigma": (0.002, 0.08),
+        "identity_share": 0.15,
+    },
 }
 
 #: Training degradation ranges (blind: the model must cope with any level in the range).
@@ -189,6 +204,38 @@ class _Pair:
     tgt: FloatArray  # normalised target
     bucket: str
     foreground: float  # normalised level above which a target pixel counts as foreground
+    level: float = 0.0  # normalised noise level given to a noise-conditioned network
+
+
+@dataclass(frozen=True)
+class Degradations:
+    """The training degradation ranges of one recipe (the blind defaults unless the recipe says otherwise).
+
+    `identity_share`: for a noise-conditioned network, the share of training slices left as they are (target =
+    input) with a level drawn between 0 and their own estimated noise: what teaches it to leave an image at
+    its native noise alone, and to touch it less when a route lowers the strength.
+    """
+
+    ct_i0: tuple[float, ...] = TRAIN_CT_I0
+    mr_sigma: tuple[float, float] = TRAIN_MR_SIGMA
+    identity_share: float = 0.0
+
+    @classmethod
+    def from_recipe(cls, recipe: dict[str, Any]) -> Degradations:
+        return cls(
+            tuple(recipe.get("ct_i0", TRAIN_CT_I0)),
+            tuple(recipe.get("mr_sigma", TRAIN_MR_SIGMA)),
+            float(recipe.get("identity_share", 0.0)),
+        )
+
+
+def noise_level(degraded: FloatArray, group: str, scale: float) -> float:
+    """The normalised noise level a conditioned network is given: the series estimate / the normalisation scale.
+
+    Training and inference use the same estimator on the image the network sees, so whatever it reads on real
+    data is what the network learnt to expect.
+    """
+    return estimate_noise(degraded, group).sigma / scale
 
 
 class PatchSampler:
@@ -200,6 +247,9 @@ class PatchSampler:
         task: str,
         rng: np.random.Generator,
         ct_cache: CTSimCache,
+        *,
+        conditioned: bool = False,
+        degradations: Degradations | None = None,
     ) -> None:
         if not slices:
             raise ValueError("no training slices for these modalities")
@@ -208,17 +258,19 @@ class PatchSampler:
         self.rng = rng
         self.ct_cache = ct_cache
         self.scale = 2 if task == "sr2x" else 1
+        self.conditioned = conditioned
+        self.degradations = degradations or Degradations()
         self.pairs: list[_Pair] = []
 
     def _degrade(self, sl: Slice, group: str) -> tuple[FloatArray, tuple[float, float]]:
         if self.task == "sr2x":
             return degrade.downsample2x_area(sl.pixels), sl.value_range
         if group == "CT":
-            i0 = float(self.rng.choice(TRAIN_CT_I0))
+            i0 = float(self.rng.choice(self.degradations.ct_i0))
             k = int(self.rng.integers(TRAIN_CT_REALISATIONS))
             return self.ct_cache.get(sl, i0, k), sl.value_range
         if group == "MR":
-            frac = float(self.rng.uniform(*TRAIN_MR_SIGMA))
+            frac = float(self.rng.uniform(*self.degradations.mr_sigma))
             return degrade.mr_rician(sl.pixels, sigma_fraction=frac, rng=self.rng), sl.value_range
         vrange = sl.value_range if sl.group == "XR" else (float(sl.pixels.min()), float(sl.pixels.max()))
         peak = float(np.exp(self.rng.uniform(np.log(TRAIN_XR_PEAK[0]), np.log(TRAIN_XR_PEAK[1]))))
@@ -231,7 +283,14 @@ class PatchSampler:
     def refresh(self) -> None:
         pairs = []
         for sl, group in self.slices:
-            degraded, vrange = self._degrade(sl, group)
+            identity = self.conditioned and float(self.rng.random()) < self.degradations.identity_share
+            if identity:
+                vrange = (
+                    sl.value_range if sl.group == group else (float(sl.pixels.min()), float(sl.pixels.max()))
+                )
+                degraded = sl.pixels
+            else:
+                degraded, vrange = self._degrade(sl, group)
             norm = normalisation_for(group, degraded[None], vrange)
             clean = sl.pixels
             if self.scale == 2:
@@ -239,7 +298,10 @@ class PatchSampler:
             tgt = norm.forward(clean)
             lo, hi = float(tgt.min()), float(tgt.max())
             bucket = group if sl.group == group else f"{group}-proxy"
-            pairs.append(_Pair(norm.forward(degraded), tgt, bucket, lo + 0.05 * (hi - lo)))
+            level = noise_level(degraded, group, norm.scale) if self.conditioned else 0.0
+            if identity:
+                level *= float(self.rng.uniform(0.0, 1.0))
+            pairs.append(_Pair(norm.forward(degraded), tgt, bucket, lo + 0.05 * (hi - lo), level))
         self.pairs = pairs
 
     def batch(self, n: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,9 +330,14 @@ class PatchSampler:
             t, i = np.rot90(t, k), np.rot90(i, k)
             if flip:
                 t, i = t[:, ::-1], i[:, ::-1]
+            if self.conditioned:
+                i = np.stack([i, np.full_like(i, pair.level * NOISE_LEVEL_GAIN)])
             inps.append(np.ascontiguousarray(i))
             tgts.append(np.ascontiguousarray(t))
-        return torch.from_numpy(np.stack(inps)[:, None]), torch.from_numpy(np.stack(tgts)[:, None])
+        inp = np.stack(inps)
+        return torch.from_numpy(inp if self.conditioned else inp[:, None]), torch.from_numpy(
+            np.stack(tgts)[:, None]
+        )
 
 
 @dataclass
@@ -311,8 +378,10 @@ def validation_cases(
     return cases
 
 
-def enhance_case(module: nn.Module, case: ValCase, scale: int, halo: int, device: str) -> FloatArray:
-    """Run a live module on one case exactly as the pipeline would (normalise, tile, invert, clip)."""
+def enhance_case(
+    module: nn.Module, case: ValCase, scale: int, halo: int, device: str, conditioned: bool = False
+) -> FloatArray:
+    """Run a live module on one case exactly as the pipeline would (normalise, estimate, tile, invert, clip)."""
     norm = normalisation_for(case.group, case.degraded[None], case.value_range)
     y = run_module(
         module,
@@ -322,19 +391,20 @@ def enhance_case(module: nn.Module, case: ValCase, scale: int, halo: int, device
         halo=halo,
         batch_size=4,
         device=device,
+        level=noise_level(case.degraded, case.group, norm.scale) if conditioned else None,
     )
     out: FloatArray = np.clip(norm.inverse(y)[0], case.value_range[0], case.value_range[1]).astype(np.float32)
     return out
 
 
 def validate(
-    module: nn.Module, cases: list[ValCase], scale: int, halo: int, device: str
+    module: nn.Module, cases: list[ValCase], scale: int, halo: int, device: str, conditioned: bool = False
 ) -> tuple[float, float]:
     """Mean PSNR and SSIM over the validation cases (each scored with the evaluation's data range)."""
     module.eval()
     ps, ss = [], []
     for case in cases:
-        out = enhance_case(module, case, scale, halo, device)
+        out = enhance_case(module, case, scale, halo, device, conditioned)
         sc = score(case.score_group, case.clean, out)
         ps.append(sc.psnr)
         ss.append(sc.ssim)
@@ -383,14 +453,16 @@ def _progress(quiet: bool, text: str, end: bool = False) -> None:
     sys.stderr.flush()
 
 
-def _training_slices(groups: tuple[str, ...], split: str, manifest: Path) -> list[tuple[Slice, str]]:
+def _training_slices(
+    groups: tuple[str, ...], split: str, manifest: Path, task: str = "denoise"
+) -> list[tuple[Slice, str]]:
     """Slices of `split` with the group each is trained as; X-ray also uses CT/MR slices as proxies."""
     out: list[tuple[Slice, str]] = []
     for group in groups:
-        own = corpus.load_split(split, (group,), path=manifest)
+        own = corpus.load_split(split, (group,), path=manifest, denoise=task == "denoise")
         out += [(s, group) for s in own]
         if group == "XR":
-            proxies = corpus.load_split(split, ("CT", "MR"), path=manifest)
+            proxies = corpus.load_split(split, ("CT", "MR"), path=manifest, denoise=task == "denoise")
             out += [(s, "XR") for s in proxies]
     return out
 
@@ -426,12 +498,15 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     cache = CTSimCache(opts.cache or default_cache_dir())
     started = time.time()
 
-    train_slices = _training_slices(mods, "train", manifest)
-    val_slices = _training_slices(mods, "validation", manifest)
+    train_slices = _training_slices(mods, "train", manifest, task)
+    val_slices = _training_slices(mods, "validation", manifest, task)
     if opts.max_val_slices is not None:
         step_v = max(1, math.ceil(len(val_slices) / opts.max_val_slices))
         val_slices = val_slices[::step_v]
-    sampler = PatchSampler(train_slices, task, rng, cache)
+    conditioned = arch.conditioned
+    sampler = PatchSampler(
+        train_slices, task, rng, cache, conditioned=conditioned, degradations=Degradations.from_recipe(recipe)
+    )
     val_cases = validation_cases(val_slices, task, opts.seed, cache)
     scale = 2 if task == "sr2x" else 1
 
@@ -511,7 +586,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
                 f"{name} epoch {epoch}/{epochs} [{bar:<20}] step {s + 1}/{steps} "
                 f"loss {np.mean(losses[-20:]):.3g}",
             )
-        vp, vs = validate(module, val_cases, scale, arch.halo, device)
+        vp, vs = validate(module, val_cases, scale, arch.halo, device, conditioned)
         history.append(
             {
                 "epoch": epoch,
@@ -537,7 +612,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     # validation numbers in the card are re-measured with exactly the rounded weights that are shipped.
     shipped = {k: (v.half() if v.is_floating_point() else v) for k, v in best_state.items()}
     module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in shipped.items()})
-    best = (*validate(module, val_cases, scale, arch.halo, device), best[2])
+    best = (*validate(module, val_cases, scale, arch.halo, device, conditioned), best[2])
     weights_path = out_dir / f"{name}.pt"
     sha = save_state_dict(shipped, weights_path)
     card_path = out_dir / f"{name}.card.json"
@@ -575,7 +650,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
             "device": device,
             "threads": torch.get_num_threads(),
             "augmentation": "random patches, 8 dihedral transforms",
-            "degradations": _train_degradation_text(task, mods),
+            "degradations": _train_degradation_text(task, mods, Degradations.from_recipe(recipe)),
             "train_sources": sorted({s.source for s, _ in train_slices}),
             "train_slices": len(train_slices),
             "seconds": round(time.time() - started, 1),
@@ -651,13 +726,20 @@ class _Bicubic(nn.Module):
         return bicubic_up2(x)
 
 
-def _train_degradation_text(task: str, mods: tuple[str, ...]) -> dict[str, str]:
+def _train_degradation_text(task: str, mods: tuple[str, ...], deg: Degradations) -> dict[str, str]:
     if task == "sr2x":
         return {m: "2x area downsampling (2x2 mean)" for m in mods}
+    identity = (
+        f"; {deg.identity_share:.0%} of slices left as they are (target = input) with a noise level drawn "
+        "uniformly between 0 and their own estimate"
+        if deg.identity_share
+        else ""
+    )
     text = {
-        "CT": f"projection-domain low dose, I0 drawn from {list(TRAIN_CT_I0)} "
-        f"({TRAIN_CT_REALISATIONS} cached realisations each), 720 views, FBP",
-        "MR": f"Rician, sigma uniform in {list(TRAIN_MR_SIGMA)} x max",
+        "CT": f"projection-domain low dose, I0 drawn from {list(deg.ct_i0)} "
+        f"({TRAIN_CT_REALISATIONS} cached realisations each), 720 views, FBP{identity}",
+        "MR": f"Rician (complex Gaussian added to the real magnitude image, target = the image at its own noise "
+        f"and Rician floor), sigma uniform in {list(deg.mr_sigma)} x max{identity}",
         "XR": f"Poisson-Gaussian, peak photons log-uniform in {list(TRAIN_XR_PEAK)}, read sigma uniform in "
         f"{list(TRAIN_XR_READ)} of full scale; CT/MR training slices added as proxy images",
     }

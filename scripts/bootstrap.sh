@@ -13,6 +13,10 @@ if [ "$mode" = test ]; then
   command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
   command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
   [ -d /usr/share/mricron/templates ] || need_apt+=(mricron-data)
+  # real images of the enhancer corpus, read where Debian installs them (enhancers/corpus.py)
+  [ -f /usr/share/doc/invesalius-examples/examples/Cranium.inv3 ] || need_apt+=(invesalius-examples)
+  [ -d /usr/share/doc/insighttoolkit5-examples/examples/Data ] || need_apt+=(insighttoolkit5-examples)
+  [ -d /usr/lib/python3/dist-packages/heudiconv/tests/data ] || need_apt+=(heudiconv)
   command -v chromium >/dev/null || need_apt+=(chromium)          # web console tests (headless)
   [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 fi

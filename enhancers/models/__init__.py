@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from enhancers.models import dncnn, drunet, fastdn, fastsr, srcnn, srresnet, unet, vdsr  # noqa: F401  (register)
+from enhancers.models import dncnn, drunet, fastdn, fastsr, ncdn, srcnn, srresnet, unet, vdsr  # noqa: F401  (register)
 from enhancers.models.arch import ARCHITECTURES, TrainedModel, architecture, build_module, count_params
 from enhancers.registry import EnhancerInfo, register
 from enhancers.store import WEIGHTS_DIR, read_manifest

@@ -36,6 +36,8 @@ class Architecture:
     description: str
     paper: str
     train_defaults: dict[str, Any] = field(default_factory=dict)
+    #: True when the network takes a second input channel with the noise level (see `NOISE_LEVEL_GAIN`).
+    conditioned: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -43,6 +45,10 @@ class Architecture:
 
 
 ARCHITECTURES: dict[str, Architecture] = {}
+
+#: A noise-conditioned network's second channel is the normalised noise sigma times this (typical levels are
+#: then 0.01-1, the scale of the image channel), constant over the slice.
+NOISE_LEVEL_GAIN = 10.0
 
 
 def register_architecture(arch: Architecture) -> Architecture:
@@ -82,6 +88,7 @@ class TrainedModel(ModelEnhancer):
         self.info = info
         arch = architecture(arch_name)
         self.halo = arch.halo
+        self.conditioned = arch.conditioned
         module = build_module(arch_name, config)
         state = load_verified(weights, info.weights_sha256)
         try:

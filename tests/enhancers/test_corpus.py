@@ -54,3 +54,20 @@ def test_load_split_reads_real_pixels_and_checks_hashes() -> None:
     entry["sha256"] = "0" * 64
     with pytest.raises(corpus.CorpusError, match="sha256"):
         corpus.load_source(entry)
+
+
+def test_added_real_sources_load_in_their_units() -> None:
+    by_id = {s["id"]: s for s in corpus.read_manifest()}
+    cranium = corpus.load_source(by_id["ct-cranium"])
+    assert len(cranium) == 36 and cranium[0].pixels.shape == (256, 256)
+    assert cranium[0].pixels.min() >= -1024.0 and cranium[0].pixels.max() > 1000.0  # HU: air to bone
+    a, b = (corpus.load_source(by_id[k])[0] for k in ("mr-pair-a", "mr-pair-b"))
+    assert a.patient == b.patient and a.split == b.split == "test" and a.pixels.shape == b.pixels.shape
+
+
+def test_templates_and_the_pair_are_never_denoising_truth() -> None:
+    train = {s.source for s in corpus.load_split("train", ("MR",), denoise=True)}
+    assert train and not any(s.startswith("mr-colin27") for s in train)
+    test = {s.source for s in corpus.load_split("test", ("MR",), denoise=True)}
+    assert "mr-pair-a" not in test and "mr-shoulder" in test
+    assert any(s.startswith("mr-colin27") for s in {x.source for x in corpus.load_split("train", ("MR",))})
