@@ -233,6 +233,24 @@ def _series_description(source: str, suffix: str, enhancer: str) -> str:
     return tail
 
 
+def mark_series_qa(ds: Dataset, verdict: str, reasons: str, *, marker: bool) -> None:
+    """Record the series' QA verdict in a derived instance; with `marker`, prefix Series Description "QA WARN".
+
+    Why a prefix: a viewer's series list shows the start of Series Description, and a radiologist must see
+    the flag before opening the series. The result stays within 64 characters: the start of the source's
+    description is cut, so the gateway's suffix and the enhancer's name stay.
+    """
+    private_tags.set_series_qa(ds, verdict, reasons)
+    if not marker or verdict == "PASS":
+        return
+    prefix = f"QA {verdict} "
+    current = str(ds.get("SeriesDescription", "") or "")
+    if current.startswith(prefix):
+        return
+    room = 64 - len(prefix)
+    ds.SeriesDescription = prefix + (current if len(current) <= room else current[-room:].lstrip())
+
+
 def _source_reference(source: Dataset, frame: int | None = None) -> Dataset:
     """An item of Source Image Sequence pointing at the source (and one of its frames)."""
     item = Dataset()

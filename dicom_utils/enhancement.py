@@ -21,6 +21,10 @@ class Enhancement:
     ``DEGRADE_RESTORE`` = the received image degraded by the enhancer's own degradation then restored, vs the
     received image (a score against a real reference). When the headline score is DEGRADE_RESTORE, the fidelity
     score can be recorded as well in ``input_psnr``/``input_ssim`` (the issue asks for both).
+
+    ``qa_flag`` is this instance's QA verdict; ``series_qa`` and ``qa_reasons`` the whole series' (the gate
+    decides on the series). ``noise_*`` is the series' noise estimate in modality units, ``strength`` the
+    route's strength, ``degrade_restore_slices`` the Instance Numbers the DEGRADE_RESTORE score was taken on.
     """
 
     enhancer: str
@@ -34,6 +38,14 @@ class Enhancement:
     qa_flag: str
     input_psnr: float | None = None
     input_ssim: float | None = None
+    # Series-level facts (the same in every instance of a derived series); None/"" when not measured.
+    noise_sigma: float | None = None
+    noise_method: str = ""
+    noise_background_sigma: float | None = None
+    strength: float | None = None
+    series_qa: str = ""
+    qa_reasons: str = ""
+    degrade_restore_slices: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         """Reject values that would produce a non-conformant or misleading derived object."""
@@ -47,3 +59,5 @@ class Enhancement:
             )
         if self.qa_flag not in QA_FLAGS:
             raise ValueError(f"Enhancement.qa_flag must be one of {QA_FLAGS}, not {self.qa_flag!r}")
+        if self.series_qa and self.series_qa not in QA_FLAGS:
+            raise ValueError(f"Enhancement.series_qa must be empty or one of {QA_FLAGS}, not {self.series_qa!r}")

@@ -20,6 +20,13 @@ meaning (add new ones, never reuse).
 | (0077,1009) | LO | Task (denoise, sr2x) |
 | (0077,100A) | DS | PSNR enhanced vs received input (dB), when 1001 is DEGRADE_RESTORE |
 | (0077,100B) | DS | SSIM enhanced vs received input, when 1002 is DEGRADE_RESTORE |
+| (0077,100C) | DS | Noise sigma of the series (modality units) |
+| (0077,100D) | LO | Noise estimation method |
+| (0077,100E) | DS | MR background (Rayleigh) noise sigma, empty when not measured |
+| (0077,100F) | DS | Strength the enhancer ran at |
+| (0077,1010) | CS | Series QA verdict (PASS, WARN, FAIL) |
+| (0077,1011) | LT | Series QA reasons |
+| (0077,1012) | LT | Instance Numbers the DEGRADE_RESTORE score was taken on (comma separated) |
 
 The block slot (0x10 -> elements 0x10xx) is what ``Dataset.private_block`` allocates first; readers find the
 block by creator, never by slot.
@@ -53,6 +60,13 @@ NAMES: dict[str, str] = {
     "task": "EnhanceGwTask",
     "input_psnr": "EnhanceGwInputPSNR",
     "input_ssim": "EnhanceGwInputSSIM",
+    "noise_sigma": "EnhanceGwNoiseSigma",
+    "noise_method": "EnhanceGwNoiseMethod",
+    "noise_background_sigma": "EnhanceGwNoiseBackgroundSigma",
+    "strength": "EnhanceGwStrength",
+    "series_qa": "EnhanceGwSeriesQA",
+    "qa_reasons": "EnhanceGwQAReasons",
+    "degrade_restore_slices": "EnhanceGwDegradeRestoreSlices",
 }
 
 # offset -> (key, VR)
@@ -68,8 +82,20 @@ ELEMENTS: dict[int, tuple[str, str]] = {
     0x09: ("task", "LO"),
     0x0A: ("input_psnr", "DS"),
     0x0B: ("input_ssim", "DS"),
+    0x0C: ("noise_sigma", "DS"),
+    0x0D: ("noise_method", "LO"),
+    0x0E: ("noise_background_sigma", "DS"),
+    0x0F: ("strength", "DS"),
+    0x10: ("series_qa", "CS"),
+    0x11: ("qa_reasons", "LT"),
+    0x12: ("degrade_restore_slices", "LT"),
 }
-_NUMERIC = frozenset({"psnr", "ssim", "processing_ms", "input_psnr", "input_ssim"})
+_NUMERIC = frozenset(
+    {"psnr", "ssim", "processing_ms", "input_psnr", "input_ssim", "noise_sigma", "noise_background_sigma", "strength"}
+)
+_OFFSET: dict[str, int] = {key: offset for offset, (key, _vr) in ELEMENTS.items()}
+#: Largest LT value (PS3.5 6.2): reasons beyond it are cut.
+LT_MAX = 10240
 
 
 def _ds_text(value: float | None, key: str) -> str:
@@ -125,9 +151,36 @@ def write_block(ds: Dataset, enh: Enhancement) -> None:
         "task": enh.task,
         "input_psnr": _ds_text(enh.input_psnr, "psnr"),
         "input_ssim": _ds_text(enh.input_ssim, "ssim"),
+        "noise_sigma": _ds_text(enh.noise_sigma, "noise_sigma"),
+        "noise_method": enh.noise_method[:64],
+        "noise_background_sigma": _ds_text(enh.noise_background_sigma, "noise_background_sigma"),
+        "strength": _ds_text(enh.strength, "strength"),
+        "series_qa": enh.series_qa,
+        "qa_reasons": enh.qa_reasons[:LT_MAX],
+        "degrade_restore_slices": ",".join(str(n) for n in enh.degrade_restore_slices),
     }
     for offset, (key, vr) in ELEMENTS.items():
         block.add_new(offset, vr, values[key])
+
+
+def set_series_qa(ds: Dataset, verdict: str, reasons: str) -> None:
+    """Overwrite the series QA verdict and reasons of an existing block (the gate decides after the last slice).
+
+    Raises KeyError when the dataset has no block.
+    """
+    block = _find_block(ds)
+    if block is None:
+        raise KeyError(f"no private block {PRIVATE_CREATOR!r} in group {PRIVATE_GROUP:04X}")
+    block.add_new(_OFFSET["series_qa"], "CS", verdict)
+    block.add_new(_OFFSET["qa_reasons"], "LT", reasons[:LT_MAX])
+
+
+def set_qa_flag(ds: Dataset, flag: str) -> None:
+    """Overwrite this instance's QA flag (raises KeyError when the dataset has no block)."""
+    block = _find_block(ds)
+    if block is None:
+        raise KeyError(f"no private block {PRIVATE_CREATOR!r} in group {PRIVATE_GROUP:04X}")
+    block.add_new(_OFFSET["qa_flag"], "CS", flag)
 
 
 def read_block(ds: Dataset) -> dict[str, object]:

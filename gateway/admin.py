@@ -1,4 +1,4 @@
-"""Admin operations shared by the CLI and the web console: reprocess and purge.
+"""Admin operations shared by the CLI and the web console: reprocess, purge, release and reject held jobs.
 
 Why a module: the console's reprocess button must take the same code path as `enhance-gateway reprocess`
 (same checks, same C-GET of purged originals, same jobs), so neither keeps its own copy.
@@ -10,13 +10,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from structlog.contextvars import bound_contextvars
+
 from enhancers.registry import names
+from gateway import logs
 from gateway.dicomnet import Peer
 from gateway.errors import GatewayError
 from gateway.retrieve import retrieve_series
-from gateway.settings import Settings
+from gateway.settings import STRENGTH_RANGE, Settings
 from gateway.spool import Spool
-from gateway.state import State
+from gateway.state import Job, State
+
+log = logs.get("gateway.admin")
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ def reprocess(
     series_uid: str | None = None,
     enhancer: str | None = None,
     destination: str | None = None,
+    strength: float | None = None,
 ) -> list[Reprocessed]:
     """Queue a new job per series of the study (or the one series), retrieving purged originals first.
 
@@ -43,6 +49,11 @@ def reprocess(
     """
     if enhancer and enhancer not in names():
         raise GatewayError(f"enhancer {enhancer!r} is not registered; known: {', '.join(names())}")
+    if strength is not None and not STRENGTH_RANGE[0] <= strength <= STRENGTH_RANGE[1]:
+        raise GatewayError(
+            f"--strength {strength:g}: strength is a number from {STRENGTH_RANGE[0]:g} to {STRENGTH_RANGE[1]:g}"
+            " (0 = leave the image as received, 1 = remove the estimated noise, 2 = twice as strong)"
+        )
     if destination and destination not in {d.name for d in settings.destinations}:
         raise GatewayError(f"destination {destination!r} is not configured")
     rows = state.series_instances(study_uid, series_uid)
@@ -69,7 +80,9 @@ def reprocess(
             peer = Peer(src.ae_title, src.host, src.port, src.calling_aet or settings.ae_title)
             got = retrieve_series(peer, state, spool, study_uid, series, [str(r["sop_class_uid"]) for r in missing])
             source = src.name
-        job_id = state.make_reprocess_job(series, enhancer=enhancer, only_destination=destination)
+        job_id = state.make_reprocess_job(
+            series, enhancer=enhancer, only_destination=destination, strength=strength
+        )
         done.append(Reprocessed(series, job_id, len(members), got, source))
     return done
 
@@ -92,3 +105,21 @@ def purge(settings: Settings, state: State, older_than_days: float, *, dry_run: 
         for job_id in jobs:
             spool.clear_outgoing(job_id)
     return Purged(len(instances), sum(int(r["size"]) for r in instances), len(jobs))
+
+
+def release(settings: Settings, state: State, job_id: int) -> Job:
+    """Deliver a held job as it is (its QA verdict and marker stay in the files); logs `job.released`."""
+    job = state.release(job_id)
+    with bound_contextvars(job_id=job.id, study_uid=job.study_uid, series_uid=job.series_uid):
+        log.info("job.released", qa_verdict=job.qa_verdict, qa_reasons=job.qa_reasons,
+                 destinations=[d.destination for d in state.deliveries(job.id)])
+    return job
+
+
+def reject(settings: Settings, state: State, job_id: int) -> Job:
+    """Drop a held job's outputs (the originals are never touched); the job ends rejected. Logs `job.rejected`."""
+    job = state.reject(job_id)
+    Spool(settings.spool_dir).clear_outgoing(job.id)
+    with bound_contextvars(job_id=job.id, study_uid=job.study_uid, series_uid=job.series_uid):
+        log.info("job.rejected", qa_verdict=job.qa_verdict, qa_reasons=job.qa_reasons)
+    return job

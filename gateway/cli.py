@@ -1,4 +1,5 @@
-"""`enhance-gateway`: the command line of the gateway (serve, status, jobs, push, echo, retry, config, models).
+"""`enhance-gateway`: the command line of the gateway (serve, status, jobs, held, release, reject, push, echo,
+retry, config, models).
 
 Why lazy imports in the handlers: `--help`, `status` and `push` must answer fast and must not load torch.
 Every command exits 0 on success, 1 on a handled error (message on stderr), 2 on a usage error.
@@ -31,6 +32,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logs.configure()
     cfg = _settings(args)
+    routing.load_plugins(cfg.plugins)
     routing.validate(cfg.routes)
     Gateway(cfg).serve()
     return 0
@@ -58,6 +60,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "instances": state.instance_count(),
         "oldest_waiting": None if oldest is None else {"job": oldest.id, "state": oldest.state, "age": _age(oldest.created_at)},
         "destinations": health,
+        "qa_verdicts": state.qa_verdict_counts(),
         "free_mb": round(spool.free_mb()),
         "min_free_mb": cfg.min_free_mb,
     }
@@ -65,6 +68,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print("jobs:      " + "  ".join(f"{k}={v}" for k, v in counts.items()))
+    verdicts = report["qa_verdicts"]
+    print("QA:        " + "  ".join(f"{k}={v}" for k, v in verdicts.items())
+          + (f"  ({counts['held']} held: `enhance-gateway held`)" if counts.get("held") else ""))
     print(f"instances: {report['instances']}")
     if oldest:
         print(f"oldest waiting job: {oldest.id} ({oldest.state}, {_age(oldest.created_at)} old)")
@@ -94,10 +100,56 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(j) for j in jobs], indent=2))
         return 0
-    print(f"{'id':>6} {'state':9} {'mod':4} {'n':>5} {'enhancer':12} {'tries':>5}  series / error")
+    print(f"{'id':>6} {'state':9} {'mod':4} {'n':>5} {'enhancer':12} {'QA':4} {'tries':>5}  series / error / QA")
     for j in jobs:
-        detail = j.error or j.skip_reason or j.series_uid
-        print(f"{j.id:>6} {j.state:9} {j.modality:4} {j.instance_count:>5} {j.enhancer or '-':12} {j.attempts:>5}  {detail}")
+        detail = j.error or j.skip_reason or (j.qa_reasons if j.qa_verdict in ("WARN", "FAIL") else None)
+        print(
+            f"{j.id:>6} {j.state:9} {j.modality:4} {j.instance_count:>5} {j.enhancer or '-':12}"
+            f" {j.qa_verdict or '-':4} {j.attempts:>5}  {detail or j.series_uid}"
+        )
+    return 0
+
+
+def cmd_held(args: argparse.Namespace) -> int:
+    from gateway.state import State
+
+    cfg = _settings(args)
+    jobs = State(cfg.state_db).jobs(state="held", limit=100000)
+    if args.json:
+        print(json.dumps([asdict(j) for j in jobs], indent=2))
+        return 0
+    if not jobs:
+        print("no held jobs")
+        return 0
+    for j in jobs:
+        print(f"job {j.id}: {j.modality} {j.instance_count} instances, {j.enhancer}, QA {j.qa_verdict}, held {_age(j.updated_at)}")
+        print(f"    series {j.series_uid}")
+        print(f"    {j.qa_reasons}")
+    print("release JOB delivers a held job as it is; reject JOB drops its outputs (originals stay)", file=sys.stderr)
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from gateway import logs
+    from gateway.admin import release
+    from gateway.state import State
+
+    logs.configure(json=True)
+    cfg = _settings(args)
+    job = release(cfg, State(cfg.state_db), args.job)
+    print(f"job {job.id}: released, queued for delivery ({job.qa_verdict}: {job.qa_reasons})", file=sys.stderr)
+    return 0
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    from gateway import logs
+    from gateway.admin import reject
+    from gateway.state import State
+
+    logs.configure(json=True)
+    cfg = _settings(args)
+    job = reject(cfg, State(cfg.state_db), args.job)
+    print(f"job {job.id}: rejected, its outputs removed (the originals are kept)", file=sys.stderr)
     return 0
 
 
@@ -193,7 +245,7 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 
     cfg = _settings(args)
     for r in reprocess(cfg, State(cfg.state_db), args.study_uid, series_uid=args.series, enhancer=args.enhancer,
-                       destination=args.to):
+                       destination=args.to, strength=args.strength):
         if r.retrieved:
             print(f"series {r.series_uid}: retrieved {r.retrieved} purged originals from {r.source}")
         print(f"series {r.series_uid}: job {r.job_id} queued ({r.instances} instances)")
@@ -215,6 +267,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     from gateway import routing, settings
 
     cfg = settings.load(args.file)
+    routing.load_plugins(cfg.plugins)
     routing.validate(cfg.routes)
     print(json.dumps(asdict(cfg), indent=2, default=str))
     print(f"{args.file}: OK", file=sys.stderr)
@@ -243,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--var-dir", type=Path, help="override gateway.var_dir")
     p.add_argument("action", nargs="?", choices=["show"], help="show one job")
     p.add_argument("job", nargs="?", type=int, help="job id (with show)")
-    p.add_argument("--state", choices=["queued", "enhancing", "enhanced", "sending", "done", "skipped", "failed", "dead"])
+    p.add_argument("--state", choices=["queued", "enhancing", "enhanced", "sending", "done", "skipped", "failed", "dead",
+                                       "held", "rejected"])
     p.add_argument("--study", help="StudyInstanceUID")
     p.add_argument("--show", type=int, metavar="JOB")
     p.add_argument("--limit", type=int, default=50)
@@ -272,7 +326,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--series", metavar="UID", help="only this series")
     p.add_argument("--enhancer", metavar="NAME", help="instead of the routed enhancer (a new derived series)")
     p.add_argument("--to", metavar="DEST", help="deliver to this destination only")
+    p.add_argument("--strength", type=float, metavar="S",
+                   help="instead of the route's strength (0 = as received, 1 = remove the estimated noise, max 2)")
     p.set_defaults(func=cmd_reprocess)
+
+    p = sub.add_parser("held", help="jobs the QA gate held, with the reasons")
+    p.add_argument("--var-dir", type=Path, help="override gateway.var_dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_held)
+
+    p = sub.add_parser("release", help="deliver a held job as it is (its QA marker stays)")
+    p.add_argument("--var-dir", type=Path, help="override gateway.var_dir")
+    p.add_argument("job", type=int, help="job id (`held` lists them)")
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("reject", help="drop a held job's outputs; the originals stay, the job ends rejected")
+    p.add_argument("--var-dir", type=Path, help="override gateway.var_dir")
+    p.add_argument("job", type=int, help="job id (`held` lists them)")
+    p.set_defaults(func=cmd_reject)
 
     p = sub.add_parser("purge", help="remove originals and outputs of finished jobs past retention")
     p.add_argument("--var-dir", type=Path, help="override gateway.var_dir")

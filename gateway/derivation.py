@@ -7,6 +7,7 @@ same derived object), so both call these functions instead of keeping copies tha
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +54,21 @@ def qa_flag(ssim_value: float | None) -> str:
     return "PASS" if ssim_value is None or ssim_value >= QA_MIN_SSIM else "WARN"
 
 
+@dataclass(frozen=True)
+class SeriesFacts:
+    """What the worker measured on the whole series, written into every derived instance of it."""
+
+    noise_sigma: float | None = None
+    noise_method: str = ""
+    noise_background_sigma: float | None = None
+    strength: float | None = None
+    dr_psnr: float | None = None
+    dr_ssim: float | None = None
+    dr_slices: tuple[int, ...] = ()
+    series_qa: str = ""
+    qa_reasons: str = ""
+
+
 def derivation_options(settings: Settings) -> DerivationOptions:
     return DerivationOptions(
         software_version=__version__,
@@ -76,19 +92,39 @@ def build_derived(
     task: str,
     processing_ms: float,
     options: DerivationOptions,
+    metrics: tuple[float | None, float | None] | None = None,
+    flag: str | None = None,
+    series: SeriesFacts | None = None,
 ) -> tuple[Dataset, bytes, float | None, float | None]:
-    """Metrics + QA + derived object for one instance; returns (dataset, Part 10 bytes, psnr, ssim)."""
-    p, s = input_metrics(before, after, task)
+    """Metrics + QA + derived object for one instance; returns (dataset, Part 10 bytes, psnr, ssim).
+
+    `metrics` (INPUT psnr, ssim) and `flag` (this instance's QA verdict) when the caller computed them (the
+    worker's QA gate), else computed here with the SSIM-only rule. With a DEGRADE_RESTORE score in `series`
+    the headline PSNR/SSIM are that score and the INPUT ones go to the fidelity elements; the returned
+    psnr/ssim are always the INPUT ones.
+    """
+    p, s = input_metrics(before, after, task) if metrics is None else metrics
+    facts = series or SeriesFacts()
+    restored = facts.dr_psnr is not None and facts.dr_ssim is not None
     enh = Enhancement(
         enhancer=info.name,
         version=info.version,
         task=task,
         weights_sha256=info.weights_sha256,
-        psnr=p,
-        ssim=s,
-        metric_basis="INPUT",
+        psnr=facts.dr_psnr if restored else p,
+        ssim=facts.dr_ssim if restored else s,
+        metric_basis="DEGRADE_RESTORE" if restored else "INPUT",
         processing_ms=processing_ms,
-        qa_flag=qa_flag(s),
+        qa_flag=flag or qa_flag(s),
+        input_psnr=p if restored else None,
+        input_ssim=s if restored else None,
+        noise_sigma=facts.noise_sigma,
+        noise_method=facts.noise_method,
+        noise_background_sigma=facts.noise_background_sigma,
+        strength=facts.strength,
+        series_qa=facts.series_qa,
+        qa_reasons=facts.qa_reasons,
+        degrade_restore_slices=facts.dr_slices,
     )
     derived = derive_instance(source, np.asarray(after, dtype=np.float32), enh, options)
     buf = io.BytesIO()

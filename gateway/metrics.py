@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway import logs
@@ -28,11 +28,22 @@ class _JobsCollector(Collector):
     def __init__(self, state: State) -> None:
         self.state = state
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         jobs = GaugeMetricFamily("enhance_gw_jobs", "Jobs by state (received = series still arriving)", labels=["state"])
-        for name, count in self.state.counts().items():
+        counts = self.state.counts()
+        for name, count in counts.items():
             jobs.add_metric([name], count)
         yield jobs
+        held = GaugeMetricFamily("enhance_gw_held", "Jobs the QA gate held, waiting for `release` or `reject`")
+        held.add_metric([], counts.get("held", 0))
+        yield held
+        # Workers are other processes: the series each verdict was given are counted from the state store
+        verdicts = CounterMetricFamily(
+            "enhance_gw_qa_verdicts", "Series judged by the QA gate, by verdict", labels=["verdict"]
+        )
+        for verdict, count in self.state.qa_verdict_counts().items():
+            verdicts.add_metric([verdict], count)
+        yield verdicts
         oldest = self.state.oldest_waiting()
         age = GaugeMetricFamily("enhance_gw_queue_age_seconds", "Age of the oldest job not yet finished")
         age.add_metric([], 0.0 if oldest is None else max(0.0, time.time() - oldest.created_at))

@@ -6,6 +6,7 @@ Why separate: the rules are data from the config; the worker asks one question a
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Sequence
 
@@ -14,15 +15,34 @@ from gateway.errors import ConfigError
 from gateway.settings import Route
 
 
-def choose(routes: Sequence[Route], modality: str, series_description: str) -> tuple[str, str]:
-    """(enhancer name, task) for a series."""
+def route_for(routes: Sequence[Route], modality: str, series_description: str) -> Route | None:
+    """The first route that matches a series, or None (then the modality default applies)."""
     for route in routes:
         if route.modality and route.modality != modality.upper():
             continue
         if route.series_description and not re.search(route.series_description, series_description or ""):
             continue
+        return route
+    return None
+
+
+def choose(routes: Sequence[Route], modality: str, series_description: str) -> tuple[str, str]:
+    """(enhancer name, task) for a series."""
+    route = route_for(routes, modality, series_description)
+    if route is not None:
         return route.enhancer, route.task
     return default_enhancer(modality, "denoise"), "denoise"
+
+
+def load_plugins(modules: Sequence[str]) -> None:
+    """Import `[enhance] plugins`: modules that register a site's own enhancers (idempotent, by import)."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(
+                f"enhance.plugins: cannot import {name!r} ({exc}); put the module on PYTHONPATH or remove it"
+            ) from exc
 
 
 def validate(routes: Sequence[Route]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,29 @@ from gateway.errors import ConfigError
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
 _AET_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
 ENV_PREFIX = "ENHANCE_GW_"
+
+#: The range of a route's `strength`. The same numbers as `enhancers.pipeline.STRENGTH_RANGE` (a test keeps
+#: them equal): repeated here so that loading the settings never imports torch (`status` must answer fast).
+STRENGTH_RANGE: tuple[float, float] = (0.0, 2.0)
+
+#: The QA gate's checks (see `gateway.qa`): how each is compared with its threshold.
+#: "above": value > threshold is a finding; "abs": |value| > threshold; "below": value < threshold.
+QA_CHECKS: dict[str, str] = {
+    "lowpass": "above",
+    "voids": "above",
+    "grid": "above",
+    "bias": "abs",
+    "ssim": "below",
+    "jump": "above",
+}
+QA_VERDICTS = ("PASS", "WARN", "FAIL")
+QA_ACTIONS = ("deliver", "flag", "hold")
+#: Thresholds tuned on real images at their native noise (config/gateway.toml explains each number).
+QA_WARN_DEFAULT: dict[str, float] = {
+    "lowpass": 0.35, "voids": 0.001, "grid": 0.05, "bias": 0.3, "ssim": 0.7, "jump": 1.0,
+}
+QA_FAIL_DEFAULT: dict[str, float] = {"lowpass": 1.0, "voids": 0.01, "grid": 0.2, "bias": 1.0, "ssim": 0.5}
+QA_ACTIONS_DEFAULT: dict[str, str] = {"WARN": "flag", "FAIL": "hold"}
 
 
 @dataclass(frozen=True)
@@ -34,13 +58,45 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class QaSettings:
+    """The QA gate (`gateway.qa`): thresholds per check, what to do with each verdict, the report.
+
+    `warn`/`fail`: check name -> threshold (a check absent from `fail` never fails a slice). `actions`: WARN
+    and FAIL -> deliver (record only), flag (deliver, marked) or hold (deliver nothing until an admin
+    releases it); PASS is always delivered. `full_every`: the low-pass and grid checks run on every k-th
+    slice (and on every slice of a series of at most `full_min` slices); the others run on every slice.
+    `degrade_restore_slices`: how many evenly spaced slices get the DEGRADE_RESTORE score. `report`: send a
+    TID 1500 SR with each derived series.
+    """
+
+    enabled: bool = True
+    warn: Mapping[str, float] = field(default_factory=lambda: dict(QA_WARN_DEFAULT))
+    fail: Mapping[str, float] = field(default_factory=lambda: dict(QA_FAIL_DEFAULT))
+    actions: Mapping[str, str] = field(default_factory=lambda: dict(QA_ACTIONS_DEFAULT))
+    full_every: int = 4
+    full_min: int = 8
+    degrade_restore_slices: int = 3
+    report: bool = True
+
+    def action(self, verdict: str) -> str:
+        """What the gate does with a series of this verdict."""
+        return "deliver" if verdict == "PASS" else self.actions.get(verdict, "deliver")
+
+
+@dataclass(frozen=True)
 class Route:
-    """First matching route picks the enhancer of a series; empty match fields match anything."""
+    """First matching route picks the enhancer of a series; empty match fields match anything.
+
+    `strength` (see `STRENGTH_RANGE`) goes to `Pipeline.run`; `qa` holds this route's QA settings (the
+    global `[qa]` with the route's `qa = {...}` overrides merged in), None when it overrides nothing.
+    """
 
     enhancer: str
     modality: str = ""
     series_description: str = ""  # a regular expression searched in Series Description
     task: str = "denoise"
+    strength: float = 1.0
+    qa: QaSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +159,8 @@ class Settings:
     sender: SenderSettings = field(default_factory=SenderSettings)
     enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    qa: QaSettings = field(default_factory=QaSettings)
+    plugins: tuple[str, ...] = ()  # modules imported by workers and `config check` (site enhancers)
     source_file: Path | None = None
 
     @property
@@ -225,11 +283,68 @@ def _tls(raw: Any, var_dir: Path) -> TlsSettings:
     return TlsSettings(cert=paths["cert"], key=paths["key"], ca=paths.get("ca"), require_client_cert=require)
 
 
-def _route(raw: Any, index: int) -> Route:
+def _strength(value: Any, key: str) -> float:
+    lo, hi = STRENGTH_RANGE
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise ConfigError(
+            f"{key} = {value!r}: strength is a number from {lo:g} to {hi:g} (0 = leave the image as received,"
+            f" 1 = remove the estimated noise, 2 = twice as strong); e.g. {key.rsplit('.', 1)[-1]} = 0.8"
+        )
+    return float(value)
+
+
+def _thresholds(raw: Any, key: str, base: Mapping[str, float]) -> dict[str, float]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key} must be a table of check = threshold, e.g. {{lowpass = 0.35, voids = 0.001}}")
+    _reject_unknown(raw, set(QA_CHECKS), key)
+    return dict(base) | {name: _number(v, f"{key}.{name}") for name, v in raw.items()}
+
+
+def _qa(raw: Any, where: str, base: QaSettings) -> QaSettings:
+    """`[qa]` (base = the built-in defaults) or a route's `qa = {...}` (base = the global `[qa]`)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table")
+    _reject_unknown(
+        raw, {"enabled", "warn", "fail", "actions", "full_every", "full_min", "degrade_restore_slices", "report"},
+        where,
+    )
+    actions = dict(base.actions)
+    acts = raw.get("actions", {})
+    if not isinstance(acts, dict):
+        raise ConfigError(f"{where}.actions must be a table, e.g. {{WARN = \"flag\", FAIL = \"hold\"}}")
+    _reject_unknown(acts, {"WARN", "FAIL"}, f"{where}.actions")
+    for verdict, action in acts.items():
+        if action not in QA_ACTIONS:
+            raise ConfigError(
+                f"{where}.actions.{verdict} = {action!r}: expected one of {', '.join(QA_ACTIONS)}"
+                " (deliver = record only, flag = deliver marked, hold = wait for `enhance-gateway release`)"
+            )
+        actions[verdict] = action
+    flags = {}
+    for name in ("enabled", "report"):
+        value = raw.get(name, getattr(base, name))
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}.{name} must be true or false")
+        flags[name] = value
+    return QaSettings(
+        enabled=flags["enabled"],
+        warn=_thresholds(raw.get("warn", {}), f"{where}.warn", base.warn),
+        fail=_thresholds(raw.get("fail", {}), f"{where}.fail", base.fail),
+        actions=actions,
+        full_every=_int(raw.get("full_every", base.full_every), f"{where}.full_every", 1),
+        full_min=_int(raw.get("full_min", base.full_min), f"{where}.full_min", 0),
+        degrade_restore_slices=_int(
+            raw.get("degrade_restore_slices", base.degrade_restore_slices), f"{where}.degrade_restore_slices"
+        ),
+        report=flags["report"],
+    )
+
+
+def _route(raw: Any, index: int, qa: QaSettings) -> Route:
     where = f"routes[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a table ([[routes]])")
-    _reject_unknown(raw, {"modality", "series_description", "enhancer", "task"}, where)
+    _reject_unknown(raw, {"modality", "series_description", "enhancer", "task", "strength", "qa"}, where)
     if "enhancer" not in raw:
         raise ConfigError(f"{where}.enhancer is missing: name an enhancer (`enhance-gateway models` lists them)")
     pattern = _str(raw.get("series_description", ""), f"{where}.series_description")
@@ -245,6 +360,8 @@ def _route(raw: Any, index: int) -> Route:
         modality=_str(raw.get("modality", ""), f"{where}.modality").upper(),
         series_description=pattern,
         task=task,
+        strength=_strength(raw.get("strength", 1.0), f"{where}.strength"),
+        qa=_qa(raw["qa"], f"{where}.qa", qa) if "qa" in raw else None,
     )
 
 
@@ -265,7 +382,7 @@ def _env_overrides(gw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any
 def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
     """Build validated Settings from a parsed TOML document."""
     _reject_unknown(
-        data, {"gateway", "destinations", "sources", "routes", "sender", "enhance", "metrics"}, "the top level"
+        data, {"gateway", "destinations", "sources", "routes", "sender", "enhance", "metrics", "qa"}, "the top level"
     )
     gw = _env_overrides(data.get("gateway", {}), dict(os.environ) if environ is None else environ)
     known = {
@@ -309,9 +426,12 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
     enh = data.get("enhance", {})
     _reject_unknown(
         enh,
-        {"workers", "device", "batch_size", "threads", "series_number_offset", "description_suffix"},
+        {"workers", "device", "batch_size", "threads", "series_number_offset", "description_suffix", "plugins"},
         "[enhance]",
     )
+    plugins = enh.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) and p for p in plugins):
+        raise ConfigError('enhance.plugins must be a list of importable module names, e.g. ["site_enhancers"]')
     device = _str(enh.get("device", "auto"), "enhance.device")
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise ConfigError(f"enhance.device = {device!r}: expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"")
@@ -323,6 +443,7 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
         series_number_offset=_int(enh.get("series_number_offset", 1000), "enhance.series_number_offset"),
         description_suffix=_str(enh.get("description_suffix", "ENHANCED"), "enhance.description_suffix"),
     )
+    qa = _qa(data.get("qa", {}), "[qa]", QaSettings())
     tls = _tls(gw["tls"], var_dir) if "tls" in gw else None
     hosts_raw = gw.get("peer_hosts", {})
     if not isinstance(hosts_raw, dict) or not all(isinstance(v, list) for v in hosts_raw.values()):
@@ -349,10 +470,12 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
         peer_hosts=peer_hosts,
         destinations=dests,
         sources=sources,
-        routes=tuple(_route(r, i) for i, r in enumerate(routes_raw)),
+        routes=tuple(_route(r, i, qa) for i, r in enumerate(routes_raw)),
         sender=sender,
         enhance=enhance,
         metrics=metrics,
+        qa=qa,
+        plugins=tuple(plugins),
         source_file=source,
     )
 

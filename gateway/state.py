@@ -6,6 +6,8 @@ state transition is one short transaction; a restart resumes from the last commi
 
 Job states: queued -> enhancing -> enhanced -> sending -> done, plus skipped (not an image to enhance),
 failed (retryable; `failed_stage` says which stage re-runs at `next_try_at`) and dead (needs an admin).
+The QA gate adds held (enhancing -> held: outputs kept, nothing delivered until an admin decides), which
+`release` turns into enhanced (delivered as usual) and `reject` into rejected (outputs dropped, final).
 "received" is not a job state: it is a series whose instances are not yet in a job.
 """
 
@@ -22,7 +24,26 @@ from pathlib import Path
 
 from gateway.errors import StateError
 
-JOB_STATES = ("queued", "enhancing", "enhanced", "sending", "done", "skipped", "failed", "dead")
+JOB_STATES = (
+    "queued", "enhancing", "enhanced", "sending", "done", "skipped", "failed", "dead", "held", "rejected",
+)
+#: States in which a job's work is over: its originals and outputs may be purged after the retention.
+FINISHED_STATES = ("done", "skipped", "rejected")
+QA_VERDICTS = ("PASS", "WARN", "FAIL")
+
+#: Columns added after the first release: (name, SQL type). `State` adds the missing ones to an existing
+#: database at start-up (ALTER TABLE ADD COLUMN keeps every row; the new columns start NULL).
+_ADDED_JOB_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("strength", "REAL"),           # set at creation by `reprocess --strength`, else the route's, recorded
+    ("noise_sigma", "REAL"),        # the series' noise estimate (modality units)
+    ("noise_method", "TEXT"),
+    ("qa_verdict", "TEXT"),         # PASS, WARN, FAIL (NULL: not gated, e.g. QA off or before this version)
+    ("qa_action", "TEXT"),          # deliver, flag, hold
+    ("qa_reasons", "TEXT"),
+    ("dr_psnr", "REAL"),            # DEGRADE_RESTORE score of the series (sample of slices)
+    ("dr_ssim", "REAL"),
+    ("reviewed_at", "REAL"),        # when an admin released or rejected a held job
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -125,6 +146,33 @@ class Job:
     created_at: float
     updated_at: float
     finished_at: float | None
+    strength: float | None = None
+    noise_sigma: float | None = None
+    noise_method: str | None = None
+    qa_verdict: str | None = None
+    qa_action: str | None = None
+    qa_reasons: str | None = None
+    dr_psnr: float | None = None
+    dr_ssim: float | None = None
+    reviewed_at: float | None = None
+
+
+@dataclass(frozen=True)
+class QaOutcome:
+    """What the enhancement stage records besides its counts: noise, strength, QA gate and DEGRADE_RESTORE."""
+
+    strength: float | None = None
+    noise_sigma: float | None = None
+    noise_method: str | None = None
+    qa_verdict: str | None = None
+    qa_action: str | None = None
+    qa_reasons: str | None = None
+    dr_psnr: float | None = None
+    dr_ssim: float | None = None
+
+    @property
+    def hold(self) -> bool:
+        return self.qa_action == "hold"
 
 
 @dataclass(frozen=True)
@@ -174,8 +222,17 @@ class State:
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         # Instance rows may skip the WAL sync only while a run marker lets a restart rebuild them (record_instance)
         self.fast_instance_rows = True
+
+    def _migrate(self) -> None:
+        """Add the columns newer versions need to a database an older version created (idempotent)."""
+        with self._tx() as db:
+            have = {str(r["name"]) for r in db.execute("PRAGMA table_info(jobs)")}
+            for name, kind in _ADDED_JOB_COLUMNS:
+                if name not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     def check_writable(self) -> None:
         """Take the write lock and give it back: raises when the database cannot be written."""
@@ -338,7 +395,7 @@ class State:
         return self._query(sql + " ORDER BY series_uid, received_at", args)
 
     def make_reprocess_job(
-        self, series_uid: str, *, enhancer: str | None, only_destination: str | None
+        self, series_uid: str, *, enhancer: str | None, only_destination: str | None, strength: float | None = None
     ) -> int:
         """A new queued job over every instance of the series, whichever job first took them."""
         now = time.time()
@@ -352,8 +409,10 @@ class State:
                 raise StateError(f"no instances of series {series_uid} are known to the gateway")
             cur = db.execute(
                 "INSERT INTO jobs(study_uid, series_uid, modality, state, instance_count, enhancer,"
-                " only_destination, reprocess, created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, 1, ?, ?)",
-                (row["study_uid"], series_uid, row["modality"], row["n"], enhancer, only_destination, now, now),
+                " only_destination, strength, reprocess, created_at, updated_at)"
+                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, 1, ?, ?)",
+                (row["study_uid"], series_uid, row["modality"], row["n"], enhancer, only_destination, strength,
+                 now, now),
             )
             job_id = int(cur.lastrowid or 0)
             db.execute(
@@ -373,7 +432,7 @@ class State:
         A series with a job still queued, running, failed or dead keeps everything: `purge` never takes
         the files a job may still need.
         """
-        finished = ("done", "skipped")
+        finished = FINISHED_STATES
         busy = self._query(
             f"SELECT DISTINCT series_uid FROM jobs WHERE state NOT IN {finished!r}"
         )
@@ -448,18 +507,28 @@ class State:
         ssim: float | None,
         seconds: float,
         error: str | None = None,
-    ) -> None:
-        """enhancing -> enhanced, with one pending delivery per destination (done ones stay done)."""
+        qa: QaOutcome | None = None,
+    ) -> str:
+        """enhancing -> enhanced (or held when the QA gate says hold), one pending delivery per destination.
+
+        Deliveries of a held job are recorded too (done ones stay done), so `release` only has to move the
+        job to enhanced; the sender never claims a held job. Returns the new state.
+        """
         now = time.time()
+        qa = qa or QaOutcome()
+        new_state = "held" if qa.hold else "enhanced"
         with self._tx() as db:
             row = db.execute("SELECT state, owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or row["state"] != "enhancing" or row["owner"] != os.getpid():
                 raise JobTakenOver(f"job {job_id} is {row and row['state']} (owner {row and row['owner']}), "
                                    f"no longer enhancing by pid {os.getpid()}")
             db.execute(
-                "UPDATE jobs SET state = 'enhanced', derived_count = ?, psnr = ?, ssim = ?, enhance_seconds = ?,"
-                " error = ?, attempts = 0, next_try_at = NULL, updated_at = ? WHERE id = ?",
-                (derived_count, psnr, ssim, seconds, error, now, job_id),
+                "UPDATE jobs SET state = ?, derived_count = ?, psnr = ?, ssim = ?, enhance_seconds = ?,"
+                " error = ?, attempts = 0, next_try_at = NULL, updated_at = ?, strength = ?, noise_sigma = ?,"
+                " noise_method = ?, qa_verdict = ?, qa_action = ?, qa_reasons = ?, dr_psnr = ?, dr_ssim = ?,"
+                " reviewed_at = NULL WHERE id = ?",
+                (new_state, derived_count, psnr, ssim, seconds, error, now, qa.strength, qa.noise_sigma,
+                 qa.noise_method, qa.qa_verdict, qa.qa_action, qa.qa_reasons, qa.dr_psnr, qa.dr_ssim, job_id),
             )
             for name in destinations:
                 db.execute(
@@ -468,6 +537,46 @@ class State:
                     " next_try_at = excluded.next_try_at, last_error = NULL",
                     (job_id, name, now),
                 )
+        return new_state
+
+    def release(self, job_id: int) -> Job:
+        """An admin releases a held job: held -> enhanced, its deliveries due now. Only a held job."""
+        now = time.time()
+        with self._tx() as db:
+            self._expect_held(db, job_id, "released")
+            db.execute(
+                "UPDATE jobs SET state = 'enhanced', reviewed_at = ?, updated_at = ? WHERE id = ?", (now, now, job_id)
+            )
+            db.execute(
+                "UPDATE deliveries SET next_try_at = ? WHERE job_id = ? AND state = 'pending'", (now, job_id)
+            )
+        return self.job(job_id)
+
+    def reject(self, job_id: int) -> Job:
+        """An admin rejects a held job: held -> rejected (final); its undelivered deliveries are dropped.
+
+        The caller removes the outputs from the spool; the originals and their rows are never touched.
+        """
+        now = time.time()
+        with self._tx() as db:
+            self._expect_held(db, job_id, "rejected")
+            db.execute(
+                "UPDATE jobs SET state = 'rejected', reviewed_at = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+                (now, now, now, job_id),
+            )
+            db.execute("DELETE FROM deliveries WHERE job_id = ? AND state != 'done'", (job_id,))
+        return self.job(job_id)
+
+    @staticmethod
+    def _expect_held(db: sqlite3.Connection, job_id: int, verb: str) -> None:
+        row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise StateError(f"no job {job_id}; `enhance-gateway held` lists the held jobs")
+        if row["state"] != "held":
+            raise StateError(
+                f"job {job_id} is {row['state']}, not held: only a held job can be {verb}"
+                " (`enhance-gateway held` lists them)"
+            )
 
     def skip_job(self, job_id: int, reason: str) -> None:
         now = time.time()
@@ -636,6 +745,13 @@ class State:
         return {"enhancing": a, "sending": b}
 
     # --- reporting -------------------------------------------------------------------------------------
+
+    def qa_verdict_counts(self) -> dict[str, int]:
+        """Series gated per QA verdict, over every job ever enhanced (jobs are never deleted)."""
+        out = {v: 0 for v in QA_VERDICTS}
+        for row in self._query("SELECT qa_verdict, COUNT(*) AS n FROM jobs WHERE qa_verdict IS NOT NULL GROUP BY 1"):
+            out[str(row["qa_verdict"])] = int(row["n"])
+        return out
 
     def counts(self) -> dict[str, int]:
         out = {s: 0 for s in ("received",) + JOB_STATES}

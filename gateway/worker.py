@@ -9,6 +9,7 @@ flat in series size.
 from __future__ import annotations
 
 import contextvars
+import io
 import os
 import queue
 import signal
@@ -27,18 +28,34 @@ from pydicom.dataset import Dataset
 from structlog.contextvars import bound_contextvars
 
 from dicom_utils.classify import skip_reason
-from dicom_utils.derive import derived_series_uid
+from dicom_utils.derive import derived_series_uid, derived_sop_uid, mark_series_qa
 from dicom_utils.errors import DicomUtilsError
 from dicom_utils.pixels import modality_frames, value_range
+from dicom_utils.private_tags import set_qa_flag
+from enhancers.noise import NoiseEstimate, estimate_noise
 from enhancers.pipeline import Pipeline
-from enhancers.registry import EnhancerInfo
+from enhancers.registry import EnhancerInfo, modality_group
 from enhancers.registry import info as enhancer_info
 from gateway import logs, routing
-from gateway.derivation import build_derived, derivation_options, make_pipeline
-from gateway.settings import Settings
+from gateway.derivation import (
+    SeriesFacts,
+    build_derived,
+    derivation_options,
+    downsample2,
+    input_metrics,
+    make_pipeline,
+)
+from gateway.qa import SeriesGate, SeriesVerdict, worst
+from gateway.report import ReportFacts, build_report
+from gateway.restore_score import RestoreScore, degrade_restore
+from gateway.settings import QaSettings, Settings
 from gateway.signals import StopSignals
 from gateway.spool import Spool
-from gateway.state import Instance, Job, JobTakenOver, State
+from gateway.state import Instance, Job, JobTakenOver, QaOutcome, State
+
+#: How many instances, evenly spaced over the series, are decoded before the batch loop to estimate its noise
+#: (`enhancers.noise` pools the blocks of up to 12 slices) and to pick the DEGRADE_RESTORE slices from.
+NOISE_SAMPLE = 12
 
 log = logs.get("gateway.worker")
 
@@ -46,9 +63,30 @@ log = logs.get("gateway.worker")
 @dataclass
 class _Decoded:
     instance: Instance
+    index: int  # position in the job's instance list
     ds: Dataset
     frames: np.ndarray
     vrange: tuple[float, float]
+
+    @property
+    def number(self) -> int | None:
+        """Instance Number, when the instance has a usable one (reasons and the SR name slices by it)."""
+        try:
+            return int(self.ds.get("InstanceNumber"))
+        except (TypeError, ValueError):
+            return None
+
+
+@dataclass
+class _SeriesWork:
+    """What every batch of one job shares: the enhancer, the series' noise and strength, the QA gate."""
+
+    job_id: int
+    info: EnhancerInfo
+    task: str
+    facts: SeriesFacts
+    gate: SeriesGate | None
+    qa_seconds: float = 0.0
 
 
 @dataclass
@@ -170,12 +208,15 @@ class Worker:
             self.state.skip_job(job.id, reason)
             log.info("job.skipped", reason=reason, instances=len(instances), modality=job.modality)
             return
+        route = routing.route_for(self.settings.routes, job.modality, str(header.get("SeriesDescription", "")))
         if job.enhancer:  # chosen by `reprocess --enhancer`
             name, task = job.enhancer, enhancer_info(job.enhancer).task
         else:
             name, task = routing.choose(
                 self.settings.routes, job.modality, str(header.get("SeriesDescription", ""))
             )
+        strength = job.strength if job.strength is not None else route.strength if route else 1.0
+        qa = route.qa if route is not None and route.qa is not None else self.settings.qa
         pipe = self.pipeline(name)
         info = pipe.info
         self.state.set_job_enhancer(
@@ -186,6 +227,22 @@ class Worker:
             pipe.device,
         )
         self.spool.clear_outgoing(job.id)
+        group = modality_group(job.modality)
+        sample = self._sample(instances)
+        noise = self._noise(sample, group)
+        score = self._restore_score(pipe, sample, job.modality, task, strength, qa)
+        facts = SeriesFacts(
+            noise_sigma=noise.sigma,
+            noise_method=noise.method,
+            noise_background_sigma=noise.background_sigma,
+            strength=strength,
+            dr_psnr=score.psnr if score else None,
+            dr_ssim=score.ssim if score else None,
+            dr_slices=score.slices if score else (),
+            series_qa="PASS" if qa.enabled else "",  # provisional: rewritten below when the series is not PASS
+        )
+        gate = SeriesGate(qa, group=group, sigma=noise.sigma, count=len(instances)) if qa.enabled else None
+        work = _SeriesWork(job.id, info, task, facts, gate)
         problems: list[str] = []
         finished = _Finished()
         compute = 0.0
@@ -196,14 +253,14 @@ class Worker:
                 self._check_service()
                 stack = np.concatenate([d.frames for d in batch])
                 t0 = time.monotonic()
-                out = pipe.run(stack, modality=job.modality, value_range=batch[0].vrange)
+                out = pipe.run(
+                    stack, modality=job.modality, value_range=batch[0].vrange, noise=noise, strength=strength
+                )
                 took = time.monotonic() - t0
                 compute += took
                 per_ms = took * 1000.0 / len(batch)
                 run_here = contextvars.copy_context().run  # the job's log context, in the derive thread
-                pending.append(
-                    finisher.submit(run_here, self._finish, job.id, batch, out, info, task, per_ms, finished)
-                )
+                pending.append(finisher.submit(run_here, self._finish, work, batch, out, per_ms, finished))
                 while len(pending) > 2:  # bounded: at most two computed batches wait for their derived files
                     pending.popleft().result()
             for future in pending:
@@ -214,17 +271,56 @@ class Worker:
         error = None
         if problems:
             error = f"{len(problems)} of {len(instances)} instances not enhanced: {'; '.join(problems[:3])}"
+        verdict = None
+        if gate is not None:
+            t0 = time.monotonic()
+            verdict = gate.verdict()
+            if verdict.verdict != "PASS":
+                self._mark_outputs(job.id, instances, info, gate, verdict)
+            work.qa_seconds += time.monotonic() - t0
+        psnr = float(np.mean(psnrs)) if psnrs else None
+        ssim = float(np.mean(ssims)) if ssims else None
+        report = None
+        if qa.report:
+            facts_for_report = ReportFacts(
+                enhancer=info.name,
+                version=info.version,
+                weights_sha256=info.weights_sha256,
+                task=task,
+                strength=strength,
+                modality=job.modality,
+                noise_sigma=noise.sigma,
+                input_psnr=psnr,
+                input_ssim=ssim,
+                dr_psnr=facts.dr_psnr,
+                dr_ssim=facts.dr_ssim,
+                qa_verdict=verdict.verdict if verdict else None,
+                qa_reasons=verdict.text if verdict else "",
+                software_version=self.options.software_version,
+            )
+            report = self._write_report(job.id, instances, facts_for_report)
         seconds = time.monotonic() - started
-        self.state.finish_enhancement(
+        outcome = QaOutcome(
+            strength=strength,
+            noise_sigma=noise.sigma,
+            noise_method=noise.method,
+            qa_verdict=verdict.verdict if verdict else None,
+            qa_action=verdict.action if verdict else None,
+            qa_reasons=verdict.text if verdict else None,
+            dr_psnr=facts.dr_psnr,
+            dr_ssim=facts.dr_ssim,
+        )
+        new_state = self.state.finish_enhancement(
             job.id,
             destinations=[job.only_destination]
             if job.only_destination
             else [d.name for d in self.settings.destinations],
             derived_count=derived,
-            psnr=float(np.mean(psnrs)) if psnrs else None,
-            ssim=float(np.mean(ssims)) if ssims else None,
+            psnr=psnr,
+            ssim=ssim,
             seconds=seconds,
             error=error,
+            qa=outcome,
         )
         log.info(
             "job.enhanced",
@@ -237,35 +333,161 @@ class Worker:
             not_enhanced=len(problems),
             psnr=round(float(np.mean(psnrs)), 2) if psnrs else None,
             ssim=round(float(np.mean(ssims)), 4) if ssims else None,
+            noise_sigma=round(noise.sigma, 3),
+            noise_method=noise.method,
+            noise_background_sigma=None if noise.background_sigma is None else round(noise.background_sigma, 3),
+            noise_blocks=noise.blocks,
+            strength=strength,
+            degrade_restore_psnr=round(score.psnr, 2) if score else None,
+            degrade_restore_ssim=round(score.ssim, 4) if score else None,
+            degrade_restore_slices=list(score.slices) if score else None,
+            qa_verdict=verdict.verdict if verdict else None,
+            qa_action=verdict.action if verdict else None,
+            qa_reasons=verdict.text if verdict else None,
+            qa_full_slices=verdict.full_slices if verdict else None,
+            qa_seconds=round(work.qa_seconds, 3),
+            report=report,
             compute_seconds=round(compute, 3),
             seconds=round(seconds, 3),
         )
+        if new_state == "held":
+            assert verdict is not None
+            log.warning(
+                "job.held",
+                qa_verdict=verdict.verdict,
+                qa_reasons=verdict.text,
+                hint=f"nothing was delivered; `enhance-gateway release {job.id}` delivers it,"
+                f" `enhance-gateway reject {job.id}` drops the outputs",
+            )
+
+    def _write_report(self, job_id: int, instances: list[Instance], facts: ReportFacts) -> str | None:
+        """The TID 1500 SR beside the derived files (sent with them); its SOP Instance UID, None on failure.
+
+        A report that cannot be built must not cost the radiologist the series: the failure is logged
+        (`report.failed`) and the series goes on without it.
+        """
+        try:
+            derived = [pydicom.dcmread(p, stop_before_pixels=True) for p in self.spool.outgoing_files(job_id)]
+            derived.sort(key=lambda d: (int(d.get("InstanceNumber") or 0), str(d.SOPInstanceUID)))
+            sources = [pydicom.dcmread(i.path, stop_before_pixels=True) for i in instances]
+            sr, data = build_report(facts, derived, sources)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.error("report.failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            return None
+        self.spool.store_outgoing(job_id, str(sr.SOPInstanceUID), data)
+        return str(sr.SOPInstanceUID)
+
+    def _sample(self, instances: list[Instance]) -> list[tuple[int, np.ndarray, tuple[float, float]]]:
+        """(Instance Number, middle frame, value range) of up to NOISE_SAMPLE instances spread over the series.
+
+        An instance that cannot be decoded is left out here; the batch loop reports it.
+        """
+        count = len(instances)
+        want = min(count, NOISE_SAMPLE)
+        picks = sorted({round(i * (count - 1) / max(1, want - 1)) for i in range(want)})
+        out: list[tuple[int, np.ndarray, tuple[float, float]]] = []
+        for index in picks:
+            try:
+                ds = pydicom.dcmread(instances[index].path)
+                if skip_reason(ds) is not None:
+                    continue
+                frames = modality_frames(ds)
+                number = ds.get("InstanceNumber")
+                out.append((int(number) if number not in (None, "") else index + 1,
+                            frames[frames.shape[0] // 2], value_range(ds)))
+            except Exception:  # noqa: BLE001, S112 - the batch loop reports undecodable instances
+                continue
+        return out
+
+    @staticmethod
+    def _noise(sample: list[tuple[int, np.ndarray, tuple[float, float]]], group: str | None) -> NoiseEstimate:
+        """The series' noise from the sampled slices of its most common matrix size."""
+        if not sample:
+            return NoiseEstimate(0.0, 0, "no decodable slice")
+        shapes = [s[1].shape for s in sample]
+        common = max(set(shapes), key=shapes.count)
+        return estimate_noise(np.stack([s[1] for s in sample if s[1].shape == common]), group)
+
+    @staticmethod
+    def _restore_score(
+        pipe: Pipeline,
+        sample: list[tuple[int, np.ndarray, tuple[float, float]]],
+        modality: str,
+        task: str,
+        strength: float,
+        qa: QaSettings,
+    ) -> RestoreScore | None:
+        """DEGRADE_RESTORE on `degrade_restore_slices` slices spread evenly over the noise sample."""
+        want = min(qa.degrade_restore_slices, len(sample))
+        if want <= 0:
+            return None
+        picks = sorted({round(i * (len(sample) - 1) / max(1, want - 1)) for i in range(want)})
+        return degrade_restore(pipe, [sample[i] for i in picks], modality=modality, task=task, strength=strength)
+
+    def _mark_outputs(
+        self, job_id: int, instances: list[Instance], info: EnhancerInfo, gate: SeriesGate, verdict: SeriesVerdict
+    ) -> None:
+        """Rewrite the derived files of a series that is not PASS: series verdict, marker, final slice flags.
+
+        Why a second pass: the verdict of a series is known only after its last slice, and the files are
+        written as the batches finish (memory stays flat). Only WARN and FAIL series pay for it.
+        """
+        flags: dict[str, list[str]] = {}
+        for result in gate.slices():
+            sop = derived_sop_uid(instances[result.order[1]].sop_uid, info.name, info.version)
+            flags.setdefault(sop, []).append(result.verdict)
+        marker = verdict.action in ("flag", "hold")
+        for path in self.spool.outgoing_files(job_id):
+            self._check_service()
+            ds = pydicom.dcmread(path)
+            mark_series_qa(ds, verdict.verdict, verdict.text, marker=marker)
+            if path.stem in flags:
+                set_qa_flag(ds, worst(flags[path.stem]))
+            buf = io.BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            self.spool.store_outgoing(job_id, path.stem, buf.getvalue())
 
     def _check_service(self) -> None:
         if self.parent is not None and os.getppid() != self.parent:
             raise ServiceGone("the service that spawned this worker is gone")
 
     def _finish(
-        self,
-        job_id: int,
-        batch: list[_Decoded],
-        out: np.ndarray,
-        info: EnhancerInfo,
-        task: str,
-        per_ms: float,
-        finished: _Finished,
+        self, work: _SeriesWork, batch: list[_Decoded], out: np.ndarray, per_ms: float, finished: _Finished
     ) -> None:
-        """Metrics, derived object and durable write for one computed batch (runs beside the next compute)."""
+        """Metrics, QA checks, derived object and durable write for one computed batch (beside the next compute)."""
         offset = 0
         for item in batch:
             self._check_service()  # an orphan must not keep writing files its successor is rewriting
             n = item.frames.shape[0]
             values = out[offset : offset + n]
             offset += n
+            p, s = input_metrics(item.frames, values, work.task)
+            flag = None
+            if work.gate is not None:
+                t0 = time.monotonic()
+                on_grid = downsample2(values) if work.task == "sr2x" else values
+                flag = worst(
+                    [
+                        work.gate.check(
+                            item.index, item.number, item.frames[f], on_grid[f], ssim=s, frame=f, frames=n
+                        ).verdict
+                        for f in range(n)
+                    ]
+                )
+                work.qa_seconds += time.monotonic() - t0
             result, data, p, s = build_derived(
-                item.ds, item.frames, values, info=info, task=task, processing_ms=per_ms, options=self.options
+                item.ds,
+                item.frames,
+                values,
+                info=work.info,
+                task=work.task,
+                processing_ms=per_ms,
+                options=self.options,
+                metrics=(p, s),
+                flag=flag,
+                series=work.facts,
             )
-            self.spool.store_outgoing(job_id, str(result.SOPInstanceUID), data)
+            self.spool.store_outgoing(work.job_id, str(result.SOPInstanceUID), data)
             finished.add(p, s)
 
     def _batches(self, instances: list[Instance], problems: list[str]) -> Iterator[list[_Decoded]]:
@@ -273,14 +495,14 @@ class Worker:
         limit = self.settings.enhance.batch_size
         batch: list[_Decoded] = []
         frames = 0
-        for inst in instances:
+        for index, inst in enumerate(instances):
             try:
                 ds = pydicom.dcmread(inst.path)
                 reason = skip_reason(ds)
                 if reason is not None:
                     problems.append(f"{inst.sop_uid}: {reason}")
                     continue
-                item = _Decoded(inst, ds, modality_frames(ds), value_range(ds))
+                item = _Decoded(inst, index, ds, modality_frames(ds), value_range(ds))
             except Exception as exc:  # noqa: BLE001 - one undecodable instance must not fail its series
                 problems.append(f"{inst.sop_uid}: {exc}")
                 log.warning("instance.not_enhanced", sop_instance_uid=inst.sop_uid, reason=str(exc)[:300])
@@ -303,6 +525,7 @@ def run(settings: Settings, parent: int, poll_seconds: float = 0.5) -> None:
     if os.getppid() != parent:
         return  # the service died while this process was still importing
     logs.configure()
+    routing.load_plugins(settings.plugins)
     state = State(settings.state_db)
     worker = Worker(settings, state, Spool(settings.spool_dir), parent=parent)
     log.info("worker.started")

@@ -32,7 +32,7 @@ import numpy as np
 
 from enhancers import registry
 from gateway import logs
-from gateway.admin import reprocess
+from gateway.admin import reject, release, reprocess
 from gateway.errors import GatewayError, StateError
 from gateway.settings import Settings
 from gateway.spool import Spool
@@ -51,7 +51,7 @@ Environ = dict[str, Any]
 
 _UPLOAD_RE = re.compile(r"^/uploads/([A-Za-z0-9_-]{8,64})(?:/(original|enhanced|difference|comparison)\.png"
                         r"|/(enhanced\.dcm|enhanced\.png))?$")
-_JOB_RE = re.compile(r"^/jobs/(\d{1,12})(?:/thumbs/(\d{1,6})/(original|derived)\.png|/(retry|reprocess))?$")
+_JOB_RE = re.compile(r"^/jobs/(\d{1,12})(?:/thumbs/(\d{1,6})/(original|derived)\.png|/(retry|reprocess|release|reject))?$")
 
 
 class Response:
@@ -178,7 +178,7 @@ class Console:
     # --- uploads ---------------------------------------------------------------------------------------
 
     def post(self, environ: Environ, path: str) -> Response:
-        """POST /upload, /jobs/N/retry and /jobs/N/reprocess, all behind the per-process form token."""
+        """POST /upload, /jobs/N/retry|reprocess|release|reject, all behind the per-process form token."""
         wants_json = "application/json" in str(environ.get("HTTP_ACCEPT", ""))
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -198,6 +198,8 @@ class Console:
         m = _JOB_RE.match(path)
         if m and m.group(4) == "retry":
             return self.retry(int(m.group(1)))
+        if m and m.group(4) in ("release", "reject"):
+            return self.review(int(m.group(1)), m.group(4))
         if m and m.group(4) == "reprocess":
             enhancer = form.get("enhancer")
             return self.reprocess(int(m.group(1)), enhancer.data.decode("ascii", "replace") if enhancer else "")
@@ -346,6 +348,20 @@ class Console:
             log.info("web.job_retried", job_id=job_id, state=target)
         return _redirect(f"/jobs/{job_id}")
 
+
+    def review(self, job_id: int, decision: str) -> Response:
+        """Release or reject a held job: the same code path as `enhance-gateway release|reject JOB`."""
+        act = release if decision == "release" else reject
+        try:
+            job = act(self.settings, self.state, job_id)
+        except GatewayError as exc:
+            self._flash[job_id] = str(exc)
+        else:
+            self._flash[job_id] = (
+                f"Job {job_id} released: queued for delivery." if job.state == "enhanced"
+                else f"Job {job_id} rejected: its derived series was dropped, the originals are kept."
+            )
+        return _redirect(f"/jobs/{job_id}")
 
     def reprocess(self, job_id: int, enhancer: str) -> Response:
         """Enhance the job's series again: the same code path as `enhance-gateway reprocess`."""

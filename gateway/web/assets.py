@@ -77,9 +77,9 @@ code, .uid { font-family: ui-monospace, monospace; font-size: 12px; word-break: 
          background: #3a3f48; }
 .badge.done, .badge.PASS { background: #1e4d2f; color: #9be3b3; }
 .badge.failed, .badge.pending, .badge.WARN { background: #4d3b17; color: #ffd98a; }
-.badge.dead, .badge.FAIL { background: #4d1e1e; color: #ffaaaa; }
+.badge.dead, .badge.held, .badge.FAIL { background: #4d1e1e; color: #ffaaaa; }
 .badge.enhancing, .badge.sending, .badge.queued, .badge.enhanced { background: #1c2f4a; color: #a9cdf5; }
-.badge.skipped { background: #33363c; color: #c4c8cf; }
+.badge.skipped, .badge.rejected { background: #33363c; color: #c4c8cf; }
 .counts { display: flex; gap: 8px; flex-wrap: wrap; margin: 6px 0 14px; }
 .counts a { text-decoration: none; color: var(--text); }
 .dest { white-space: nowrap; }

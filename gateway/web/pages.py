@@ -18,7 +18,7 @@ from urllib.parse import quote
 import numpy as np
 
 from dicom_utils import private_tags
-from enhancers.registry import EnhancerInfo
+from enhancers.registry import TASKS, EnhancerInfo, default_enhancer
 from gateway import __version__
 from gateway.state import JOB_STATES, Delivery, Job
 from gateway.web import imaging
@@ -94,15 +94,56 @@ def error_page(title: str, message: str, *, listen: str, back: str = "/", back_l
     return layout(title, body, active="", page="error", listen=listen)
 
 
+#: (label, DICOM Modality) of the modality groups the console recommends an enhancer for.
+_RECOMMEND_FOR: tuple[tuple[str, str], ...] = (("CT", "CT"), ("MR", "MR"), ("X-ray", "CR"))
+
+
+def enhancer_options(infos: Sequence[EnhancerInfo]) -> str:
+    """The enhancer <select>'s groups: recommended per modality first, then other denoisers, super-resolution,
+    display filters (they change intensities: never offered as denoising) and the remaining trained models.
+
+    Each option is one plain line (the enhancer's `summary`), not the architecture's description.
+    """
+    recommended: dict[str, list[str]] = {}
+    for label, modality in _RECOMMEND_FOR:
+        for task in TASKS:
+            recommended.setdefault(default_enhancer(modality, task), []).append(f"{label} {task}")
+
+    def option(info: EnhancerInfo, lead: str = "") -> str:
+        risk = " May invent structure." if info.hallucination_risk else ""
+        text = info.summary or info.description
+        return (
+            f'<option value="{esc(info.name)}" data-task="{esc(info.task)}">{esc(lead)}{esc(info.name)}: '
+            f"{esc(text)}{risk}</option>"
+        )
+
+    groups: dict[str, list[str]] = {
+        "Recommended": [],
+        "Other denoisers": [],
+        "Super-resolution (2x)": [],
+        "Display filters (change intensities; not denoising)": [],
+        "Other trained models (kept for comparison)": [],
+    }
+    for info in infos:
+        if info.name in recommended:
+            groups["Recommended"].append(option(info, f"[{', '.join(recommended[info.name])}] "))
+        elif info.display_filter:
+            groups["Display filters (change intensities; not denoising)"].append(option(info))
+        elif info.task == "sr2x":
+            groups["Super-resolution (2x)"].append(option(info))
+        elif info.kind == "classical" or info.summary:
+            groups["Other denoisers"].append(option(info))
+        else:
+            groups["Other trained models (kept for comparison)"].append(option(info))
+    auto = '<option value="auto" selected>automatic: the recommended enhancer for the image\'s modality</option>'
+    return auto + "".join(
+        f'<optgroup label="{esc(label)}">{"".join(opts)}</optgroup>' for label, opts in groups.items() if opts
+    )
+
+
 def upload_page(infos: Sequence[EnhancerInfo], *, csrf: str, max_mb: int, listen: str) -> str:
     """The form: a file, the task, the enhancer (or the gateway's default), what a PNG/JPEG is like."""
-    options = ['<option value="auto" selected>automatic: the gateway\'s default for the modality</option>']
-    for info in infos:
-        risk = ", may hallucinate" if info.hallucination_risk else ""
-        options.append(
-            f'<option value="{esc(info.name)}" data-task="{esc(info.task)}">{esc(info.name)} {esc(info.version)}'
-            f" ({esc(info.kind)}{risk}): {esc(info.description)}</option>"
-        )
+    options = [enhancer_options(infos)]
     modalities = "".join(f'<option value="{k}">{esc(v)}</option>' for k, v in IMAGE_MODALITIES.items())
     body = f"""<h1>Try an enhancer on one image</h1>
 <p class="muted">Upload a DICOM image (CT, MR, CR, DX, MG) to see what the gateway would send to PACS: the original,
@@ -371,8 +412,11 @@ def job_page(
         ("Modality", esc(j.modality)),
         ("Instances received / derived", f"{j.instance_count} / {esc(j.derived_count if j.derived_count is not None else '-')}"),
         ("Enhancer", f"{esc(j.enhancer or '-')} {esc(j.enhancer_version or '')}"),
-        ("Mean PSNR", number(j.psnr, 2, " dB")),
-        ("Mean SSIM", number(j.ssim, 4)),
+        ("QA verdict", (f'<span class="badge {esc(j.qa_verdict)}" id="qa-verdict">{esc(j.qa_verdict)}</span>'
+                        f" → {esc(j.qa_action)}" if j.qa_verdict else "-")),
+        ("Noise sigma / strength", f"{number(j.noise_sigma, 2)} / {number(j.strength, 2)}"),
+        ("Mean PSNR / SSIM vs input", f"{number(j.psnr, 2, ' dB')} / {number(j.ssim, 4)}"),
+        ("DEGRADE_RESTORE PSNR / SSIM", f"{number(j.dr_psnr, 2, ' dB')} / {number(j.dr_ssim, 4)}"),
         ("Created", when(j.created_at)),
         ("Last update", when(j.updated_at)),
         ("Finished", when(j.finished_at)),
@@ -387,6 +431,8 @@ def job_page(
         facts.append(("Error", f'<span class="error-text" id="job-error">{esc(j.error)}</span>'))
     if j.skip_reason:
         facts.append(("Skip reason", esc(j.skip_reason)))
+    if j.qa_reasons and j.qa_verdict in ("WARN", "FAIL"):
+        facts.append(("QA reasons", f'<span id="qa-reasons">{esc(j.qa_reasons)}</span>'))
     dests = "".join(
         f"<tr><td>{esc(d.destination)}</td><td>{_badge(d.state)}</td><td class='num'>{d.attempts}</td>"
         f"<td>{when(d.delivered_at)}</td><td class='error-text'>{esc(d.last_error or '')}</td></tr>"
@@ -417,6 +463,18 @@ def job_page(
 <input type="hidden" name="csrf" value="{esc(csrf)}">
 <button type="submit" id="retry">Retry now</button>
 <span class="muted">re-queues the job at the stage that failed (same as <code>enhance-gateway retry {j.id}</code>)</span>
+</form>"""
+    if j.state == "held":
+        action += f"""<form method="post" action="/jobs/{j.id}/release" class="actions">
+<input type="hidden" name="csrf" value="{esc(csrf)}">
+<button type="submit" id="release">Release (deliver)</button>
+<span class="muted">delivers the held series as it is, marked "QA {esc(j.qa_verdict)}" (same as
+<code>enhance-gateway release {j.id}</code>)</span>
+</form>
+<form method="post" action="/jobs/{j.id}/reject" class="actions">
+<input type="hidden" name="csrf" value="{esc(csrf)}">
+<button type="submit" id="reject">Reject</button>
+<span class="muted">drops the derived series; the originals stay (same as <code>enhance-gateway reject {j.id}</code>)</span>
 </form>"""
     options = "".join(f"<option value='{esc(n)}'>{esc(n)}</option>" for n in enhancer_names)
     action += f"""<form method="post" action="/jobs/{j.id}/reprocess" class="actions">

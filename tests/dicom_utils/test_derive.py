@@ -153,6 +153,13 @@ def test_identity_derivation(name: str, tmp_path: Path) -> None:
         "task": "denoise",
         "input_psnr": 48.5,
         "input_ssim": 0.991,
+        "noise_sigma": None,
+        "noise_method": "",
+        "noise_background_sigma": None,
+        "strength": None,
+        "series_qa": "",
+        "qa_reasons": "",
+        "degrade_restore_slices": "",
     }
     if str(source.get("LossyImageCompression", "")) == "01":
         assert back.LossyImageCompression == "01"

@@ -94,3 +94,49 @@ def test_found_by_creator_not_slot() -> None:
 def test_absent_block_raises() -> None:
     with pytest.raises(KeyError, match="ENHANCE_GW 1"):
         read_block(read("CT_small.dcm", header_only=True))
+
+
+def test_series_elements_round_trip_through_implicit_vr(tmp_path: Path) -> None:
+    """Noise, strength, series QA and DEGRADE_RESTORE slices survive a file whose elements arrive as UN."""
+    from dataclasses import replace
+
+    from dicom_utils.derive import mark_series_qa
+    from dicom_utils.private_tags import set_qa_flag
+
+    enh = replace(
+        ENH,
+        noise_sigma=12.345678,
+        noise_method="flat 8x8 blocks, soft tissue -200..200 HU",
+        noise_background_sigma=3.5,
+        strength=0.8,
+        series_qa="PASS",
+        degrade_restore_slices=(1, 50, 99),
+    )
+    ds = read("CT_small.dcm")
+    write_block(ds, enh)
+    ds.SeriesDescription = "x" * 60
+    mark_series_qa(ds, "WARN", "voids 0.002 > 0.001 (WARN) on 3/9 slices, worst #4", marker=True)
+    set_qa_flag(ds, "FAIL")
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    path = tmp_path / "x.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    back = pydicom.dcmread(path)
+    block = read_block(back)
+    assert block["noise_sigma"] == pytest.approx(12.345678, rel=1e-6)
+    assert block["noise_method"] == "flat 8x8 blocks, soft tissue -200..200 HU"
+    assert block["noise_background_sigma"] == pytest.approx(3.5)
+    assert block["strength"] == pytest.approx(0.8)
+    assert block["series_qa"] == "WARN"
+    assert block["qa_reasons"] == "voids 0.002 > 0.001 (WARN) on 3/9 slices, worst #4"
+    assert block["qa_flag"] == "FAIL"
+    assert block["degrade_restore_slices"] == "1,50,99"
+    assert back.SeriesDescription.startswith("QA WARN x") and len(back.SeriesDescription) <= 64
+
+
+def test_orthanc_dictionary_names_every_element() -> None:
+    from dicom_utils.private_tags import ELEMENTS, orthanc_dictionary
+
+    entries = orthanc_dictionary()
+    assert len(entries) == len(ELEMENTS)
+    assert entries["0077,1010"] == ["CS", "EnhanceGwSeriesQA", 1, 1, PRIVATE_CREATOR]
+    assert entries["0077,100c"][:2] == ["DS", "EnhanceGwNoiseSigma"]

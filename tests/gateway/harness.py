@@ -36,6 +36,13 @@ def _toml_value(value: Any) -> str:
     return json.dumps(str(value))
 
 
+#: The QA gate of tests about the data flow (reception, completion, delivery, restarts): it runs and flags, but
+#: never holds, and sends no SR, so those tests keep counting derived images whatever the quality of the quick
+#: enhancer they route to (a Gaussian blur is rightly a FAIL on a native-dose CT). The shipped defaults (hold on
+#: FAIL, the SR report) are exercised by tests/gateway/test_qa_gate.py, which passes `qa={}`.
+DATA_FLOW_QA: dict[str, Any] = {"report": False, "actions": {"WARN": "flag", "FAIL": "flag"}}
+
+
 def write_config(
     path: Path,
     *,
@@ -48,6 +55,8 @@ def write_config(
     gateway: dict[str, Any] | None = None,
     sources: list[dict[str, Any]] | None = None,
     metrics_port: int = 0,
+    enhance: dict[str, Any] | None = None,
+    qa: dict[str, Any] | None = None,
 ) -> Path:
     lines = ["[gateway]", "ae_title = \"ENHANCE_GW\"", "host = \"127.0.0.1\"", f"port = {port}"]
     lines += [f"var_dir = {_toml_value(var_dir)}", f"stable_seconds = {stable_seconds}"]
@@ -60,7 +69,11 @@ def write_config(
         lines += ["", "[[routes]]"] + [f"{k} = {_toml_value(v)}" for k, v in route.items()]
     snd = {"base_seconds": 0.5, "cap_seconds": 2.0, "max_attempts": 20, "dimse_timeout": 30} | (sender or {})
     lines += ["", "[sender]"] + [f"{k} = {_toml_value(v)}" for k, v in snd.items()]
-    lines += ["", "[enhance]", "workers = 1", "batch_size = 4", "threads = 1"]
+    enh = {"workers": 1, "batch_size": 4, "threads": 1} | (enhance or {})
+    lines += ["", "[enhance]"] + [f"{k} = {_toml_value(v)}" for k, v in enh.items()]
+    gate = DATA_FLOW_QA if qa is None else qa
+    if gate:
+        lines += ["", "[qa]"] + [f"{k} = {_toml_value(v)}" for k, v in gate.items()]
     lines += ["", "[metrics]", "host = \"127.0.0.1\"", f"port = {metrics_port}"]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
