@@ -86,21 +86,28 @@ def degrade_restore(
 ) -> RestoreScore | None:
     """Score `pipe` on (Instance Number, received slice, value range) triples; None when nothing can be scored."""
     group = modality_group(modality)
+    received: dict[tuple[int, ...], list[tuple[int, npt.NDArray[np.float32], tuple[float, float]]]] = {}
+    for number, image, vrange in slices:
+        x = np.asarray(image, dtype=np.float32)
+        if min(x.shape) >= 16 and float(np.ptp(x)) > 0:
+            received.setdefault(x.shape, []).append((number, x, vrange))
     psnrs: list[float] = []
     ssims: list[float] = []
     used: list[int] = []
-    for number, image, vrange in slices:
-        received = np.asarray(image, dtype=np.float32)
-        if min(received.shape) < 16 or float(np.ptp(received)) <= 0:
-            continue
-        degraded = degrade_slice(received, group=group, task=task, value_range=vrange, seed=number)
+    for same in received.values():  # one Pipeline.run per matrix size: the slices share a batch
+        degraded = np.stack(
+            [degrade_slice(x, group=group, task=task, value_range=vr, seed=number) for number, x, vr in same]
+        )
         noise = None if task == "sr2x" else estimate_noise(degraded, group)
-        restored = pipe.run(degraded, modality=modality, value_range=vrange, noise=noise, strength=strength)
-        h, w = min(restored.shape[0], received.shape[0]), min(restored.shape[1], received.shape[1])
-        result = score(group or "ANY", received[:h, :w], restored[:h, :w])
-        psnrs.append(result.psnr)
-        ssims.append(result.ssim)
-        used.append(number)
+        lo = min(vr[0] for _, _, vr in same)
+        hi = max(vr[1] for _, _, vr in same)
+        restored = pipe.run(degraded, modality=modality, value_range=(lo, hi), noise=noise, strength=strength)
+        for (number, x, _vr), out in zip(same, restored, strict=True):
+            h, w = min(out.shape[0], x.shape[0]), min(out.shape[1], x.shape[1])
+            result = score(group or "ANY", x[:h, :w], out[:h, :w])
+            psnrs.append(result.psnr)
+            ssims.append(result.ssim)
+            used.append(number)
     if not used:
         return None
-    return RestoreScore(float(np.mean(psnrs)), float(np.mean(ssims)), tuple(used), rule_for(group, task))
+    return RestoreScore(float(np.mean(psnrs)), float(np.mean(ssims)), tuple(sorted(used)), rule_for(group, task))
