@@ -86,8 +86,12 @@ class ClassicalEnhancer(Enhancer):
     """A filter applied slice by slice in numpy to a normalised float32 image."""
 
     @abstractmethod
-    def apply(self, image: FloatArray) -> FloatArray:
-        """One normalised slice (H, W) -> enhanced slice (H, W), or (2H, 2W) for `sr2x`."""
+    def apply(self, image: FloatArray, sigma: float | None = None) -> FloatArray:
+        """One normalised slice (H, W) -> enhanced slice (H, W), or (2H, 2W) for `sr2x`.
+
+        `sigma`: the series' noise std in normalised units (`enhancers.noise`), for filters whose strength
+        depends on it; None when the caller has no estimate (such a filter then estimates on the slice).
+        """
 
 
 class ModelEnhancer(Enhancer):

@@ -66,6 +66,12 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "--corpus", type=Path, default=None, help="corpus manifest (default: enhancers/data/manifest.json)"
     )
     tr.add_argument("--max-val-slices", type=int, default=None, help="cap on validation slices (speed)")
+    tr.add_argument(
+        "--all-patients",
+        action="store_true",
+        help="train on every patient of every split (the shipped denoisers; the last epoch is kept, and "
+        "`evaluate --lopo` measures the recipe leave-one-patient-out)",
+    )
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=_train)
 
@@ -110,6 +116,16 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "residual, voids, grid, bias per image, crops input|output|difference, and the real-noise MR pair",
     )
     ev.add_argument("--native-only", action="store_true", help="only the --native part")
+    ev.add_argument(
+        "--lopo",
+        action="store_true",
+        help="instead: leave-one-patient-out for CT and MR, one training per real patient (slow: minutes per "
+        "fold), against the oracle baselines; writes lopo.md and lopo.csv",
+    )
+    ev.add_argument(
+        "--lopo-model", default="ncdn", help="architecture whose recipe --lopo trains (default ncdn)"
+    )
+    ev.add_argument("--lopo-epochs", type=int, default=None, help="epochs per fold (default: the recipe's)")
     ev.set_defaults(func=_evaluate)
 
     mo = subparsers.add_parser("models", help="list registered enhancers", description="List the registry.")

@@ -160,6 +160,16 @@ _DEFINITION: list[tuple[str, str, str, str, str, str, dict[str, Any], str]] = [
         "T1 coronal slice, dipy",
     ),
     (
+        "mr-fmri-nibabel",
+        "nibabel",
+        "nibabel:example4d.nii.gz",
+        "MR",
+        "nibabel-example4d",
+        "train",
+        {"step": 2},
+        "EPI fMRI, first of two volumes, 128x96, nibabel's test data",
+    ),
+    (
         "mr-dipy-s0",
         "nibabel",
         "dipy:S0_10slices.nii.gz",
@@ -242,15 +252,24 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+#: Python packages whose bundled data files the corpus reads (`package:name`), and where they keep them.
+_PACKAGE_DATA: dict[str, str] = {"dipy": "data/files", "nibabel": "tests/data"}
+
+
 def resolve(kind: str, file: str) -> Path:
-    """The local path of a source: a pydicom test file by base name, `dipy:NAME` (dipy's bundled files), or
-    an absolute path."""
-    if file.startswith("dipy:"):
+    """The local path of a source: a pydicom test file by base name, `dipy:NAME` or `nibabel:NAME` (files
+    those packages bundle), or an absolute path."""
+    package, sep, rel = file.partition(":")
+    if sep and package in _PACKAGE_DATA:
+        import importlib
+
         try:
-            import dipy
+            module = importlib.import_module(package)
         except ImportError as exc:
-            raise CorpusError(f"{file} needs dipy's bundled data files; pip install dipy") from exc
-        return Path(dipy.__file__).parent / "data" / "files" / file.removeprefix("dipy:")
+            raise CorpusError(
+                f"{file} needs the files bundled with {package}; pip install {package}"
+            ) from exc
+        return Path(str(module.__file__)).parent / _PACKAGE_DATA[package] / rel
     if kind == "dicom" and "/" not in file:
         from pydicom.data import get_testdata_file
 
@@ -446,7 +465,7 @@ def _array_slices(
         import nibabel
 
         data = np.asarray(nibabel.load(str(path)).dataobj, dtype=np.float32)  # type: ignore[attr-defined]
-        data = data.reshape(data.shape[:3])
+        data = data.reshape(data.shape[:3]) if data.ndim == 3 or data.shape[3] == 1 else data[..., 0]
         vol = np.ascontiguousarray(np.rot90(np.moveaxis(data, 2, 0), axes=(1, 2)))
     step = int(opts.get("step", 1))
     vol = np.ascontiguousarray(vol[::step])

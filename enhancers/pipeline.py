@@ -165,7 +165,8 @@ class Pipeline:
         norm = normalisation_for(group, arr, (lo, hi))
         x = norm.forward(arr)
         if isinstance(self._enhancer, ClassicalEnhancer):
-            y = self._run_classical(self._enhancer, x)
+            sigma = (noise or estimate_noise(arr, group)).sigma / norm.scale
+            y = self._run_classical(self._enhancer, x, sigma if sigma > 0 else None)
         elif self.conditioned:
             sigma = (noise or estimate_noise(arr, group)).sigma
             y = self._run_model(x, level=strength * sigma / norm.scale)
@@ -176,13 +177,13 @@ class Pipeline:
         out = np.clip(norm.inverse(y), lo, hi).astype(np.float32)
         return out[0] if squeeze else out
 
-    def _run_classical(self, enhancer: ClassicalEnhancer, x: FloatArray) -> FloatArray:
+    def _run_classical(self, enhancer: ClassicalEnhancer, x: FloatArray, sigma: float | None) -> FloatArray:
         workers = min(self.threads or 1, x.shape[0])
         if workers > 1:
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                outs = list(pool.map(enhancer.apply, list(x)))
+                outs = list(pool.map(lambda s: enhancer.apply(s, sigma), list(x)))
         else:
-            outs = [enhancer.apply(s) for s in x]
+            outs = [enhancer.apply(s, sigma) for s in x]
         return np.stack(outs).astype(np.float32)
 
     def _run_model(self, x: FloatArray, level: float | None = None) -> FloatArray:

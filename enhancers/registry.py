@@ -69,6 +69,11 @@ class EnhancerInfo:
     params: int
     hallucination_risk: bool = False
     description: str = ""
+    #: One plain-language line for the console: what it does, when to use it, how fast (no jargon).
+    summary: str = ""
+    #: A display filter (CLAHE, unsharp masking): it changes intensities on purpose; never a denoiser, never
+    #: a default, listed apart.
+    display_filter: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.strip():

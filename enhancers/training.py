@@ -48,6 +48,18 @@ FloatArray = npt.NDArray[np.float32]
 #: otherwise). `steps` optimiser steps make one epoch. Sized for a 2-core CPU: minutes, not hours.
 RECIPES: dict[str, dict[str, Any]] = {
     "drunet": {"epochs": 12, "steps": 60, "patch": 64, "batch": 16, "lr": 1e-3, "loss": "l1", "config": {}},
+    "ncdrunet": {
+        "epochs": 12,
+        "steps": 60,
+        "patch": 64,
+        "batch": 16,
+        "lr": 1e-3,
+        "loss": "l1",
+        "config": {},
+        "ct_i0": (5e3, 1e4, 2e4, 4e4, 1e5, 3e5, 1e6),
+        "mr_sigma": (0.002, 0.08),
+        "identity_share": 0.15,
+    },
     "unet": {"epochs": 12, "steps": 60, "patch": 64, "batch": 16, "lr": 1e-3, "loss": "l1", "config": {}},
     "dncnn": {
         "epochs": 12,
@@ -73,7 +85,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fastsr": {"epochs": 12, "steps": 100, "patch": 96, "batch": 16, "lr": 1e-3, "loss": "l1", "config": {}},
     # Noise-conditioned: a continuum of levels from none (identity pairs) to strong low dose, real images only.
     "ncdn": {
-        "epochs": 12,
+        "epochs": 16,
         "steps": 100,
         "patch": 96,
         "batch": 16,
@@ -137,6 +149,8 @@ class TrainOptions:
     out: Path | None = None
     corpus_manifest: Path | None = None
     max_val_slices: int | None = None
+    all_patients: bool = False
+    holdout: str | None = None
     quiet: bool = False
     cache: Path | None = None
     command: str = ""
@@ -166,6 +180,7 @@ class TrainOptions:
             out=args.out,
             corpus_manifest=args.corpus,
             max_val_slices=args.max_val_slices,
+            all_patients=args.all_patients,
             quiet=args.quiet,
             command="enhance-gateway train "
             + " ".join(sys.argv[1:] if sys.argv[1:2] != ["train"] else sys.argv[2:]),
@@ -179,8 +194,16 @@ class CTSimCache:
         self.directory = directory
         self.projector = projector or degrade.CTProjector()
 
+    def reference(self, sl: Slice) -> FloatArray:
+        """The noise-free projection + FBP of `sl` (`degrade.ct_reconstructed`): what a low-dose case is scored
+        and trained against; cached like the realisations."""
+        return self._cached(f"{sl.source}-{sl.index}-ref-a{self.projector.n_angles}", sl, None)
+
     def get(self, sl: Slice, i0: float, realisation: int, salt: str = "train") -> FloatArray:
         key = f"{sl.source}-{sl.index}-i0{i0:g}-r{realisation}-a{self.projector.n_angles}-{salt}"
+        return self._cached(key, sl, i0)
+
+    def _cached(self, key: str, sl: Slice, i0: float | None) -> FloatArray:
         checksum = zlib.crc32(sl.pixels.tobytes())
         path = None
         if self.directory is not None:
@@ -188,8 +211,13 @@ class CTSimCache:
             if path.is_file():
                 cached: FloatArray = np.load(path).astype(np.float32)
                 return cached
-        rng = np.random.default_rng(stable_seed(key, checksum))
-        out = degrade.ct_low_dose(sl.pixels, i0=i0, rng=rng, pixel_mm=sl.pixel_mm, projector=self.projector)
+        if i0 is None:
+            out = degrade.ct_reconstructed(sl.pixels, pixel_mm=sl.pixel_mm, projector=self.projector)
+        else:
+            rng = np.random.default_rng(stable_seed(key, checksum))
+            out = degrade.ct_low_dose(
+                sl.pixels, i0=i0, rng=rng, pixel_mm=sl.pixel_mm, projector=self.projector
+            )
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
@@ -262,6 +290,12 @@ class PatchSampler:
         self.degradations = degradations or Degradations()
         self.pairs: list[_Pair] = []
 
+    def _target(self, sl: Slice, group: str, identity: bool) -> FloatArray:
+        """What the network must output: CT low dose is trained against its noise-free reconstruction."""
+        if self.task == "denoise" and group == "CT" and sl.group == "CT" and not identity:
+            return self.ct_cache.reference(sl)
+        return sl.pixels
+
     def _degrade(self, sl: Slice, group: str) -> tuple[FloatArray, tuple[float, float]]:
         if self.task == "sr2x":
             return degrade.downsample2x_area(sl.pixels), sl.value_range
@@ -292,7 +326,7 @@ class PatchSampler:
             else:
                 degraded, vrange = self._degrade(sl, group)
             norm = normalisation_for(group, degraded[None], vrange)
-            clean = sl.pixels
+            clean = self._target(sl, group, identity)
             if self.scale == 2:
                 clean = clean[: degraded.shape[0] * 2, : degraded.shape[1] * 2]
             tgt = norm.forward(clean)
@@ -369,12 +403,14 @@ def validation_cases(
             continue
         for dname in VAL_DEGRADATIONS[group]:
             deg = degrade.standard(dname)
+            clean = sl.pixels
             if group == "CT":
                 degraded = ct_cache.get(sl, float(deg.params["i0"]), 0, salt=f"val{seed}")
+                clean = ct_cache.reference(sl)
             else:
                 rng = np.random.default_rng(stable_seed("val", seed, sl.key, dname))
                 degraded = degrade.apply(deg, sl.pixels, rng=rng, value_range=vrange, pixel_mm=sl.pixel_mm)
-            cases.append(ValCase(sl.key, group, group, dname, sl.pixels, degraded, vrange))
+            cases.append(ValCase(sl.key, group, group, dname, clean, degraded, vrange))
     return cases
 
 
@@ -400,7 +436,9 @@ def enhance_case(
 def validate(
     module: nn.Module, cases: list[ValCase], scale: int, halo: int, device: str, conditioned: bool = False
 ) -> tuple[float, float]:
-    """Mean PSNR and SSIM over the validation cases (each scored with the evaluation's data range)."""
+    """Mean PSNR and SSIM over the validation cases (each scored with the evaluation's data range); NaN if none."""
+    if not cases:
+        return math.nan, math.nan
     module.eval()
     ps, ss = [], []
     for case in cases:
@@ -454,17 +492,24 @@ def _progress(quiet: bool, text: str, end: bool = False) -> None:
 
 
 def _training_slices(
-    groups: tuple[str, ...], split: str, manifest: Path, task: str = "denoise"
+    groups: tuple[str, ...],
+    split: str | tuple[str, ...],
+    manifest: Path,
+    task: str = "denoise",
+    holdout: str | None = None,
 ) -> list[tuple[Slice, str]]:
-    """Slices of `split` with the group each is trained as; X-ray also uses CT/MR slices as proxies."""
+    """Slices of `split` (or several) with the group each is trained as, without the patient `holdout`; X-ray
+    also uses CT/MR slices as proxies."""
+    splits = (split,) if isinstance(split, str) else split
     out: list[tuple[Slice, str]] = []
-    for group in groups:
-        own = corpus.load_split(split, (group,), path=manifest, denoise=task == "denoise")
-        out += [(s, group) for s in own]
-        if group == "XR":
-            proxies = corpus.load_split(split, ("CT", "MR"), path=manifest, denoise=task == "denoise")
-            out += [(s, "XR") for s in proxies]
-    return out
+    for sp in splits:
+        for group in groups:
+            own = corpus.load_split(sp, (group,), path=manifest, denoise=task == "denoise")
+            out += [(s, group) for s in own]
+            if group == "XR":
+                proxies = corpus.load_split(sp, ("CT", "MR"), path=manifest, denoise=task == "denoise")
+                out += [(s, "XR") for s in proxies]
+    return [(s, g) for s, g in out if s.patient != holdout]
 
 
 def train(opts: TrainOptions) -> dict[str, Any]:
@@ -498,8 +543,14 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     cache = CTSimCache(opts.cache or default_cache_dir())
     started = time.time()
 
-    train_slices = _training_slices(mods, "train", manifest, task)
-    val_slices = _training_slices(mods, "validation", manifest, task)
+    if opts.all_patients or opts.holdout is not None:
+        # every patient (but the held-out one) trains; no validation split is left to pick an epoch with, so
+        # the last epoch is kept and the model is judged by `evaluate --lopo`
+        train_slices = _training_slices(mods, corpus.SPLITS, manifest, task, opts.holdout)
+        val_slices: list[tuple[Slice, str]] = []
+    else:
+        train_slices = _training_slices(mods, "train", manifest, task)
+        val_slices = _training_slices(mods, "validation", manifest, task)
     if opts.max_val_slices is not None:
         step_v = max(1, math.ceil(len(val_slices) / opts.max_val_slices))
         val_slices = val_slices[::step_v]
@@ -531,7 +582,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
         nn.Identity() if task == "denoise" else _Bicubic(), val_cases, scale, arch.halo, device
     )
     baseline = "nlm" if task == "denoise" else "bicubic"
-    ref_psnr, ref_ssim = validate_classical(baseline, val_cases)
+    ref_psnr, ref_ssim = validate_classical(baseline, val_cases) if val_cases else (math.nan, math.nan)
     _progress(
         opts.quiet,
         f"{name}: validation baseline {baseline}: PSNR {ref_psnr:.2f} dB SSIM {ref_ssim:.4f}",
@@ -596,7 +647,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
                 "seconds": time.time() - t0,
             }
         )
-        improved = vp > best[0]
+        improved = vp > best[0] or not val_cases  # nothing to select with: the last epoch is kept
         if improved:
             best = (vp, vs, epoch)
             best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
@@ -612,7 +663,10 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     # validation numbers in the card are re-measured with exactly the rounded weights that are shipped.
     shipped = {k: (v.half() if v.is_floating_point() else v) for k, v in best_state.items()}
     module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in shipped.items()})
-    best = (*validate(module, val_cases, scale, arch.halo, device, conditioned), best[2])
+    if val_cases:
+        best = (*validate(module, val_cases, scale, arch.halo, device, conditioned), best[2])
+    else:
+        best = (math.nan, math.nan, best[2])
     weights_path = out_dir / f"{name}.pt"
     sha = save_state_dict(shipped, weights_path)
     card_path = out_dir / f"{name}.card.json"
@@ -660,7 +714,13 @@ def train(opts: TrainOptions) -> dict[str, Any]:
         "data": {
             "corpus_manifest": str(manifest.name),
             "corpus_manifest_sha256": corpus.manifest_sha256(manifest),
-            "split_rule": "by patient (manifest)",
+            "split_rule": (
+                f"every patient but {opts.holdout} (leave-one-patient-out fold)"
+                if opts.holdout
+                else "every patient of every split (evaluated leave-one-patient-out by `evaluate --lopo`)"
+                if opts.all_patients
+                else "by patient (manifest)"
+            ),
         },
         "validation": {
             "sources": sorted({s.source for s, _ in val_slices}),

@@ -37,6 +37,7 @@ def info_from_entry(name: str, entry: dict[str, Any]) -> EnhancerInfo:
         params=int(entry["params"]),
         hallucination_risk=bool(entry.get("hallucination_risk", False)),
         description=str(entry.get("description", "")),
+        summary=str(entry.get("summary", "")),
     )
 
 

@@ -5,8 +5,11 @@ made of residual blocks (3x3 conv, ReLU, 3x3 conv, identity skip) without batch 
 convolutions down, 2x2 transposed convolutions up, and *additive* skip connections between the encoder and
 decoder levels. In the paper it beats DnCNN, FFDNet and the plain U-Net at every noise level. The paper uses
 4 levels of (64, 128, 256, 512) with 4 blocks each and a noise-level input map; this CPU-sized version keeps
-the structure with fewer features, is blind (no noise map: the level is unknown on clinical data), and
-predicts a correction added to its input so the identity is easy to learn.
+the structure with fewer features and predicts a correction added to its input so the identity is easy to
+learn. `drunet` is blind (no noise map: the seed models); `ncdrunet` takes the noise-level map as the paper
+does, fed with the series estimate of `enhancers.noise` (the level is not known on clinical data, but it can be
+measured). Its up path is a transposed convolution: the native-image grid check (`evaluate --native`) is what
+shows whether it leaves a pattern.
 """
 
 from __future__ import annotations
@@ -33,13 +36,13 @@ class _Res(nn.Module):
 class DRUNet(nn.Module):
     """(B, 1, H, W) -> (B, 1, H, W) = input + predicted correction."""
 
-    def __init__(self, features: int = 32, levels: int = 3, blocks: int = 2):
+    def __init__(self, features: int = 32, levels: int = 3, blocks: int = 2, in_channels: int = 1):
         super().__init__()
         if levels < 2:
             raise ValueError("DRUNet needs at least 2 levels")
         widths = [features * 2**i for i in range(levels)]
         self.levels = levels
-        self.head = nn.Conv2d(1, widths[0], 3, padding=1)
+        self.head = nn.Conv2d(in_channels, widths[0], 3, padding=1)
         self.enc = nn.ModuleList()
         self.down = nn.ModuleList()
         for i in range(levels - 1):
@@ -70,7 +73,7 @@ class DRUNet(nn.Module):
         y = self.body(y)
         for up, dec in zip(self.up, self.dec, strict=True):
             y = dec(up(y) + skips.pop())
-        out: torch.Tensor = xp + self.tail(y)
+        out: torch.Tensor = xp[:, :1] + self.tail(y)
         return out[..., :h, :w]
 
 
@@ -82,6 +85,24 @@ register_architecture(
         config={"features": 32, "levels": 3, "blocks": 2},
         halo=48,
         description="DRUNet: U-Net of residual blocks, additive skips, no BN, blind, global residual",
+        paper="Zhang et al., Plug-and-Play Image Restoration with Deep Denoiser Prior, IEEE TPAMI 2021",
+    )
+)
+
+
+def _conditioned(features: int = 32, levels: int = 3, blocks: int = 2) -> DRUNet:
+    return DRUNet(features, levels, blocks, in_channels=2)
+
+
+register_architecture(
+    Architecture(
+        name="ncdrunet",
+        task="denoise",
+        build=_conditioned,
+        config={"features": 32, "levels": 3, "blocks": 2},
+        halo=48,
+        conditioned=True,
+        description="quality denoiser: DRUNet with its noise-level map input (as in the paper), no BN",
         paper="Zhang et al., Plug-and-Play Image Restoration with Deep Denoiser Prior, IEEE TPAMI 2021",
     )
 )
