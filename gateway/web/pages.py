@@ -369,11 +369,14 @@ def jobs_page(
     rows = []
     for j in jobs:
         total = (j.finished_at or now) - j.created_at
-        detail = j.error or j.skip_reason or ""
+        flagged = j.qa_verdict in ("WARN", "FAIL")
+        detail = j.error or j.skip_reason or (f"QA: {j.qa_reasons}" if flagged and j.qa_reasons else "")
         retry = ""
         if j.state == "failed" and j.next_try_at:
             retry = f"<div class='muted'>next try in {seconds(max(0.0, j.next_try_at - now))}</div>"
         enhancer = f"{esc(j.enhancer)} {esc(j.enhancer_version or '')}" if j.enhancer else "-"
+        if flagged:
+            enhancer += f" <span class='badge {esc(j.qa_verdict)}' id='qa-{j.id}'>QA {esc(j.qa_verdict)}</span>"
         rows.append(
             f"<tr id='job-{j.id}'><td><a href='/jobs/{j.id}'>{j.id}</a></td><td>{_badge(j.state)}{retry}</td>"
             f"<td>{esc(j.modality)}</td><td class='num'>{esc(j.derived_count if j.derived_count is not None else '-')}"

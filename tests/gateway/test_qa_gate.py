@@ -50,6 +50,8 @@ def test_harmful_enhancer_is_held_survives_a_restart_and_release_delivers_once(
         assert any(e["event"] == "job.held" and e["job_id"] == job.id for e in gw.events())
         listed = gw.cli("held")
         assert f"job {job.id}:" in listed.stdout and "lowpass" in listed.stdout
+        assert "QA:        PASS=0  WARN=0  FAIL=1  (1 held" in gw.cli("status").stdout
+        assert "FAIL" in next(line for line in gw.cli("jobs").stdout.splitlines() if line.split()[0] == str(job.id))
         text = _metrics(gw)
         assert "enhance_gw_held 1.0" in text
         assert 'enhance_gw_qa_verdicts_total{verdict="FAIL"} 1.0' in text
@@ -153,6 +155,10 @@ def test_good_series_passes_and_its_sr_matches_the_private_tags(
         sr.save_as(sr_path, enforce_file_format=True)
         new_errors = dciodvfy_errors(sr_path) - dciodvfy_errors(testfile(source))
         assert not new_errors, f"dciodvfy errors in the SR that the source did not have: {sorted(new_errors)}"
+        log = gw.log_text()  # highdicom warns about odd Patient Names by quoting them: never into our logs
+        for phi in (head.PatientName, head.PatientID, head.get("PatientBirthDate"), head.get("AccessionNumber")):
+            if phi:
+                assert str(phi) not in log, "PHI leaked into the logs"
         enhanced = next(e for e in gw.events() if e["event"] == "job.enhanced")
         assert enhanced["noise_sigma"] == pytest.approx(job.noise_sigma, abs=1e-3)
         assert enhanced["strength"] == 0.8 and enhanced["qa_verdict"] == "PASS" and enhanced["report"]

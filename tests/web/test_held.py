@@ -55,6 +55,9 @@ def _archived(gw: GatewayProcess) -> list[Path]:
 
 def test_release_button_delivers_the_held_series(browser: WebDriver, held: Held) -> None:
     job = held.jobs[0]
+    browser.get(f"{held.console.url}/jobs")
+    assert wait_visible(browser, f"#qa-{job}").text == "QA FAIL"
+    assert "held" in browser.find_element(By.ID, f"job-{job}").text
     browser.get(f"{held.console.url}/jobs/{job}")
     assert wait_visible(browser, "#qa-verdict").text == "FAIL"
     assert "lowpass" in browser.find_element(By.ID, "qa-reasons").text
