@@ -16,7 +16,8 @@ Checks (thresholds in `[qa]`, see config/gateway.toml):
 Cost and sampling: bias, r and SSIM run on every slice (plain means, and SSIM is the INPUT score the derived
 object carries anyway); low-pass, voids and grid (Gaussian filters, smoothed void maps and phase patterns,
 ~20-30 ms per 512x512 slice) on every `full_every`-th slice of the series (all slices of a series of at most
-`full_min`), always including its first and last. Their formulas stay in one place (`enhancers.qa`); a
+`full_min`), always including its first and last; the frames of a multi-frame instance are sampled the same
+way. Their formulas stay in one place (`enhancers.qa`); a
 harmful enhancer harms most slices, so a sample of one in four finds it. bench/qa_gate.py measures the cost
 against the enhancement.
 
@@ -145,7 +146,7 @@ class SeriesGate:
         n = int(np.count_nonzero(mask))
         if n >= checks.MIN_FOREGROUND_PIXELS and inp.shape == out.shape and min(inp.shape) >= 8:
             s = max(self.sigma, 1e-6 * max(float(np.ptp(inp)), 1.0))
-            if index in self.full:
+            if index in self.full and frame in full_sample(frames, self.settings):
                 values.update(checks.slice_checks(inp, out, sigma=self.sigma, group=self.group, mask=mask).as_dict())
             else:  # bias is a plain mean (enhancers.qa's formula); the others need its filters
                 values["bias"] = float(np.mean(out[mask] - inp[mask], dtype=np.float64)) / s
@@ -207,3 +208,25 @@ class SeriesGate:
 def _badness(check: str, value: float) -> float:
     rule = QA_CHECKS[check]
     return -value if rule == "below" else abs(value) if rule == "abs" else value
+
+
+def judge_stack(
+    before: npt.NDArray[np.floating],
+    after: npt.NDArray[np.floating],
+    *,
+    settings: QaSettings,
+    group: str | None,
+    sigma: float,
+    ssim: float | None,
+) -> SeriesVerdict | None:
+    """The gate over the frames of one image (the console's uploads); `after` already on the input grid.
+
+    None when the gate is off. The frames are one series of one instance, sampled as the worker samples.
+    """
+    if not settings.enabled:
+        return None
+    frames = np.asarray(before)
+    gate = SeriesGate(settings, group=group, sigma=sigma, count=1)
+    for f in range(frames.shape[0]):
+        gate.check(0, None, frames[f], np.asarray(after)[f], ssim=ssim, frame=f, frames=frames.shape[0])
+    return gate.verdict()

@@ -1,8 +1,9 @@
 """Enhance one uploaded image the way the worker enhances one instance of a series.
 
-Why through `gateway.derivation`: the console must show exactly what the gateway would send to PACS (same
-pipeline settings, same INPUT metrics, same QA flag, same derived object); the worker calls the same
-functions, so the two cannot drift.
+Why through `gateway.derivation` and `gateway.qa`: the console must show exactly what the gateway would send to
+PACS (same pipeline settings, same noise estimate, same INPUT metrics, same QA gate, same derived object); the
+worker calls the same functions, so the two cannot drift. An upload is one instance: no DEGRADE_RESTORE score
+(it needs the series) and strength 1.
 """
 
 from __future__ import annotations
@@ -20,9 +21,19 @@ from pydicom.dataset import Dataset
 from dicom_utils import private_tags
 from dicom_utils.pixels import modality_frames, value_range
 from enhancers import registry
+from enhancers.noise import estimate_noise
 from enhancers.pipeline import Pipeline
 from enhancers.registry import EnhancerInfo
-from gateway.derivation import build_derived, derivation_options, input_metrics, make_pipeline, qa_flag
+from gateway.derivation import (
+    SeriesFacts,
+    build_derived,
+    derivation_options,
+    downsample2,
+    input_metrics,
+    make_pipeline,
+    qa_flag,
+)
+from gateway.qa import judge_stack
 from gateway.settings import Settings
 
 FloatArray = npt.NDArray[np.float32]
@@ -101,20 +112,35 @@ class Enhancer:
             pipe = self.pipeline(info.name)
             progress(f"enhancing with {info.name} on {pipe.device}", 0.25)
             t0 = time.monotonic()
+            group = registry.modality_group(modality)
+            noise = estimate_noise(values, group)
             try:
-                out = pipe.run(values, modality=modality, value_range=vrange)
+                out = pipe.run(values, modality=modality, value_range=vrange, noise=noise)
             except ValueError as exc:
                 raise EnhanceError(str(exc)) from None
             per_ms = (time.monotonic() - t0) * 1000.0 / max(1, values.shape[0])
-        progress("measuring PSNR and SSIM", 0.75)
+        progress("measuring PSNR and SSIM, QA checks", 0.75)
         p, s = input_metrics(values, out, task)
-        qa = qa_flag(s)
+        verdict = judge_stack(
+            values, downsample2(out) if task == "sr2x" else out,
+            settings=self.settings.qa, group=group, sigma=noise.sigma, ssim=s,
+        )
+        qa = verdict.verdict if verdict is not None else qa_flag(s)
+        facts = SeriesFacts(
+            noise_sigma=noise.sigma,
+            noise_method=noise.method,
+            noise_background_sigma=noise.background_sigma,
+            strength=1.0,
+            series_qa=qa if verdict is not None else "",
+            qa_reasons=verdict.text if verdict is not None else "",
+        )
         derived: Dataset | None = None
         data: bytes | None = None
         if source is not None:
             progress("building the derived DICOM object", 0.9)
             derived, data, p, s = build_derived(
-                source, values, out, info=info, task=task, processing_ms=per_ms, options=self.options
+                source, values, out, info=info, task=task, processing_ms=per_ms, options=self.options,
+                metrics=(p, s), flag=qa, series=facts,
             )
             block = private_tags.read_block(derived)
         else:
@@ -128,6 +154,8 @@ class Enhancer:
                 "processing_ms": per_ms,
                 "qa_flag": qa,
                 "task": task,
+                "noise_sigma": noise.sigma,
+                "qa_reasons": facts.qa_reasons,
             }
         return Outcome(
             info=info,

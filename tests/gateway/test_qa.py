@@ -204,3 +204,28 @@ def test_an_old_database_gains_the_new_columns_and_keeps_its_rows(tmp_path: Path
                              qa=QaOutcome(qa_verdict="WARN", qa_action="flag", qa_reasons="r"))
     assert again.job(job_id).qa_verdict == "WARN"
     State(path).close()  # opening a migrated database again changes nothing
+
+
+def test_the_frames_of_one_multiframe_instance_are_sampled_like_slices() -> None:
+    gate, x, _ = _gate(1)
+    for frame in range(20):
+        gate.check(0, 5, x, x, ssim=1.0, frame=frame, frames=20)
+    full = [r.order[2] for r in gate.slices() if not math.isnan(r.values["lowpass"])]
+    assert full == sorted(full_sample(20, QaSettings()))
+    assert gate.slices()[3].label == "#5.4"
+
+
+def test_reprocess_strength_is_checked_and_recorded_on_the_job(tmp_path: Path) -> None:
+    from gateway.admin import reprocess
+    from gateway.errors import GatewayError
+
+    state = State(tmp_path / "state.db")
+    _job(state)
+    cfg = settings.parse(_doc(gateway={"var_dir": str(tmp_path)}), environ={})
+    with pytest.raises(GatewayError, match=r"--strength 2\.5: strength is a number from 0 to 2"):
+        reprocess(cfg, state, "1.2", strength=2.5)
+    job_id = state.make_reprocess_job("1.2.3", enhancer=None, only_destination=None, strength=0.5)
+    assert state.job(job_id).strength == 0.5
+    assert state.make_reprocess_job("1.2.3", enhancer=None, only_destination=None) and (
+        state.jobs(limit=1)[0].strength is None  # no --strength: the route's applies when the worker runs it
+    )
