@@ -58,7 +58,8 @@ def test_harmful_enhancer_is_held_survives_a_restart_and_release_delivers_once(
 
         gw.terminate()  # a restart must not deliver or re-run a held job
         gw.start()
-        wait_for(lambda: any(e["event"] == "gateway.starting" for e in gw.events()[-50:]), 30, "the restart")
+        assert [e["event"] for e in gw.events()].count("gateway.starting") == 2
+        assert [e["event"] for e in gw.events()].count("series.stable") == 1  # not queued again
         (again,) = gw.state().jobs()
         assert again.state == "held" and again.id == job.id
         assert orthanc.count_instances() == 0
@@ -103,6 +104,25 @@ def test_reject_drops_the_outputs_and_keeps_the_originals(tmp_path: Path) -> Non
         assert gw.cli("release", str(job.id), check=False).returncode == 1
         assert not list((gw.var_dir / "archive").rglob("*.dcm"))
         assert "enhance_gw_held 0.0" in _metrics(gw)
+    finally:
+        gw.stop()
+
+
+def test_a_route_can_flag_instead_of_holding(tmp_path: Path) -> None:
+    files = make_series(CT, 2, tmp_path / "in", seed="harm-flag")
+    archive = {"name": "archive", "type": "folder", "path": "{var_dir}/archive"}
+    route = {"enhancer": "test-harm", "qa": {"actions": {"FAIL": "flag"}}}
+    gw = GatewayProcess(tmp_path, destinations=[archive], routes=[route], enhance=PLUGINS, qa={}).start()
+    try:
+        storescu(gw.port, files, called_aet="ENHANCE_GW")
+        (job,) = gw.wait_jobs({"done"}, 1)
+        assert (job.qa_verdict, job.qa_action) == ("FAIL", "flag")
+        delivered = [pydicom.dcmread(p) for p in sorted((gw.var_dir / "archive").rglob("*.dcm"))]
+        images = [ds for ds in delivered if ds.Modality == "CT"]
+        assert len(images) == 2 and len(delivered) == 3  # and the SR
+        assert all(ds.SeriesDescription.startswith("QA FAIL ") and "test-harm" in ds.SeriesDescription
+                   for ds in images)
+        assert not any(e["event"] == "job.held" for e in gw.events())
     finally:
         gw.stop()
 
