@@ -229,3 +229,22 @@ def test_reprocess_strength_is_checked_and_recorded_on_the_job(tmp_path: Path) -
     assert state.make_reprocess_job("1.2.3", enhancer=None, only_destination=None) and (
         state.jobs(limit=1)[0].strength is None  # no --strength: the route's applies when the worker runs it
     )
+
+
+def test_a_real_head_ct_volume_denoised_by_nlm_passes_every_check_including_jump() -> None:
+    """No false alarm on a real series whose anatomy changes from slice to slice (InVesalius' Cranium, read
+    where Debian installs it): nlm removes noise only, so the gate, jump included, must pass it."""
+    from enhancers.corpus import INVESALIUS_CRANIUM, _inv3_slices
+    from enhancers.pipeline import Pipeline
+    from gateway.derivation import input_metrics
+
+    vol, vrange, _ = _inv3_slices(Path(INVESALIUS_CRANIUM), {"step": 3})
+    noise = estimate_noise(vol, "CT")
+    out = Pipeline("nlm", device="cpu").run(vol, modality="CT", value_range=vrange, noise=noise)
+    gate = SeriesGate(QaSettings(), group="CT", sigma=noise.sigma, count=len(vol))
+    for i in range(len(vol)):
+        gate.check(i, i + 1, vol[i], out[i], ssim=input_metrics(vol[i], out[i], "denoise")[1])
+    verdict = gate.verdict()
+    jumps = [r.values["jump"] for r in gate.slices() if not math.isnan(r.values["jump"])]
+    assert verdict.verdict == "PASS", verdict.text
+    assert len(jumps) > len(vol) // 2 and max(jumps) < 1.0  # measured, not skipped
