@@ -206,3 +206,27 @@ def _sr_codes(sr: pydicom.Dataset) -> dict[str, str]:
         for i in _walk(sr.ContentSequence)
         if i.ValueType == "CODE"
     }
+
+
+def test_reprocess_with_strength_zero_delivers_the_received_pixels(tmp_path: Path) -> None:
+    """`reprocess --strength 0` reaches Pipeline.run: a blended (non-conditioned) enhancer then changes nothing."""
+    files = make_series(CT, 2, tmp_path / "in", seed="strength")
+    head = pydicom.dcmread(files[0])
+    archive = {"name": "archive", "type": "folder", "path": "{var_dir}/archive"}
+    gw = GatewayProcess(tmp_path, destinations=[archive], routes=[{"enhancer": "gaussian", "strength": 0.5}]).start()
+    try:
+        storescu(gw.port, files, called_aet="ENHANCE_GW")
+        (first,) = gw.wait_jobs({"done"}, 1)
+        assert first.strength == 0.5
+        out = gw.cli("reprocess", head.StudyInstanceUID, "--strength", "0")
+        assert "queued" in out.stdout
+        done = gw.wait_jobs({"done"}, 2)
+        again = next(j for j in done if j.id != first.id)
+        assert again.strength == 0.0 and again.qa_verdict == "PASS"
+        derived = [pydicom.dcmread(p) for p in sorted((gw.var_dir / "archive").rglob("*.dcm"))]
+        assert {float(read_block(ds)["strength"]) for ds in derived} == {0.0}  # type: ignore[arg-type]
+        assert all((ds.pixel_array == head.pixel_array).all() for ds in derived)
+        bad = gw.cli("reprocess", head.StudyInstanceUID, "--strength", "3", check=False)
+        assert bad.returncode == 1 and "strength is a number from 0 to 2" in bad.stderr
+    finally:
+        gw.stop()
