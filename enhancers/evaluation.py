@@ -461,6 +461,28 @@ def write_tables(
     lines = [
         "# Evaluation",
         "",
+        "Written by `enhance-gateway evaluate` (regenerate it with the command below). How to read it:",
+        "",
+        (
+            "- Synthetic tables: simulated degradations of the held-out test images, every applicable enhancer, "
+            "the degraded input as the floor. Rows marked `baseline` (with `--baselines`) are oracles: NLM with "
+            "the h that scores best against the clean image, BM3D given the true noise (CT: its power spectrum), "
+            "and for MR both also with the Rician bias correction (`-rc`): what an expert tuning them on this very "
+            "image would get, an upper bound for those filters."
+        ),
+        (
+            "- MR: the foreground PSNR column scores the anatomy only; whole-image MR PSNR rewards pushing the "
+            "dark background's Rician floor to zero, which says nothing about denoising tissue."
+        ),
+        (
+            "- The test split has one or two images per modality: the per-patient spread across real patients is "
+            "in `docs/lopo.md` (leave-one-patient-out, `evaluate --lopo`)."
+        ),
+        (
+            "- Native section (with `--native`): real images at their own noise, nothing simulated; the checks "
+            "say whether what an enhancer removed looks like noise (targets in the section)."
+        ),
+        "",
         f"- command: `{opts.command or 'enhance-gateway evaluate'}`",
         f"- date: {_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- images: {source_text}",

@@ -35,10 +35,14 @@ SAFE_DEFAULT: dict[str, str] = {"denoise": "nlm", "sr2x": "bicubic"}
 #: CPU, so switching a site from the classical default never slows it down; the quality variant (several
 #: times slower on CPU, meant for GPU sites) is `default_enhancer(..., quality=True)` or a routing rule.
 #: For sr2x fastsr is both: it beat vdsr and srresnet on the test split (docs/evaluation.md).
+#: The denoise defaults are the noise-conditioned `ncdn-*` (docs/evaluation.md, docs/lopo.md): the only models
+#: that meet the native "do no harm" targets on every real image. They replaced `fastdn-*` (a grid on CT, voids
+#: on MR) and `drunet-*` (blind: full strength on standard-dose images, removing anatomy). No conditioned
+#: quality model is shipped yet, so the quality default is the same model.
 TRAINED_DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {
-    ("CT", "denoise"): ("fastdn-ct", "drunet-ct"),
-    ("MR", "denoise"): ("fastdn-mr", "drunet-mr"),
-    ("XR", "denoise"): ("fastdn-xr", "drunet-xr"),
+    ("CT", "denoise"): ("ncdn-ct", "ncdn-ct"),
+    ("MR", "denoise"): ("ncdn-mr", "ncdn-mr"),
+    ("XR", "denoise"): ("ncdn-xr", "ncdn-xr"),
     ("CT", "sr2x"): ("fastsr", "fastsr"),
     ("MR", "sr2x"): ("fastsr", "fastsr"),
 }
