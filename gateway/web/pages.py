@@ -99,8 +99,9 @@ _RECOMMEND_FOR: tuple[tuple[str, str], ...] = (("CT", "CT"), ("MR", "MR"), ("X-r
 
 
 def enhancer_options(infos: Sequence[EnhancerInfo]) -> str:
-    """The enhancer <select>'s groups: recommended per modality first, then other denoisers, super-resolution,
-    display filters (they change intensities: never offered as denoising) and the remaining trained models.
+    """The enhancer <select>'s groups: recommended per modality first, then the classical denoisers,
+    super-resolution, display filters (they change intensities: never offered as denoising) and the other
+    trained models, kept for comparison.
 
     Each option is one plain line (the enhancer's `summary`), not the architecture's description.
     """
@@ -131,7 +132,7 @@ def enhancer_options(infos: Sequence[EnhancerInfo]) -> str:
             groups["Display filters (change intensities; not denoising)"].append(option(info))
         elif info.task == "sr2x":
             groups["Super-resolution (2x)"].append(option(info))
-        elif info.kind == "classical" or info.summary:
+        elif info.kind == "classical":
             groups["Other denoisers"].append(option(info))
         else:
             groups["Other trained models (kept for comparison)"].append(option(info))

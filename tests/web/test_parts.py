@@ -70,3 +70,21 @@ def test_web_subcommand_registers_on_the_cli_parser() -> None:
     args = parser.parse_args(["--config", "gw.toml", "web", "--port", "9001", "--var-dir", "/tmp/v"])
     assert args.func is run_command and args.web_port == 9001 and args.host == DEFAULT_HOST
     assert args.config == Path("gw.toml") and args.var_dir == Path("/tmp/v")
+
+
+def test_enhancer_list_recommends_per_modality_and_keeps_display_filters_apart() -> None:
+    import re
+
+    from enhancers import registry
+    from gateway.web.pages import enhancer_options
+
+    html = enhancer_options(registry.infos())
+    groups = dict(re.findall(r'<optgroup label="([^"]+)">(.*?)</optgroup>', html))
+    labels = list(groups)
+    assert labels[0] == "Recommended"
+    assert f'value="{registry.default_enhancer("CT")}"' in groups["Recommended"]
+    assert "[MR denoise]" in groups["Recommended"]
+    display = groups["Display filters (change intensities; not denoising)"]
+    assert 'value="clahe"' in display and 'value="unsharp"' in display
+    assert all("clahe" not in body for label, body in groups.items() if "Display" not in label)
+    assert "fastdn-ct" in groups["Other trained models (kept for comparison)"]
