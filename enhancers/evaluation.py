@@ -479,6 +479,10 @@ def write_tables(
             "in `docs/lopo.md` (leave-one-patient-out, `evaluate --lopo`)."
         ),
         (
+            "- Models trained with `--all-patients` (the shipped `ncdn-*`) have seen the test images: their rows "
+            "here are in-sample. Their held-out figures are the leave-one-patient-out ones in `docs/lopo.md`."
+        ),
+        (
             "- Native section (with `--native`): real images at their own noise, nothing simulated; the checks "
             "say whether what an enhancer removed looks like noise (targets in the section)."
         ),

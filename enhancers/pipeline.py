@@ -134,10 +134,13 @@ class Pipeline:
         H' = 2H and W' = 2W for `sr2x`, else H and W. A single (H, W) slice is accepted and returned as such.
         `modality` is the DICOM Modality (CT, MR, CR, DX, ...); a model not trained for it is refused.
         `noise`: the series' noise (`enhancers.noise.estimate_noise` over the whole series, which the worker
-        computes once); None estimates it from `slices`. Only noise-conditioned models use it. `strength`
-        (see `STRENGTH_RANGE`) multiplies the noise level a conditioned model is given; for any other model
-        the output is blended, input + strength * (output - input), so 0 is the identity for every enhancer
-        of the same matrix size (sr2x ignores it).
+        computes once); None estimates it from `slices`. Conditioned models and `nlm` use it. `strength` (see
+        `STRENGTH_RANGE`): up to 1 the output is blended, input + strength * (output - input), so 0 is the
+        received image (up to float rounding, which rounding to stored values removes) and every value in between is a convex mix (no new structure); above 1 a
+        conditioned model is told the noise is `strength` times the estimate (FFDNet's use of its noise map:
+        smoother), and any other model's correction is extrapolated. Above 1 the network works outside the
+        levels it was trained on for noisy series: the QA gate is what catches a strength set too high.
+        sr2x ignores it.
         """
         arr = np.asarray(slices)
         squeeze = arr.ndim == 2
@@ -169,11 +172,12 @@ class Pipeline:
             y = self._run_classical(self._enhancer, x, sigma if sigma > 0 else None)
         elif self.conditioned:
             sigma = (noise or estimate_noise(arr, group)).sigma
-            y = self._run_model(x, level=strength * sigma / norm.scale)
+            y = self._run_model(x, level=max(strength, 1.0) * sigma / norm.scale)
         else:
             y = self._run_model(x)
-        if self.info.scale == 1 and not self.conditioned and strength != 1.0:
-            y = x + np.float32(strength) * (y - x)
+        blend = strength if (self.conditioned and strength < 1.0) or not self.conditioned else 1.0
+        if self.info.scale == 1 and blend != 1.0:
+            y = x + np.float32(blend) * (y - x)
         out = np.clip(norm.inverse(y), lo, hi).astype(np.float32)
         return out[0] if squeeze else out
 

@@ -5,8 +5,8 @@ Why it replaced `fastdn` as the default:
   estimate of `enhancers.noise`, in normalised units, times `LEVEL_GAIN`). It is trained over a continuum of
   levels from the image's own native noise to strong low-dose noise, including pairs with no added noise
   whose level is drawn at or below the native one and whose target is the input itself. So an image at
-  normal dose is touched lightly, a low-dose one strongly, and the level is a strength knob: a route's
-  `strength` multiplies it (FFDNet's documented use of its noise map).
+  normal dose is touched lightly, a low-dose one strongly. A route's `strength` above 1 multiplies the level
+  (FFDNet's documented use of its noise map); below 1 the pipeline blends the output with the input.
 - **No phase grid**: `fastdn` pixel-unshuffled the slice and predicted its four polyphase sub-images
   separately, which left a period-2 pattern on real images. Here a full-resolution head and tail bracket the
   work done at 1/2 and 1/4 resolution; going down is a strided 3x3 convolution (overlapping windows, not a
