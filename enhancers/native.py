@@ -236,7 +236,7 @@ def native_markdown(rows: list[NativeRow], pair: list[PairRow]) -> list[str]:
         (
             "Checks of `enhancers.qa`, in units of each image's estimated noise sigma (`enhancers.noise`). Targets "
             f"(worst image): low-pass residual <= {TARGETS['lowpass']}, voids <= {TARGETS['voids']:.1%}, grid <= "
-            f"{TARGETS['grid']}, |bias| <= {TARGETS['bias']}. Crops: `evaluation-figures/native/`."
+            f"{TARGETS['grid']}, |bias| <= {TARGETS['bias']}. Crops: `figures/native/` of the output directory (a selection is in `docs/evaluation-figures/native/`)."
         ),
         "",
         "| modality | enhancer | images | worst low-pass | worst voids | worst grid | worst abs bias | all pass | ms/image |",
