@@ -81,6 +81,24 @@ def count_params(module: nn.Module) -> int:
     return int(sum(p.numel() for p in module.parameters() if p.requires_grad))
 
 
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """In an eval-mode module, fold each BatchNorm2d that directly follows a Conv2d in an nn.Sequential into
+    that convolution (the BN becomes an Identity), in place; returns the module.
+
+    Why: at inference BN is a per-channel affine map, so the fused convolution computes the same function
+    (up to float rounding) without a full pass over the activations: ~10 % of ncdn's CPU time.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                seq[i] = fuse_conv_bn_eval(conv, bn)
+                seq[i + 1] = nn.Identity()
+    return module
+
+
 class TrainedModel(ModelEnhancer):
     """An architecture with verified weights, in eval mode, ready for the pipeline."""
 
@@ -100,4 +118,4 @@ class TrainedModel(ModelEnhancer):
         module.eval()
         for p in module.parameters():
             p.requires_grad_(False)
-        self.module: torch.nn.Module = module
+        self.module: torch.nn.Module = fold_batchnorm(module)
