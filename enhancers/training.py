@@ -44,6 +44,14 @@ from enhancers.store import WEIGHTS_DIR, save_state_dict, update_manifest, write
 
 FloatArray = npt.NDArray[np.float32]
 
+#: The noise-conditioned recipes' degradations: a continuum of levels from none (identity pairs, see
+#: `Degradations`) to strong low dose, on real images only.
+CONDITIONED_DEGRADATIONS: dict[str, Any] = {
+    "ct_i0": (5e3, 1e4, 2e4, 4e4, 1e5, 3e5, 1e6),
+    "mr_sigma": (0.002, 0.08),
+    "identity_share": 0.15,
+}
+
 #: Per-architecture training recipes (the shipped weights were trained with these unless their card says
 #: otherwise). `steps` optimiser steps make one epoch. Sized for a 2-core CPU: minutes, not hours.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -56,9 +64,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "lr": 1e-3,
         "loss": "l1",
         "config": {},
-        "ct_i0": (5e3, 1e4, 2e4, 4e4, 1e5, 3e5, 1e6),
-        "mr_sigma": (0.002, 0.08),
-        "identity_share": 0.15,
+        **CONDITIONED_DEGRADATIONS,
     },
     "unet": {"epochs": 12, "steps": 60, "patch": 64, "batch": 16, "lr": 1e-3, "loss": "l1", "config": {}},
     "dncnn": {
@@ -83,7 +89,6 @@ RECIPES: dict[str, dict[str, Any]] = {
         "config": {"blocks": 8, "features": 64},
     },
     "fastsr": {"epochs": 12, "steps": 100, "patch": 96, "batch": 16, "lr": 1e-3, "loss": "l1", "config": {}},
-    # Noise-conditioned: a continuum of levels from none (identity pairs) to strong low dose, real images only.
     "ncdn": {
         "epochs": 16,
         "steps": 100,
@@ -92,9 +97,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "lr": 1e-3,
         "loss": "l1",
         "config": {},
-        "ct_i0": (5e3, 1e4, 2e4, 4e4, 1e5, 3e5, 1e6),
-        "mr_sigma": (0.002, 0.08),
-        "identity_share": 0.15,
+        **CONDITIONED_DEGRADATIONS,
     },
 }
 

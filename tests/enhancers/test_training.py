@@ -170,3 +170,27 @@ def test_adversarial_training_marks_hallucination_risk(tmp_path: Path) -> None:
         }
     finally:
         registry.unregister("smoke-gan")
+
+
+def test_noise_conditioned_training_on_every_patient(tmp_path: Path) -> None:
+    code = cli_main(
+        [
+            "train", "--model", "ncdn", "--modality", "MR", "--name", "smoke-ncdn", "--epochs", "1",
+            "--steps", "2", "--patch", "32", "--batch", "2", "--device", "cpu", "--threads", "1",
+            "--all-patients", "--out", str(tmp_path), "--quiet",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    card = json.loads((tmp_path / "smoke-ncdn.card.json").read_text())
+    assert card["data"]["split_rule"].startswith("every patient")
+    sources = set(card["training"]["train_sources"])
+    assert {"mr-shoulder", "mr-head-emri"} <= sources  # test and validation patients train too
+    assert not {"mr-pair-a", "mr-colin27-ch2"} & sources  # never the real-noise pair nor a template
+    assert "left as they are" in card["training"]["degradations"]["MR"]  # the identity pairs
+    names = register_shipped(tmp_path)
+    try:
+        pipe = Pipeline("smoke-ncdn", device="cpu")
+        assert pipe.conditioned
+    finally:
+        for n in names:
+            registry.unregister(n)
