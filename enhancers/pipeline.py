@@ -23,7 +23,8 @@ from enhancers.noise import NoiseEstimate, estimate_noise
 from enhancers.registry import EnhancerInfo
 
 #: The range of a route's `strength`: 0 leaves the image as received, 1 removes the estimated noise, 2 acts
-#: as if there were twice as much (smoother). Beyond 2 a conditioned model is far outside what it was trained on.
+#: as if there were twice as much (smoother; see `Pipeline.run`). Beyond 2 a conditioned model is far outside
+#: what it was trained on.
 STRENGTH_RANGE: tuple[float, float] = (0.0, 2.0)
 
 
@@ -136,9 +137,10 @@ class Pipeline:
         `noise`: the series' noise (`enhancers.noise.estimate_noise` over the whole series, which the worker
         computes once); None estimates it from `slices`. Conditioned models and `nlm` use it. `strength` (see
         `STRENGTH_RANGE`): up to 1 the output is blended, input + strength * (output - input), so 0 is the
-        received image (up to float rounding, which rounding to stored values removes) and every value in between is a convex mix (no new structure); above 1 a
-        conditioned model is told the noise is `strength` times the estimate (FFDNet's use of its noise map:
-        smoother), and any other model's correction is extrapolated. Above 1 the network works outside the
+        received image (up to float rounding, which rounding to stored values removes) and every value in
+        between is a convex mix (no new structure); above 1 a conditioned model is told the noise is
+        `strength` times the estimate (FFDNet's use of its noise map: smoother), and any other enhancer's
+        correction is extrapolated. Above 1 the network works outside the
         levels it was trained on for noisy series: the QA gate is what catches a strength set too high.
         sr2x ignores it.
         """
@@ -175,7 +177,7 @@ class Pipeline:
             y = self._run_model(x, level=max(strength, 1.0) * sigma / norm.scale)
         else:
             y = self._run_model(x)
-        blend = strength if (self.conditioned and strength < 1.0) or not self.conditioned else 1.0
+        blend = 1.0 if self.conditioned and strength >= 1.0 else strength  # a conditioned model used the level
         if self.info.scale == 1 and blend != 1.0:
             y = x + np.float32(blend) * (y - x)
         out = np.clip(norm.inverse(y), lo, hi).astype(np.float32)
