@@ -18,9 +18,11 @@ import numpy.typing as npt
 from skimage.metrics import structural_similarity
 
 
-def _pair(reference: npt.ArrayLike, test: npt.ArrayLike, data_range: float) -> tuple[np.ndarray, np.ndarray]:
-    ref = np.asarray(reference, dtype=np.float64)
-    tst = np.asarray(test, dtype=np.float64)
+def _pair(
+    reference: npt.ArrayLike, test: npt.ArrayLike, data_range: float, dtype: type[np.floating] = np.float64
+) -> tuple[np.ndarray, np.ndarray]:
+    ref = np.asarray(reference, dtype=dtype)
+    tst = np.asarray(test, dtype=dtype)
     if ref.shape != tst.shape:
         raise ValueError(f"reference shape {ref.shape} differs from test shape {tst.shape}")
     if ref.ndim not in (2, 3):
@@ -50,6 +52,69 @@ def ssim(reference: np.ndarray, test: np.ndarray, data_range: float) -> float:
         float(structural_similarity(r, t, data_range=float(data_range), win_size=7))  # type: ignore[no-untyped-call]
         for r, t in zip(stack_ref, stack_tst, strict=True)
     ]
+    return float(np.mean(values))
+
+
+def ssim_fast(reference: np.ndarray, test: np.ndarray, data_range: float) -> float:
+    """`ssim` in float32 with running sums: the same formula, within 1e-5 of it, about 5x faster.
+
+    Why: the worker scores every derived slice against its input (the INPUT SSIM each derived object carries
+    and the QA gate's ssim check), and scikit-image's float64 SSIM took ~35 ms per 512x512 slice, more than
+    a fast denoiser's compute on a GPU by far (issue 19). Here the 7x7 box means are 12 shifted float32 adds
+    over the valid region only (the region `ssim` keeps after cropping), on values centred on the
+    reference's mean (variances and covariance do not depend on the centre, so centring removes float32's
+    cancellation of large means); the luminance term is written 1 - (mx - my)^2 / (mx^2 + my^2 + C1), which
+    equals (2 mx my + C1) / (mx^2 + my^2 + C1) without its cancellation. Agreement with `ssim` on the real CT,
+    MR and CR slices: within 2e-6 (tests/enhancers/test_metrics.py). Evaluation keeps `ssim`.
+    """
+    ref_all, tst_all = _pair(reference, test, data_range, np.float32)
+    stack_ref = ref_all[None] if ref_all.ndim == 2 else ref_all
+    stack_tst = tst_all[None] if tst_all.ndim == 2 else tst_all
+    h, w = stack_ref.shape[1:]
+    if min(h, w) < 7:
+        raise ValueError(f"SSIM needs slices of at least 7x7 pixels, got {(h, w)}")
+    c1 = np.float32((0.01 * float(data_range)) ** 2)
+    c2 = np.float32((0.03 * float(data_range)) ** 2)
+    k = np.float32(49.0 / 48.0)  # sample covariance over the 49 pixels of the window, as scikit-image
+    values: list[float] = []
+    maps = np.empty((5, h, w), dtype=np.float32)
+    for ref, tst in zip(stack_ref, stack_tst, strict=True):
+        centre = np.float32(ref.mean())
+        x, y = maps[0], maps[1]
+        np.subtract(ref, centre, out=x, casting="unsafe")
+        np.subtract(tst, centre, out=y, casting="unsafe")
+        np.multiply(x, x, out=maps[2])
+        np.multiply(y, y, out=maps[3])
+        np.multiply(x, y, out=maps[4])
+        rows = maps[..., 0 : w - 6].copy()
+        for d in range(1, 7):
+            rows += maps[..., d : w - 6 + d]
+        box = rows[:, 0 : h - 6].copy()
+        for d in range(1, 7):
+            box += rows[:, d : h - 6 + d]
+        box *= np.float32(1.0 / 49.0)
+        ux, uy, uxx, uyy, uxy = box
+        uxx -= ux * ux
+        uyy -= uy * uy
+        uxy -= ux * uy
+        uxy *= 2 * k
+        uxy += c2
+        uxx += uyy
+        uxx *= k
+        uxx += c2
+        uxy /= uxx  # contrast-structure: (2 cov + C2) / (var x + var y + C2)
+        diff = ux - uy
+        diff *= diff
+        ux += centre
+        uy += centre
+        ux *= ux
+        uy *= uy
+        ux += uy
+        ux += c1
+        diff /= ux
+        np.subtract(np.float32(1.0), diff, out=diff)  # luminance
+        uxy *= diff
+        values.append(float(uxy.mean(dtype=np.float64)))
     return float(np.mean(values))
 
 
