@@ -30,10 +30,10 @@ from structlog.contextvars import bound_contextvars
 from dicom_utils.classify import skip_reason
 from dicom_utils.derive import derived_series_uid, derived_sop_uid, mark_series_qa
 from dicom_utils.errors import DicomUtilsError
-from dicom_utils.pixels import modality_frames, value_range
+from dicom_utils.pixels import frame_rescale, modality_frames, stored_range, value_range
 from dicom_utils.private_tags import set_qa_flag
 from enhancers.noise import NoiseEstimate, estimate_noise
-from enhancers.pipeline import Pipeline
+from enhancers.pipeline import Pipeline, StoredGrid
 from enhancers.registry import EnhancerInfo, modality_group
 from enhancers.registry import info as enhancer_info
 from gateway import logs, routing
@@ -156,6 +156,26 @@ def _prefetch(items: Iterator[T], depth: int) -> Generator[T, None, None]:
         thread.join()
 
 
+def _stored_grid(batch: list[_Decoded]) -> StoredGrid:
+    """Each frame's stored grid (Rescale Slope/Intercept, stored range), so the pipeline rounds on the device.
+
+    Why: the metrics and the QA gate then judge exactly the pixels the derived object will hold, and the
+    rounding runs beside the model (on the GPU when there is one) instead of after it on the host.
+    """
+    slopes: list[float] = []
+    intercepts: list[float] = []
+    lows: list[float] = []
+    highs: list[float] = []
+    for item in batch:
+        low, high = stored_range(item.ds)
+        for slope, intercept in frame_rescale(item.ds):
+            slopes.append(slope)
+            intercepts.append(intercept)
+            lows.append(float(low))
+            highs.append(float(high))
+    return StoredGrid(tuple(slopes), tuple(intercepts), tuple(lows), tuple(highs))
+
+
 class ServiceGone(Exception):
     """The service that spawned this worker died: stop now, its successor re-runs the job."""
 
@@ -254,7 +274,12 @@ class Worker:
                 stack = np.concatenate([d.frames for d in batch])
                 t0 = time.monotonic()
                 out = pipe.run(
-                    stack, modality=job.modality, value_range=batch[0].vrange, noise=noise, strength=strength
+                    stack,
+                    modality=job.modality,
+                    value_range=batch[0].vrange,
+                    noise=noise,
+                    strength=strength,
+                    stored=_stored_grid(batch),
                 )
                 took = time.monotonic() - t0
                 compute += took
