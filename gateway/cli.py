@@ -370,8 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from enhancers.cli import add_commands
     from gateway.web.command import add_command as add_web_command
+    from gateway.web.users import add_command as add_users_command
 
     add_web_command(sub)
+    add_users_command(sub)
     add_commands(sub)
     return parser
 

@@ -140,6 +140,29 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """The web console (`enhance-gateway web`): where it listens, HTTPS, sessions, limits.
+
+    Why limits here: the console holds uploads (PHI) in memory only, so the bounds on what one upload and all
+    kept uploads may take are what keep it from starving the gateway beside it. `cert`/`key` (PEM) turn on
+    HTTPS; a non-loopback `host` is refused without them. `actions_per_minute` bounds state-changing requests
+    per user; `login_failures` failed logins per user (and per client address) in 5 minutes lock that name
+    (address) out for the rest of the window.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    cert: Path | None = None
+    key: Path | None = None
+    session_hours: float = 12.0
+    max_upload_mb: int = 256
+    max_upload_megapixels: float = 30.0
+    max_kept_mb: int = 1024
+    actions_per_minute: int = 20
+    login_failures: int = 5
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the gateway needs, validated."""
 
@@ -160,6 +183,7 @@ class Settings:
     enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     qa: QaSettings = field(default_factory=QaSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     plugins: tuple[str, ...] = ()  # modules imported by workers and `config check` (site enhancers)
     source_file: Path | None = None
 
@@ -382,7 +406,8 @@ def _env_overrides(gw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any
 def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
     """Build validated Settings from a parsed TOML document."""
     _reject_unknown(
-        data, {"gateway", "destinations", "sources", "routes", "sender", "enhance", "metrics", "qa"}, "the top level"
+        data, {"gateway", "destinations", "sources", "routes", "sender", "enhance", "metrics", "qa", "web"},
+        "the top level",
     )
     gw = _env_overrides(data.get("gateway", {}), dict(os.environ) if environ is None else environ)
     known = {
@@ -475,8 +500,33 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
         enhance=enhance,
         metrics=metrics,
         qa=qa,
+        web=_web(data.get("web", {}), var_dir),
         plugins=tuple(plugins),
         source_file=source,
+    )
+
+
+def _web(raw: Any, var_dir: Path) -> WebSettings:
+    """The `[web]` table: cert and key come together or not at all (a half-configured HTTPS is an error)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("[web] must be a table")
+    _reject_unknown(raw, {f.name for f in WebSettings.__dataclass_fields__.values()}, "[web]")
+    cert = _path(raw["cert"], "web.cert", var_dir) if raw.get("cert") else None
+    key = _path(raw["key"], "web.key", var_dir) if raw.get("key") else None
+    if (cert is None) != (key is None):
+        raise ConfigError("[web] cert and key go together: set both (PEM files) for HTTPS, or neither")
+    megapixels = _number(raw.get("max_upload_megapixels", 30.0), "web.max_upload_megapixels", 0.01)
+    return WebSettings(
+        host=_str(raw.get("host", "127.0.0.1"), "web.host"),
+        port=_port(raw.get("port", 8080), "web.port"),
+        cert=cert,
+        key=key,
+        session_hours=_number(raw.get("session_hours", 12.0), "web.session_hours", 0.01),
+        max_upload_mb=_int(raw.get("max_upload_mb", 256), "web.max_upload_mb", 1),
+        max_upload_megapixels=megapixels,
+        max_kept_mb=_int(raw.get("max_kept_mb", 1024), "web.max_kept_mb", 1),
+        actions_per_minute=_int(raw.get("actions_per_minute", 20), "web.actions_per_minute", 1),
+        login_failures=_int(raw.get("login_failures", 5), "web.login_failures", 1),
     )
 
 

@@ -45,6 +45,35 @@ _ADDED_JOB_COLUMNS: tuple[tuple[str, str], ...] = (
     ("reviewed_at", "REAL"),        # when an admin released or rejected a held job
 )
 
+#: Roles of the web console's users: `viewer` reads jobs and tries enhancers; `admin` also retries,
+#: reprocesses, releases and rejects jobs.
+USER_ROLES = ("viewer", "admin")
+
+#: Tables added after the first release (console users and the audit log of their actions), created on an
+#: existing database at start-up like the added job columns (IF NOT EXISTS: idempotent, keeps every row).
+_ADDED_TABLES = """
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    password_hash TEXT NOT NULL,    -- argon2id, PHC string (never the password)
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    last_login_at REAL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,            -- console user name, or cli:<os user> for the command line
+    role TEXT,
+    action TEXT NOT NULL,           -- login, login_failed, logout, upload, retry, reprocess, release, reject, user_add...
+    target TEXT,                    -- job id, user name, upload token: never a patient field
+    outcome TEXT NOT NULL,          -- ok, refused, error
+    source TEXT,                    -- client address, or cli
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
+"""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
     series_uid TEXT PRIMARY KEY,
@@ -186,6 +215,33 @@ class Instance:
 
 
 @dataclass(frozen=True)
+class User:
+    """A console user: the hash is argon2id (see gateway.web.auth); the password itself is never stored."""
+
+    name: str
+    role: str
+    password_hash: str
+    created_at: float
+    updated_at: float
+    last_login_at: float | None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One admin action: who (actor, role), what (action, target, outcome, detail), when (at), from where."""
+
+    id: int
+    at: float
+    actor: str
+    role: str | None
+    action: str
+    target: str | None
+    outcome: str
+    source: str | None
+    detail: str | None
+
+
+@dataclass(frozen=True)
 class Delivery:
     job_id: int
     destination: str
@@ -228,6 +284,7 @@ class State:
 
     def _migrate(self) -> None:
         """Add the columns newer versions need to a database an older version created (idempotent)."""
+        self._db.executescript(_ADDED_TABLES)
         with self._tx() as db:
             have = {str(r["name"]) for r in db.execute("PRAGMA table_info(jobs)")}
             for name, kind in _ADDED_JOB_COLUMNS:
@@ -772,3 +829,70 @@ class State:
 
     def instance_count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM instances")[0][0])
+
+    # --- console users and audit log ------------------------------------------------------------------
+
+    def users(self) -> list[User]:
+        return [User(**dict(r)) for r in self._query("SELECT * FROM users ORDER BY name")]
+
+    def user(self, name: str) -> User | None:
+        rows = self._query("SELECT * FROM users WHERE name = ?", (name,))
+        return User(**dict(rows[0])) if rows else None
+
+    def add_user(self, name: str, role: str, password_hash: str) -> User:
+        """A new user; StateError when the name is taken (change a password with `set_password`)."""
+        if role not in USER_ROLES:
+            raise StateError(f"role {role!r} is not one of {', '.join(USER_ROLES)}")
+        now = time.time()
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
+                raise StateError(f"user {name!r} exists: `enhance-gateway users passwd {name}` sets a new password")
+            db.execute(
+                "INSERT INTO users (name, role, password_hash, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (name, role, password_hash, now, now),
+            )
+        user = self.user(name)
+        assert user is not None
+        return user
+
+    def set_password(self, name: str, password_hash: str, role: str | None = None) -> None:
+        """Replace a user's hash (and role when given); StateError when there is no such user."""
+        if role is not None and role not in USER_ROLES:
+            raise StateError(f"role {role!r} is not one of {', '.join(USER_ROLES)}")
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE users SET password_hash = ?, role = COALESCE(?, role), updated_at = ? WHERE name = ?",
+                (password_hash, role, time.time(), name),
+            )
+            if cur.rowcount == 0:
+                raise StateError(f"no user {name!r}: `enhance-gateway users list` shows who exists")
+
+    def remove_user(self, name: str) -> None:
+        with self._tx() as db:
+            if db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
+                raise StateError(f"no user {name!r}: `enhance-gateway users list` shows who exists")
+
+    def note_login(self, name: str) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE users SET last_login_at = ? WHERE name = ?", (time.time(), name))
+
+    def record_audit(
+        self, actor: str, action: str, *, outcome: str = "ok", role: str | None = None, target: str | None = None,
+        source: str | None = None, detail: str | None = None,
+    ) -> int:
+        """Append one audit row (never updated or deleted by the gateway); returns its id."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO audit (at, actor, role, action, target, outcome, source, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), actor, role, action, target, outcome, source, detail),
+            )
+            return int(cur.lastrowid or 0)
+
+    def audit(self, limit: int = 100, actor: str | None = None) -> list[AuditEntry]:
+        """The newest audit rows first."""
+        if actor is None:
+            rows = self._query("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._query("SELECT * FROM audit WHERE actor = ? ORDER BY id DESC LIMIT ?", (actor, limit))
+        return [AuditEntry(**dict(r)) for r in rows]

@@ -28,6 +28,11 @@ a { color: #8cc4ff; }
 form.upload { display: grid; grid-template-columns: 170px 1fr; gap: 10px 14px; align-items: center;
               max-width: 860px; }
 form.upload label { color: var(--muted); }
+form.login { display: grid; grid-template-columns: 170px 1fr; gap: 10px 14px; align-items: center; max-width: 520px; }
+form.login label { color: var(--muted); }
+form.userbar { margin-left: auto; display: flex; gap: 10px; align-items: center; }
+input[type=text], input[type=password] { background: #2a2e35; color: var(--text);
+       border: 1px solid var(--line); border-radius: 4px; padding: 5px 7px; font: inherit; }
 select, input[type=number], input[type=file] { background: #2a2e35; color: var(--text);
        border: 1px solid var(--line); border-radius: 4px; padding: 5px 7px; font: inherit; }
 button, .button { background: var(--accent); color: #111; border: 0; border-radius: 4px; padding: 7px 14px;
@@ -159,11 +164,18 @@ JS = r"""
       errorBox.classList.add("hidden");
       const file = $("#file").files[0];
       if (!file) { showError(errorBox, "Choose a DICOM, PNG or JPEG file first."); return; }
+      const maxBytes = Number(form.dataset.maxBytes || 0);
+      if (maxBytes && file.size > maxBytes) {
+        showError(errorBox, "The file is larger than " + Math.round(maxBytes / 1048576) + " MB, the most this console takes.");
+        return;
+      }
       const button = $("button[type=submit]", form);
       button.disabled = true;
       const xhr = new XMLHttpRequest();
       xhr.open("POST", form.action);
       xhr.setRequestHeader("Accept", "application/json");
+      // the token as a header too: the console checks it before it reads a byte of the file
+      xhr.setRequestHeader("X-CSRF-Token", $("input[name=csrf]", form).value);
       xhr.upload.addEventListener("progress", (e) => {
         if (e.lengthComputable) {
           setProgress(progress, 0.05 * e.loaded / e.total, "uploading " + Math.round(100 * e.loaded / e.total) + " %", false);

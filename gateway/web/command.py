@@ -19,8 +19,11 @@ DEFAULT_PORT = 8080
 
 def add_options(p: argparse.ArgumentParser) -> None:
     """The console's own options (also used by `python -m gateway.web`)."""
-    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
-    p.add_argument("--port", dest="web_port", metavar="PORT", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
+    p.add_argument("--host", default=None,
+                   help=f"address to bind (default [web] host, else {DEFAULT_HOST}: this machine only; another "
+                   "address needs [web] cert and key)")
+    p.add_argument("--port", dest="web_port", metavar="PORT", type=int, default=None,
+                   help=f"TCP port (default [web] port, else {DEFAULT_PORT})")
     p.add_argument("--var-dir", type=Path, help="override gateway.var_dir (the gateway's state and spool)")
     p.set_defaults(func=run_command)
 
@@ -41,12 +44,14 @@ def run_command(args: argparse.Namespace) -> int:
     var_dir: Path | None = getattr(args, "var_dir", None)
     if var_dir is not None:
         cfg = cfg.with_overrides(var_dir=var_dir)
-    if not 0 <= args.web_port <= 65535:
-        raise GatewayError(f"--port {args.web_port}: a TCP port is an integer from 0 to 65535")
+    host = args.host if args.host is not None else cfg.web.host
+    port = args.web_port if args.web_port is not None else cfg.web.port
+    if not 0 <= port <= 65535:
+        raise GatewayError(f"--port {port}: a TCP port is an integer from 0 to 65535")
     try:
-        serve(cfg, args.host, args.web_port)
+        serve(cfg, host, port)
     except OSError as exc:
         raise GatewayError(
-            f"cannot listen on {args.host}:{args.web_port}: {exc.strerror or exc}; pick another --port"
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another --port ([web] port)"
         ) from None
     return 0

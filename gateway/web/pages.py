@@ -12,6 +12,7 @@ import json
 import math
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from html import escape
 from urllib.parse import quote
 
@@ -64,20 +65,42 @@ def number(value: object, digits: int = 2, unit: str = "") -> str:
     return f"{x:.{digits}f}{unit}"
 
 
-def layout(title: str, body: str, *, active: str, page: str, listen: str) -> str:
-    """The frame of every page: header with navigation, main content, footer."""
+@dataclass(frozen=True)
+class Who:
+    """The logged-in user a page is for: shown in the header (with Log out), and which actions it offers."""
+
+    name: str
+    role: str
+    csrf: str
+
+    @property
+    def admin(self) -> bool:
+        return self.role == "admin"
+
+
+def _user_bar(who: Who | None) -> str:
+    if who is None:
+        return ""
+    return f"""<form method="post" action="/logout" class="userbar"><input type="hidden" name="csrf"
+value="{esc(who.csrf)}"><span id="user">{esc(who.name)} <span class="muted">({esc(who.role)})</span></span>
+<button type="submit" id="logout" class="secondary">Log out</button></form>"""
+
+
+def layout(title: str, body: str, *, active: str, page: str, listen: str, who: Who | None = None) -> str:
+    """The frame of every page: header with navigation and the user (when logged in), content, footer."""
+    links = (("upload", "/", "Try an enhancer"), ("jobs", "/jobs", "Jobs")) if who is not None else ()
     nav = "".join(
         f'<a href="{href}" class="{"active" if key == active else ""}">{label}</a>'
-        for key, href, label in (("upload", "/", "Try an enhancer"), ("jobs", "/jobs", "Jobs"))
+        for key, href, label in links
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="referrer" content="no-referrer">
+<meta name="referrer" content="same-origin">
 <title>{esc(title)} · enhance-gateway</title>
 <link rel="stylesheet" href="/static/console.css">
 </head><body data-page="{esc(page)}">
-<header><span class="brand">enhance-gateway console</span><nav>{nav}</nav></header>
+<header><span class="brand">enhance-gateway console</span><nav>{nav}</nav>{_user_bar(who)}</header>
 <main>{body}</main>
 <footer>enhance-gateway {esc(__version__)} · console on {esc(listen)} · images uploaded here stay in memory,
 never on disk</footer>
@@ -86,12 +109,14 @@ never on disk</footer>
 """
 
 
-def error_page(title: str, message: str, *, listen: str, back: str = "/", back_label: str = "Back") -> str:
+def error_page(
+    title: str, message: str, *, listen: str, back: str = "/", back_label: str = "Back", who: Who | None = None
+) -> str:
     """A page that says what went wrong and where to go from here."""
     body = f"""<h1>{esc(title)}</h1>
 <div class="alert error" role="alert" id="error-message">{esc(message)}</div>
 <p><a class="button secondary" href="{esc(back)}">{esc(back_label)}</a></p>"""
-    return layout(title, body, active="", page="error", listen=listen)
+    return layout(title, body, active="", page="error", listen=listen, who=who)
 
 
 #: (label, DICOM Modality) of the modality groups the console recommends an enhancer for.
@@ -142,16 +167,19 @@ def enhancer_options(infos: Sequence[EnhancerInfo]) -> str:
     )
 
 
-def upload_page(infos: Sequence[EnhancerInfo], *, csrf: str, max_mb: int, listen: str) -> str:
+def upload_page(infos: Sequence[EnhancerInfo], *, csrf: str, max_mb: int, listen: str, who: Who | None = None,
+                max_megapixels: float = 30.0) -> str:
     """The form: a file, the task, the enhancer (or the gateway's default), what a PNG/JPEG is like."""
     options = [enhancer_options(infos)]
     modalities = "".join(f'<option value="{k}">{esc(v)}</option>' for k, v in IMAGE_MODALITIES.items())
     body = f"""<h1>Try an enhancer on one image</h1>
 <p class="muted">Upload a DICOM image (CT, MR, CR, DX, MG) to see what the gateway would send to PACS: the original,
 the enhanced image and their difference, the PSNR/SSIM written in the private tags, and the derived DICOM object.
-A PNG or JPEG gives a quick look (no DICOM object). At most {max_mb} MB.</p>
+A PNG or JPEG gives a quick look (no DICOM object). At most {max_mb} MB and {max_megapixels:g} megapixels
+(super-resolution: a quarter of that).</p>
 <div class="card">
-<form class="upload" method="post" action="/upload" enctype="multipart/form-data">
+<form class="upload" method="post" action="/upload" enctype="multipart/form-data"
+      data-max-bytes="{max_mb << 20}">
 <input type="hidden" name="csrf" value="{esc(csrf)}">
 <label for="file">Image file</label>
 <input type="file" id="file" name="file" required
@@ -170,17 +198,17 @@ A PNG or JPEG gives a quick look (no DICOM object). At most {max_mb} MB.</p>
 <div class="stage muted"></div></div>
 <div id="upload-error" class="alert error hidden" role="alert"></div>
 """
-    return layout("Try an enhancer", body, active="upload", page="upload", listen=listen)
+    return layout("Try an enhancer", body, active="upload", page="upload", listen=listen, who=who)
 
 
-def progress_page(upload: Upload, *, listen: str) -> str:
+def progress_page(upload: Upload, *, listen: str, who: Who | None = None) -> str:
     """Shown when an upload's page is opened before it is done (refreshes itself, with or without script)."""
     st = upload.status()
     body = f"""<noscript><meta http-equiv="refresh" content="2"></noscript>
 <h1>Enhancing…</h1>
 <div id="progress" class="progress" data-status="/api/uploads/{esc(upload.token)}" aria-live="polite">
 <div class="bar busy"><div></div></div><div class="stage muted">{esc(st["stage"])}</div></div>"""
-    return layout("Enhancing", body, active="upload", page="progress", listen=listen)
+    return layout("Enhancing", body, active="upload", page="progress", listen=listen, who=who)
 
 
 def _facts(rows: Iterable[tuple[str, str]]) -> str:
@@ -213,7 +241,7 @@ def _block_table(block: dict[str, object]) -> str:
     )
 
 
-def result_page(upload: Upload, *, listen: str) -> str:
+def result_page(upload: Upload, *, listen: str, who: Who | None = None) -> str:
     """The side-by-side viewer with metrics, window/level and zoom controls, downloads and details."""
     out = upload.outcome
     assert out is not None and upload.values is not None
@@ -322,7 +350,7 @@ done in {seconds(took)} · PSNR/SSIM as written in the private tags: {esc(basis)
 {"<h2>Derived object</h2><div class='card'>" + _facts(derived_rows) + "</div>" if derived_rows else ""}
 {_patient_block(patient_fields(upload.source), "from the uploaded file; the derived object keeps them")}
 """
-    return layout("Result", body, active="upload", page="result", listen=listen)
+    return layout("Result", body, active="upload", page="result", listen=listen, who=who)
 
 
 def _badge(state: str) -> str:
@@ -350,6 +378,7 @@ def jobs_page(
     *,
     state: str | None,
     listen: str,
+    who: Who | None = None,
 ) -> str:
     """Recent jobs with state, timings, destination results and errors; series still arriving on top."""
     now = time.time()
@@ -402,11 +431,12 @@ def jobs_page(
 {pending_html}
 <h2>Recent jobs</h2>
 <div class="card">{table}</div>"""
-    return layout(title, body, active="jobs", page="jobs", listen=listen)
+    return layout(title, body, active="jobs", page="jobs", listen=listen, who=who)
 
 
 def job_page(
-    view: JobView, *, csrf: str, flash: str | None, listen: str, enhancer_names: Sequence[str] = ()
+    view: JobView, *, csrf: str, flash: str | None, listen: str, enhancer_names: Sequence[str] = (),
+    who: Who | None = None,
 ) -> str:
     """One job: facts and timings, deliveries, metrics, before/after thumbnails, admin actions."""
     j = view.job
@@ -488,6 +518,9 @@ def job_page(
 <span class="muted">a new job over every instance of the series (same as <code>enhance-gateway reprocess
 {esc(j.study_uid)} --series {esc(j.series_uid)}</code>); another enhancer makes a new derived series</span>
 </form>"""
+    if who is not None and not who.admin:
+        action = ('<p class="muted" id="admin-only">Retry, reprocess, release and reject are for users with the '
+                  f'<code>admin</code> role; you are logged in as {esc(who.name)} ({esc(who.role)}).</p>')
     flash_html = f'<div class="alert info" id="flash" role="status">{esc(flash)}</div>' if flash else ""
     body = f"""<h1>Job {j.id} {_badge(j.state)}</h1>
 {flash_html}
@@ -502,7 +535,35 @@ spool)</h2>
 <h2>Admin</h2>
 <div class="card">{action}</div>
 <p><a href="/jobs">← all jobs</a></p>"""
-    return layout(f"Job {j.id}", body, active="jobs", page="job", listen=listen)
+    return layout(f"Job {j.id}", body, active="jobs", page="job", listen=listen, who=who)
 
 
-__all__ = ["JOB_STATES", "error_page", "job_page", "jobs_page", "progress_page", "result_page", "upload_page"]
+def login_page(*, csrf: str, listen: str, has_users: bool, message: str = "", name: str = "",
+               next_url: str = "/") -> str:
+    """The login form; with no user yet, the command that creates the first admin instead."""
+    if not has_users:
+        body = """<h1>No console users yet</h1>
+<div class="alert info" id="no-users" role="status">The console asks everyone to log in, and nobody can yet. On the
+gateway host, create the first admin (it asks for a password of at least 10 characters), then reload this page:
+<pre>enhance-gateway --config /etc/enhance-gateway/gateway.toml users add NAME --role admin</pre>
+Radiologists who only look at jobs and try enhancers get <code>--role viewer</code>.</div>"""
+        return layout("Log in", body, active="", page="login", listen=listen)
+    error = f'<div class="alert error" role="alert" id="login-error">{esc(message)}</div>' if message else ""
+    body = f"""<h1>Log in</h1>
+{error}
+<div class="card">
+<form class="login" method="post" action="/login">
+<input type="hidden" name="csrf" value="{esc(csrf)}">
+<input type="hidden" name="next" value="{esc(next_url)}">
+<label for="name">User</label>
+<input type="text" id="name" name="name" value="{esc(name)}" autocomplete="username" required autofocus>
+<label for="password">Password</label>
+<input type="password" id="password" name="password" autocomplete="current-password" required>
+<span></span><span><button type="submit" id="login">Log in</button></span>
+</form>
+</div>
+<p class="muted">Accounts are made on the gateway host with <code>enhance-gateway users add</code>.</p>"""
+    return layout("Log in", body, active="", page="login", listen=listen)
+
+
+__all__ = ["JOB_STATES", "Who", "error_page", "job_page", "jobs_page", "login_page", "progress_page", "result_page", "upload_page"]

@@ -2,7 +2,14 @@
 
 Why in memory and bounded: an uploaded DICOM file carries PHI, and the console is a place to try an enhancer,
 not an archive, so nothing uploaded is written to disk and only the last few results are kept (oldest
-evicted first, and after `MAX_AGE_SECONDS`). Why a background thread: enhancing a 2k x 2k radiograph takes
+evicted first, and after `MAX_AGE_SECONDS`). Why bounds in pixels and bytes, not only in count: one 6000 x
+6000 radiograph held about 630 MB once enhanced and peaked at 5 GB while enhancing, so eight kept uploads could
+starve the gateway beside the console. An upload is refused before its pixels are decoded when it has more
+pixels than `[web] max_upload_megapixels` (output pixels: sr2x counts four times), and admitted only when
+its estimated memory fits under `[web] max_kept_mb` with the uploads already kept (finished ones are evicted,
+oldest first, to make room; uploads still waiting are never evicted, so a full console says so). Once
+enhanced, an upload drops what the pages do not need (the pixel data of the source and of the derived
+dataset; the derived object stays as its Part 10 bytes). Why a background thread: enhancing a 2k x 2k radiograph takes
 seconds, and the page shows a progress indicator by polling the upload's stage instead of holding a request
 open. Uploads are known by a random token, never by anything taken from the file, so URLs and logs stay
 free of PHI.
@@ -17,6 +24,7 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,6 +128,7 @@ class Upload:
     invert: bool = False
     diff_limits: list[float] = field(default_factory=list)
     summary: dict[str, object] = field(default_factory=dict)
+    memory: int = 0  # bytes: estimated until enhanced, then measured (`_held_bytes`)
 
     @property
     def done(self) -> bool:
@@ -150,10 +159,15 @@ def _read_dicom(data: bytes) -> Dataset | None:
         return None
 
 
-def _read_image(data: bytes) -> tuple[npt.NDArray[np.float32], tuple[float, float], str, str]:
-    """A PNG/JPEG as float32 (1, H, W) grayscale values, their range, the stored dtype and a note."""
+def _read_image(
+    data: bytes, check_pixels: Callable[[int], int]
+) -> tuple[npt.NDArray[np.float32], tuple[float, float], str, str]:
+    """A PNG/JPEG as float32 (1, H, W) grayscale values, their range, the stored dtype and a note.
+
+    `check_pixels(width * height)` runs on the header, before the image is decoded (it raises to refuse)."""
     try:
         with Image.open(io.BytesIO(data)) as img:
+            check_pixels(img.width * img.height)
             img.load()
             note = ""
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -165,6 +179,8 @@ def _read_image(data: bytes) -> tuple[npt.NDArray[np.float32], tuple[float, floa
                     note = f"converted from {img.mode} to grayscale"
                 arr = np.asarray(img.convert("L"), dtype=np.int64)
                 dtype = "uint8"
+    except UploadError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise UploadError(f"the PNG/JPEG file cannot be decoded ({exc})") from None
     if arr.ndim != 2 or min(arr.shape) < 8:
@@ -173,11 +189,46 @@ def _read_image(data: bytes) -> tuple[npt.NDArray[np.float32], tuple[float, floa
     return arr.astype(np.float32)[np.newaxis], (0.0, top), dtype, note
 
 
-class UploadStore:
-    """Keeps the last uploads and enhances them one at a time on a daemon thread."""
+def _pixel_count(ds: Dataset) -> int:
+    """Pixels of all frames and samples of a DICOM image, from its header (nothing decoded)."""
+    def num(keyword: str, default: int) -> int:
+        try:
+            return max(int(ds.get(keyword, default) or default), 1)
+        except (TypeError, ValueError):
+            return default
+    return num("Rows", 0) * num("Columns", 0) * num("NumberOfFrames", 1) * num("SamplesPerPixel", 1)
 
-    def __init__(self, enhancer: Enhancer) -> None:
+
+def _drop_pixels(ds: Dataset | None) -> None:
+    """Remove the pixel data (and pydicom's decoded copy) from a dataset kept only for its header."""
+    if ds is None:
+        return
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in ds:
+            delattr(ds, keyword)
+
+
+def _held_bytes(upload: Upload) -> int:
+    """What a finished upload still holds in memory (arrays and bytes; headers are small)."""
+    total = 0 if upload.values is None else int(upload.values.nbytes)
+    out = upload.outcome
+    if out is not None:
+        total += int(out.enhanced.nbytes) + len(out.derived_bytes or b"")
+        if out.original is not upload.values:
+            total += int(out.original.nbytes)
+    return total + 64 * 1024
+
+
+class UploadStore:
+    """Keeps the last uploads and enhances them one at a time on a daemon thread.
+
+    `max_pixels`: output pixels one upload may have; `max_bytes`: estimated memory of all kept uploads.
+    """
+
+    def __init__(self, enhancer: Enhancer, *, max_pixels: int = 30_000_000, max_bytes: int = 1 << 30) -> None:
         self.enhancer = enhancer
+        self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
         self._uploads: OrderedDict[str, Upload] = OrderedDict()
         self._lock = threading.Lock()
         self._queue: queue.Queue[Upload | None] = queue.Queue()
@@ -191,11 +242,49 @@ class UploadStore:
         with self._lock:
             return self._uploads.get(token)
 
+    def held_bytes(self) -> int:
+        """Memory of the kept uploads: measured for finished ones, estimated for those still waiting."""
+        with self._lock:
+            return sum(u.memory for u in self._uploads.values())
+
+    def _check_pixels(self, pixels: int, task: str) -> int:
+        """The output pixel count of an upload of `pixels` input pixels; UploadError(413) above the cap."""
+        out = pixels * 4 if task == "sr2x" else pixels
+        if out > self.max_pixels:
+            what = f"{pixels / 1e6:.1f} megapixels" + (", four times that once super-resolved" if task == "sr2x" else "")
+            raise UploadError(
+                f"the image has {what}; this console enhances at most {self.max_pixels / 1e6:g} megapixels per "
+                "upload ([web] max_upload_megapixels): crop or downsample it"
+                + (", try denoise," if task == "sr2x" else ",") + " or ask an admin to raise the limit", 413)
+        return out
+
+    def _admit(self, upload: Upload) -> None:
+        """Keep `upload` if its memory fits beside the kept ones (evicting finished uploads, oldest first)."""
+        if upload.memory > self.max_bytes:
+            raise UploadError(
+                f"enhancing this image needs about {upload.memory >> 20} MB, more than the console keeps for all "
+                f"uploads together ([web] max_kept_mb = {self.max_bytes >> 20}): use a smaller image", 413)
+        with self._lock:
+            self._evict()
+            for token in [t for t, u in self._uploads.items() if u.done]:
+                if sum(u.memory for u in self._uploads.values()) + upload.memory <= self.max_bytes:
+                    break
+                del self._uploads[token]
+            held = sum(u.memory for u in self._uploads.values())
+            if held + upload.memory > self.max_bytes:
+                raise UploadError(
+                    f"the console is busy with other uploads ({held >> 20} MB of the {self.max_bytes >> 20} MB it "
+                    f"keeps for uploads, [web] max_kept_mb; this one needs about {upload.memory >> 20} MB): try "
+                    "again when they are done", 503)
+            self._uploads[upload.token] = upload
+            self._evict()
+
     def submit(self, data: bytes, *, choice: str, task: str, image_modality: str) -> Upload:
         """Check the file, keep it and queue it; UploadError (with an HTTP status) says why it was refused."""
         if not data:
             raise UploadError("the file is empty: choose a DICOM, PNG or JPEG file", 400)
-        waiting = sum(1 for u in list(self._uploads.values()) if not u.done)
+        with self._lock:
+            waiting = sum(1 for u in self._uploads.values() if not u.done)
         if waiting >= MAX_WAITING:
             raise UploadError(f"{waiting} uploads are already waiting: try again when they are done", 503)
         upload = Upload(
@@ -209,11 +298,16 @@ class UploadStore:
                     f"this DICOM file cannot be enhanced: {reason}. The console enhances grayscale CT, MR, CR, DX "
                     "and MG images, as the gateway does"
                 )
+            pixels = _pixel_count(ds)
+            out = self._check_pixels(pixels, task)
+            # the file (pixel data until enhanced), float32 values in and out, the derived object's bytes
+            upload.memory = len(data) + pixels * 4 + out * 4 + out * 2
             upload.source = ds
             upload.modality = str(ds.get("Modality", "") or "OT").upper()
             upload.summary = safe_summary(ds)
         elif data.startswith((_PNG_MAGIC, _JPEG_MAGIC)):
-            values, vrange, dtype, note = _read_image(data)
+            values, vrange, dtype, note = _read_image(data, lambda pixels: self._check_pixels(pixels, task))
+            upload.memory = int(values.nbytes) * (5 if task == "sr2x" else 2)
             upload.kind = "image"
             upload.values, upload.vrange, upload.source_dtype, upload.note = values, vrange, dtype, note
             upload.modality = image_modality if image_modality in IMAGE_MODALITIES else "OT"
@@ -229,15 +323,14 @@ class UploadStore:
                 "upload a DICOM image (.dcm) or a PNG/JPEG",
                 415,
             )
-        with self._lock:
-            self._uploads[upload.token] = upload
-            self._evict()
+        self._admit(upload)
         log.info(
             "web.upload_received",
             upload=upload.token,
             kind=upload.kind,
             modality=upload.modality,
             bytes=len(data),
+            reserved_mb=round(upload.memory / 2**20, 1),
             sop_class=upload.summary.get("sop_class"),
             transfer_syntax=upload.summary.get("transfer_syntax"),
         )
@@ -297,7 +390,10 @@ class UploadStore:
                 difference_limit(difference(upload.values[i], outcome.enhanced[i]))
                 for i in range(upload.values.shape[0])
             ]
+            _drop_pixels(upload.source)  # the pages read its header only
+            _drop_pixels(outcome.derived)  # its Part 10 bytes are what is downloaded
             upload.outcome = outcome
+            upload.memory = _held_bytes(upload)
             upload.stage, upload.progress = "done", 1.0
             log.info(
                 "web.upload_enhanced",
@@ -324,3 +420,6 @@ class UploadStore:
             upload.finished = time.time()
             if upload.error is not None:
                 upload.stage = "failed"
+                upload.values, upload.outcome = None, None  # an error page needs none of it
+                _drop_pixels(upload.source)
+                upload.memory = 64 * 1024

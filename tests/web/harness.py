@@ -1,7 +1,9 @@
 """Real browser, real console: headless Debian Chromium driven by Selenium, the console as a child process.
 
 Why a child process: its stdout is exactly the log an admin's journal would hold, so the PHI test reads it;
-and the pages are served by the same code path as `enhance-gateway web`. Why Debian's chromium and
+and the pages are served by the same code path as `enhance-gateway web`. Every console needs a login: the
+harness creates its users with the real `enhance-gateway users add` command before starting it, and logs
+browsers and `requests` sessions in through the login form, as a person would. Why Debian's chromium and
 chromedriver with explicit paths: nothing may be downloaded at test time (Selenium Manager stays unused).
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import requests
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -32,13 +36,30 @@ ARTIFACTS = REPO / "test-artifacts" / "web"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 INSTALL_HINT = "apt-get install -y chromium chromium-driver && .venv/bin/pip install selenium"
+#: The users every test console gets: name -> (role, password).
+USERS: dict[str, tuple[str, str]] = {
+    "ada": ("admin", "admin-pass-0123"),
+    "vic": ("viewer", "viewer-pass-0123"),
+}
 
 
-def write_config(path: Path, var_dir: Path) -> Path:
-    """A minimal gateway config for a console that has no gateway beside it (uploads only)."""
+def add_user(config: Path, name: str, role: str, password: str) -> subprocess.CompletedProcess[str]:
+    """`enhance-gateway users add NAME --role ROLE --password-stdin`, as an admin would run it."""
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "--config", str(config), "users", "add", name, "--role", role,
+         "--password-stdin"],
+        input=password + "\n", capture_output=True, text=True, env=env, timeout=120, check=False,
+    )
+
+
+def write_config(path: Path, var_dir: Path, web: str = "") -> Path:
+    """A minimal gateway config for a console that has no gateway beside it (uploads only); `web`: the body of
+    a `[web]` table."""
     path.write_text(
         f'[gateway]\nvar_dir = "{var_dir}"\n\n[[destinations]]\nname = "archive"\ntype = "folder"\n'
-        'path = "{var_dir}/archive"\n\n[enhance]\nthreads = 1\nbatch_size = 4\n',
+        'path = "{var_dir}/archive"\n\n[enhance]\nthreads = 1\nbatch_size = 4\n'
+        + (f"\n[web]\n{web}\n" if web else ""),
         encoding="utf-8",
     )
     return path
@@ -47,17 +68,29 @@ def write_config(path: Path, var_dir: Path) -> Path:
 class ConsoleProcess:
     """`python -m gateway.web --config CONFIG --port FREE` with its log in a file."""
 
-    def __init__(self, config: Path, log_path: Path) -> None:
+    def __init__(self, config: Path, log_path: Path, *, users: dict[str, tuple[str, str]] | None = None,
+                 scheme: str = "http") -> None:
         self.config = config
         self.log_path = log_path
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.users = USERS if users is None else users
+        self.scheme = scheme
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     def start(self, timeout: float = 60.0) -> ConsoleProcess:
+        for name, (role, password) in self.users.items():
+            done = add_user(self.config, name, role, password)
+            if done.returncode != 0 and "exists" not in done.stderr:
+                raise AssertionError(f"users add {name} failed: {done.stderr}")
         env = os.environ | {"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -86,6 +119,38 @@ class ConsoleProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def session(self, name: str = "ada") -> requests.Session:
+        """A `requests` session logged in through the login form as `name`."""
+        session = requests.Session()
+        r = login(session, self.url, name, self.users[name][1])
+        assert r.status_code == 303, f"login as {name} failed: HTTP {r.status_code} {r.text[:300]}"
+        return session
+
+    def open(self, driver: WebDriver, path: str, name: str = "ada") -> None:
+        """Go to `path` in the browser, logging in through the form first when the console asks."""
+        driver.get(self.url + path)
+        if "/login" not in driver.current_url:
+            return
+        wait_visible(driver, "form.login")
+        driver.find_element(By.ID, "name").send_keys(name)
+        driver.find_element(By.ID, "password").send_keys(self.users[name][1])
+        driver.find_element(By.ID, "login").click()
+        wait(driver, 30).until(lambda d: "/login" not in d.current_url)
+
+
+def form_token(html: str) -> str:
+    """The csrf field of the first form of a page."""
+    m = re.search(r'name="csrf"\s+value="([^"]+)"', html)
+    assert m is not None, "no form token on the page"
+    return m.group(1)
+
+
+def login(session: requests.Session, url: str, name: str, password: str, **kw: Any) -> requests.Response:
+    """POST the login form (its token read from GET /login), without following the redirect."""
+    token = form_token(session.get(url + "/login", timeout=30).text)
+    return session.post(url + "/login", data={"csrf": token, "name": name, "password": password},
+                        allow_redirects=False, timeout=30, **kw)
 
 
 def chromium(download_dir: Path) -> WebDriver:

@@ -55,10 +55,10 @@ def _archived(gw: GatewayProcess) -> list[Path]:
 
 def test_release_button_delivers_the_held_series(browser: WebDriver, held: Held) -> None:
     job = held.jobs[0]
-    browser.get(f"{held.console.url}/jobs")
+    held.console.open(browser, "/jobs")
     assert wait_visible(browser, f"#qa-{job}").text == "QA FAIL"
     assert "held" in browser.find_element(By.ID, f"job-{job}").text
-    browser.get(f"{held.console.url}/jobs/{job}")
+    held.console.open(browser, f"/jobs/{job}")
     assert wait_visible(browser, "#qa-verdict").text == "FAIL"
     assert "lowpass" in browser.find_element(By.ID, "qa-reasons").text
     screenshot(browser, "12-held-job")
@@ -72,7 +72,7 @@ def test_release_button_delivers_the_held_series(browser: WebDriver, held: Held)
 
 def test_reject_button_drops_the_outputs(browser: WebDriver, held: Held) -> None:
     job = held.jobs[1]
-    browser.get(f"{held.console.url}/jobs/{job}")
+    held.console.open(browser, f"/jobs/{job}")
     wait_visible(browser, "#reject").click()
     assert f"Job {job} rejected" in wait_visible(browser, "#flash").text
     assert held.gw.state().job(job).state == "rejected"

@@ -63,7 +63,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
 def test_jobs_page_lists_the_pushed_series_with_state_timings_and_destinations(
     browser: WebDriver, scenario: Scenario
 ) -> None:
-    browser.get(scenario.console.url + "/jobs")
+    scenario.console.open(browser, "/jobs")
     done = wait_visible(browser, f"#job-{scenario.done_job}")
     dead = browser.find_element(By.ID, f"job-{scenario.dead_job}")
     assert "done" in done.text and "gaussian 1.0" in done.text and "5/5" in done.text
@@ -76,13 +76,13 @@ def test_jobs_page_lists_the_pushed_series_with_state_timings_and_destinations(
     for keyword in ("PatientName", "PatientID"):
         assert str(scenario.source.get(keyword)) not in page
     screenshot(browser, "08-jobs")
-    browser.get(scenario.console.url + "/jobs?state=dead")
+    scenario.console.open(browser, "/jobs?state=dead")
     assert not browser.find_elements(By.ID, f"job-{scenario.done_job}")
     assert browser.find_elements(By.ID, f"job-{scenario.dead_job}")
 
 
 def test_job_page_shows_before_after_thumbnails_and_metrics(browser: WebDriver, scenario: Scenario) -> None:
-    browser.get(scenario.console.url + f"/jobs/{scenario.done_job}")
+    scenario.console.open(browser, f"/jobs/{scenario.done_job}")
     wait_visible(browser, ".thumbs")
     wait(browser, 30).until(lambda d: images_loaded(d, ".thumb img"))
     assert len(browser.find_elements(By.CSS_SELECTOR, "img.thumb-original")) == 4  # 4 of 5 slices, spread
@@ -98,7 +98,7 @@ def test_job_page_shows_before_after_thumbnails_and_metrics(browser: WebDriver, 
 
 
 def test_retry_button_requeues_a_dead_job(browser: WebDriver, scenario: Scenario) -> None:
-    browser.get(scenario.console.url + f"/jobs/{scenario.dead_job}")
+    scenario.console.open(browser, f"/jobs/{scenario.dead_job}")
     deliveries = wait_visible(browser, "#deliveries").text
     assert "pacs" in deliveries and "dead" in deliveries
     screenshot(browser, "10-job-dead")
@@ -109,7 +109,7 @@ def test_retry_button_requeues_a_dead_job(browser: WebDriver, scenario: Scenario
 
 
 def test_reprocess_button_queues_a_new_job_with_another_enhancer(browser: WebDriver, scenario: Scenario) -> None:
-    browser.get(scenario.console.url + f"/jobs/{scenario.done_job}")
+    scenario.console.open(browser, f"/jobs/{scenario.done_job}")
     Select(wait_visible(browser, "#reprocess-enhancer")).select_by_value("unsharp")
     browser.find_element(By.ID, "reprocess").click()
     flash = wait_visible(browser, "#flash")

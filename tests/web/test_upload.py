@@ -27,7 +27,15 @@ from dicom_utils.private_tags import read_block
 from enhancers.registry import default_enhancer
 from tests import realdata
 from tests.dicom_utils.helpers import dciodvfy_errors
-from tests.web.harness import ConsoleProcess, images_loaded, screenshot, wait, wait_download, wait_visible
+from tests.web.harness import (
+    ConsoleProcess,
+    form_token,
+    images_loaded,
+    screenshot,
+    wait,
+    wait_download,
+    wait_visible,
+)
 
 CT = "CT_small.dcm"
 CR = "RG1_UNCR.dcm"  # 1955 x 1841 MONOCHROME1 radiograph
@@ -40,7 +48,7 @@ def _clear(folder: Path) -> None:
 
 def _upload(browser: WebDriver, console: ConsoleProcess, path: Path, *, enhancer: str, task: str = "denoise",
             shot: str | None = None) -> None:
-    browser.get(console.url + "/")
+    console.open(browser, "/")
     wait_visible(browser, "form.upload")
     browser.find_element(By.ID, "file").send_keys(str(path))
     Select(browser.find_element(By.ID, "task")).select_by_value(task)
@@ -155,7 +163,10 @@ def test_png_upload_gives_a_quick_look_without_a_dicom_object(
     assert browser.find_elements(By.ID, "download-png") and not browser.find_elements(By.ID, "download-dicom")
     assert "no DICOM object" in browser.find_element(By.TAG_NAME, "main").text
     href = browser.find_element(By.ID, "download-png").get_attribute("href")
-    with Image.open(io.BytesIO(requests.get(str(href), timeout=30).content)) as img:
+    session = requests.Session()  # the browser's session cookie: downloads need the login too
+    for cookie in browser.get_cookies():
+        session.cookies.set(cookie["name"], cookie["value"])
+    with Image.open(io.BytesIO(session.get(str(href), timeout=30).content)) as img:
         assert img.size == (gray.shape[1], gray.shape[0]) and img.mode == "L"
 
 
@@ -212,11 +223,10 @@ def test_non_image_and_undecodable_files_get_a_clear_error(
 
 def test_form_post_without_script_answers_with_an_error_page(console: ConsoleProcess) -> None:
     """The plain form POST (no JavaScript) gets a readable page, and a stale form token is refused."""
-    session = requests.Session()
-    token = re.search(r'name="csrf" value="([^"]+)"', session.get(console.url + "/", timeout=30).text)
-    assert token is not None
+    session = console.session("vic")  # a viewer may try an enhancer
+    token = form_token(session.get(console.url + "/", timeout=30).text)
     files = {"file": ("x.bin", b"\x00" * 300)}
-    r = session.post(console.url + "/upload", data={"csrf": token.group(1), "enhancer": "auto"}, files=files,
+    r = session.post(console.url + "/upload", data={"csrf": token, "enhancer": "auto"}, files=files,
                      timeout=30)
     assert r.status_code == 415 and "not a DICOM file" in r.text and 'id="error-message"' in r.text
     r = session.post(console.url + "/upload", data={"csrf": "stale"}, files=files, timeout=30)
