@@ -53,11 +53,17 @@ CodeTuple = tuple[str, str, str]
 DERIVATION_CODES: dict[str, CodeTuple] = {
     "denoise": ("113087", "DCM", "Smoothing"),
     "sr2x": ("113085", "DCM", "Spatial resampling"),
+    "sr4x": ("113085", "DCM", "Spatial resampling"),
+    # Deblurring restores edge sharpness at the same matrix. CID 7203 (Image Derivation) has no "deconvolution"
+    # (DCM 126310/126311/113238 belong to perfusion and diffusion models); "Unsharp mask" (113089) names one
+    # classical algorithm and "Gaussian blur" (113088) the opposite operation; "Edge enhancement" (113086) says
+    # what was done to the pixels, whichever algorithm (CNN or tuned unsharp mask) did it.
+    "deblur": ("113086", "DCM", "Edge enhancement"),
 }
 PURPOSE_SOURCE_IMAGE: CodeTuple = ("121322", "DCM", "Source image for image processing operation")
 PURPOSE_ACQUISITION_EQUIPMENT: CodeTuple = ("109101", "DCM", "Acquisition Equipment")
 PURPOSE_PROCESSING_EQUIPMENT: CodeTuple = ("109102", "DCM", "Processing Equipment")
-TASK_SCALE: dict[str, int] = {"denoise": 1, "sr2x": 2}
+TASK_SCALE: dict[str, int] = {"denoise": 1, "sr2x": 2, "sr4x": 4, "deblur": 1}
 
 #: Elements never copied from the source: pixel payloads, signatures that the change invalidates, a thumbnail
 #: of the old pixels, per-series statistics that one instance cannot know.
@@ -264,8 +270,16 @@ def _source_reference(source: Dataset, frame: int | None = None) -> Dataset:
 
 def _derivation_description(enh: Enhancement, opts: DerivationOptions) -> str:
     """Human-readable line a radiologist reads in the viewer's header panel."""
-    what = {"denoise": "denoising", "sr2x": "2x super-resolution"}[enh.task]
+    what = {
+        "denoise": "denoising",
+        "sr2x": "2x super-resolution",
+        "sr4x": "4x super-resolution",
+        "deblur": "deblurring",
+    }[enh.task]
     text = f"{what} by {opts.manufacturer} {opts.software_version}: {enh.enhancer} {enh.version}"
+    if enh.hallucination_risk:
+        # first, so a viewer that truncates the line still shows it
+        text = f"HALLUCINATION RISK (adversarially trained; may show structure not in the data): {text}"
     if enh.weights_sha256:
         text += f" (weights sha256 {enh.weights_sha256[:16]})"
     if enh.psnr is not None:
@@ -675,7 +689,7 @@ def derive_instance(
     """Build the derived instance for ``source`` holding the enhanced modality ``values``.
 
     ``values``: float (frames, rows', cols') enhanced modality values; rows'/cols' are twice the source's for
-    task ``sr2x``. The result has file meta for uncompressed Explicit VR Little Endian and is ready for
+    task ``sr2x`` and four times for ``sr4x`` (spacings divided, positions moved to the new first pixel). The result has file meta for uncompressed Explicit VR Little Endian and is ready for
     ``save_as(path, enforce_file_format=True)``. ``source`` is never modified. ``now`` fixes the creation time
     (tests); by default the local time.
     """

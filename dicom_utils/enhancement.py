@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-TASKS = ("denoise", "sr2x")
+TASKS = ("denoise", "sr2x", "sr4x", "deblur")
 METRIC_BASES = ("INPUT", "DEGRADE_RESTORE")
 QA_FLAGS = ("PASS", "WARN", "FAIL")
 
@@ -46,6 +46,9 @@ class Enhancement:
     series_qa: str = ""
     qa_reasons: str = ""
     degrade_restore_slices: tuple[int, ...] = ()
+    #: The enhancer was trained with an adversarial loss and may show plausible structure that is not in the
+    #: patient's data: said in the Derivation Description and the private block of every derived instance.
+    hallucination_risk: bool = False
 
     def __post_init__(self) -> None:
         """Reject values that would produce a non-conformant or misleading derived object."""

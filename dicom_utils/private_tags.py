@@ -17,7 +17,7 @@ meaning (add new ones, never reuse).
 | (0077,1006) | LO | Weights SHA-256 (hex, empty for classical filters) |
 | (0077,1007) | DS | Processing time per instance (ms) |
 | (0077,1008) | CS | QA flag (PASS, WARN, FAIL) |
-| (0077,1009) | LO | Task (denoise, sr2x) |
+| (0077,1009) | LO | Task (denoise, sr2x, sr4x, deblur) |
 | (0077,100A) | DS | PSNR enhanced vs received input (dB), when 1001 is DEGRADE_RESTORE |
 | (0077,100B) | DS | SSIM enhanced vs received input, when 1002 is DEGRADE_RESTORE |
 | (0077,100C) | DS | Noise sigma of the series (modality units) |
@@ -27,6 +27,7 @@ meaning (add new ones, never reuse).
 | (0077,1010) | CS | Series QA verdict (PASS, WARN, FAIL) |
 | (0077,1011) | LT | Series QA reasons |
 | (0077,1012) | LT | Instance Numbers the DEGRADE_RESTORE score was taken on (comma separated) |
+| (0077,1013) | CS | Hallucination risk: YES for an adversarially trained enhancer (may show structure not in the data), else NO |
 
 The block slot (0x10 -> elements 0x10xx) is what ``Dataset.private_block`` allocates first; readers find the
 block by creator, never by slot.
@@ -67,6 +68,7 @@ NAMES: dict[str, str] = {
     "series_qa": "EnhanceGwSeriesQA",
     "qa_reasons": "EnhanceGwQAReasons",
     "degrade_restore_slices": "EnhanceGwDegradeRestoreSlices",
+    "hallucination_risk": "EnhanceGwHallucinationRisk",
 }
 
 # offset -> (key, VR)
@@ -89,6 +91,7 @@ ELEMENTS: dict[int, tuple[str, str]] = {
     0x10: ("series_qa", "CS"),
     0x11: ("qa_reasons", "LT"),
     0x12: ("degrade_restore_slices", "LT"),
+    0x13: ("hallucination_risk", "CS"),
 }
 _NUMERIC = frozenset(
     {"psnr", "ssim", "processing_ms", "input_psnr", "input_ssim", "noise_sigma", "noise_background_sigma", "strength"}
@@ -158,6 +161,7 @@ def write_block(ds: Dataset, enh: Enhancement) -> None:
         "series_qa": enh.series_qa,
         "qa_reasons": enh.qa_reasons[:LT_MAX],
         "degrade_restore_slices": ",".join(str(n) for n in enh.degrade_restore_slices),
+        "hallucination_risk": "YES" if enh.hallucination_risk else "NO",
     }
     for offset, (key, vr) in ELEMENTS.items():
         block.add_new(offset, vr, values[key])

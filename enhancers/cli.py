@@ -38,10 +38,11 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     tr.add_argument(
         "--model",
         required=True,
-        help="architecture: ncdn, srcnn, vdsr, unet, srresnet, dncnn, drunet, fastdn, fastsr",
+        help="architecture: ncdn, srcnn, vdsr, unet, srresnet, dncnn, drunet, fastdn, fastsr, srresnet4x, "
+        "srcnn-deblur, drunet-deblur",
     )
     tr.add_argument(
-        "--task", choices=TASKS, default=None, help="denoise or sr2x (default: the architecture's task)"
+        "--task", choices=TASKS, default=None, help="denoise, sr2x, sr4x or deblur (default: the architecture's)"
     )
     tr.add_argument("--modality", type=_modalities, required=True, help="CT, MR, XR or a comma list (CT,MR)")
     tr.add_argument(
@@ -59,7 +60,13 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     tr.add_argument(
         "--adversarial",
         action="store_true",
-        help="add an adversarial loss (srresnet; sets hallucination_risk)",
+        help="add an adversarial + discriminator-feature loss (srresnet, srresnet4x; sets hallucination_risk)",
+    )
+    tr.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from these weights (.pt of the same architecture), e.g. the L1 generator for the SRGAN variant",
     )
     tr.add_argument("--out", type=Path, default=None, help="weights directory (default: enhancers/weights)")
     tr.add_argument(
@@ -84,7 +91,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     ev.add_argument(
         "--modality", type=_modalities, default=MODALITY_GROUPS, help="CT, MR, XR or a comma list"
     )
-    ev.add_argument("--task", choices=TASKS, default=None, help="denoise or sr2x (default: both)")
+    ev.add_argument(
+        "--task", choices=TASKS, default=None, help="denoise, sr2x, sr4x or deblur (default: denoise and sr2x)"
+    )
     ev.add_argument(
         "--images",
         type=Path,
@@ -126,6 +135,13 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "--lopo-model", default="ncdn", help="architecture whose recipe --lopo trains (default ncdn)"
     )
     ev.add_argument("--lopo-epochs", type=int, default=None, help="epochs per fold (default: the recipe's)")
+    ev.add_argument(
+        "--xray",
+        action="store_true",
+        help="instead: radiograph super-resolution (sr2x, sr4x) and deblurring on the held-out real radiograph "
+        "(crops; PSNR/SSIM/MSE/L1 vs bicubic and tuned unsharp, error maps, grid checks); writes "
+        "evaluation-xray.md/.csv and evaluation-xray-figures/ (use --task to run one task)",
+    )
     ev.set_defaults(func=_evaluate)
 
     mo = subparsers.add_parser("models", help="list registered enhancers", description="List the registry.")

@@ -12,7 +12,9 @@ SimpleITK, axial slices); a real 108-slice head CT inside Debian `invesalius-exa
 of `matrix.dat` + `main.plist`, read where the package installs it: it is GPL-2 and never copied here); the
 real T1 head of Debian `insighttoolkit5-examples`; dipy's bundled real T1 slice and b=0 volume; and the two b=5
 acquisitions of one slab taken 4 s apart in Debian `heudiconv`'s test data (the real-noise pair). All sources
-of one patient share a `patient` key and hence one split.
+of one patient share a `patient` key and hence one split. Digitally reconstructed radiographs projected from
+the head CT (`kind` drr, option `synthetic`) add radiograph-like training images for X-ray super-resolution
+and deblurring; they stay in their CT patient's split, never serve denoising, and nothing is evaluated on them.
 
 Averaged templates (Colin27 is the mean of 27 scans, INIA19 a population template) are smooth: they carry
 the option `template` and are never used as noise-free truth for denoising (`load_split(..., denoise=True)`
@@ -211,6 +213,19 @@ _DEFINITION: list[tuple[str, str, str, str, str, str, dict[str, Any], str]] = [
     ),
     ("xr-chest", "dicom", "RG1_UNCR.dcm", "XR", "9RG1", "test", {}, "chest CR, 15 bit, MONOCHROME1"),
     ("xr-leg", "dicom", "RG3_UNCR.dcm", "XR", "11RG3", "train", {}, "extremity CR, 10 bit, MONOCHROME1"),
+    (
+        "xr-drr-cranium",
+        "drr",
+        INVESALIUS_CRANIUM,
+        "XR",
+        "ProMED-CT-0051",
+        "train",
+        {"synthetic": True, "views": 12},
+        (
+            "SYNTHETIC: digitally reconstructed radiographs (parallel projections, 12 views over 180 degrees) of "
+            "the ct-cranium head CT; same patient, same split"
+        ),
+    ),
 ]
 
 # Considered and left out, with the reason (listed in the manifest with included = false).
@@ -235,6 +250,18 @@ _EXCLUDED: list[tuple[str, str, str, str]] = [
     ("RG3_UNCI.dcm", "XR", "11RG3", "same pixels as RG3_UNCR.dcm"),
     ("RG3_J2KR.dcm", "XR", "11RG3", "same pixels as RG3_UNCR.dcm"),
     ("RG3_J2KI.dcm", "XR", "11RG3", "lossy re-encoding of RG3_UNCR.dcm"),
+    (
+        "dicomdirtests/77654033/CR1/6154",
+        "XR",
+        "77654033",
+        "16x16 CR thumbnails of a DICOMDIR test (CR1-CR3): too small to hold anatomy",
+    ),
+    (
+        "RTImageStorage.dcm",
+        "XR",
+        "0123456789",
+        "pynetdicom's RT portal image: a phantom (one dark disc on a flat field), no anatomy",
+    ),
     (
         f"{MRICRON_DIR}/ch2bet.nii.gz",
         "MR",
@@ -270,6 +297,14 @@ def resolve(kind: str, file: str) -> Path:
                 f"{file} needs the files bundled with {package}; pip install {package}"
             ) from exc
         return Path(str(module.__file__)).parent / _PACKAGE_DATA[package] / rel
+    if kind == "dicom" and file == "RTImageStorage.dcm":
+        import pynetdicom
+
+        return Path(str(pynetdicom.__file__)).parent / "tests" / "dicom_files" / file
+    if kind == "dicom" and file.startswith("dicomdirtests/"):
+        import pydicom
+
+        return Path(str(pydicom.__file__)).parent / "data" / "test_files" / file
     if kind == "dicom" and "/" not in file:
         from pydicom.data import get_testdata_file
 
@@ -366,6 +401,14 @@ def check_split_by_patient(sources: list[dict[str, Any]]) -> None:
             prev = seen.setdefault(key, s["split"])
             if prev != s["split"]:
                 raise CorpusError(f"patient {s['patient']} ({s['group']}) is in both {prev} and {s['split']}")
+    for s in sources:  # a synthetic image (DRR) follows its patient's real data into the same split
+        if s["included"] and s.get("options", {}).get("synthetic"):
+            for other in sources:
+                if other["included"] and other["patient"] == s["patient"] and other["split"] != s["split"]:
+                    raise CorpusError(
+                        f"synthetic source {s['id']} is in {s['split']} but its patient {s['patient']} has "
+                        f"{other['id']} in {other['split']}"
+                    )
     for s in sources:
         if not s["included"]:
             split = seen.get((s["group"], s["patient"]))
@@ -455,6 +498,40 @@ def _inv3_slices(
     return picked, (lo, hi), float(meta["spacing"][0])
 
 
+#: DRR intensities are written on a 12-bit scale, MONOCHROME1-like as the corpus's real CRs store them
+#: (bone = low values): 4095 * (1 - line integral / its maximum over the views).
+DRR_FULL_SCALE = 4095.0
+
+
+def _drr_images(path: Path, opts: dict[str, Any]) -> tuple[npt.NDArray[np.float32], tuple[float, float], float]:
+    """Digitally reconstructed radiographs of an InVesalius CT volume: parallel projections of the linear
+    attenuation (HU -> mu at 60-70 keV) at `views` angles over 180 degrees about the patient's long axis.
+
+    Why: the corpus has two real radiographs; a CT volume of a real patient projects to radiograph-like images
+    with real anatomy (bone edges, air gaps, soft-tissue gradients) for the super-resolution and deblurring
+    models to learn from. They are marked `synthetic` in the manifest, are never evaluated on, and keep the CT
+    patient's split. Slices are resampled to square pixels (z spacing / in-plane spacing), head up.
+    """
+    from scipy import ndimage
+
+    from enhancers.degrade import hu_to_mu
+
+    vol, _, pixel_mm = _inv3_slices(path, {"step": 1})
+    mu = hu_to_mu(np.clip(vol, -1024.0, None)).astype(np.float32)  # (z, y, x)
+    z_mm = float(opts.get("z_mm", 1.5))
+    views = int(opts.get("views", 12))
+    projections = []
+    for k in range(views):
+        angle = 180.0 * k / views
+        rotated = ndimage.rotate(mu, angle, axes=(1, 2), reshape=False, order=1, mode="constant", cval=0.0)
+        line = rotated.sum(axis=1) * pixel_mm  # (z, x): integral of mu along the beam (y), dimensionless
+        line = ndimage.zoom(line, (z_mm / pixel_mm, 1.0), order=1)
+        projections.append(line[::-1])  # InVesalius stores slices feet first: put the head up
+    stack = np.stack(projections).astype(np.float64)
+    out = DRR_FULL_SCALE * (1.0 - stack / float(stack.max()))
+    return out.astype(np.float32), (0.0, DRR_FULL_SCALE), pixel_mm
+
+
 def _array_slices(
     kind: str, path: Path, opts: dict[str, Any]
 ) -> tuple[npt.NDArray[np.float32], tuple[float, float], float]:
@@ -487,6 +564,8 @@ def load_source(entry: dict[str, Any], *, verify: bool = True) -> list[Slice]:
         values, vrange, pixel_mm = _dicom_frames(path)
     elif entry["kind"] == "inv3":
         values, vrange, pixel_mm = _inv3_slices(path, opts)
+    elif entry["kind"] == "drr":
+        values, vrange, pixel_mm = _drr_images(path, opts)
     elif entry["kind"] in ("npy", "nibabel"):
         values, vrange, pixel_mm = _array_slices(entry["kind"], path, opts)
     else:
@@ -523,15 +602,16 @@ def load_split(
 ) -> list[Slice]:
     """All clean slices of `split` for the modality groups `groups` (at most `max_per_source` per source).
 
-    `denoise=True` leaves out averaged templates (never noise-free truth) and the real-noise pair (scored
-    against each other by `evaluate --native`, not as clean references).
+    `denoise=True` leaves out averaged templates (never noise-free truth), the real-noise pair (scored
+    against each other by `evaluate --native`, not as clean references) and synthetic images (the DRRs: they
+    have no real noise to learn to leave alone; they serve super-resolution and deblurring).
     """
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {SPLITS}")
     slices: list[Slice] = []
     for entry in read_manifest(path):
         opts = entry.get("options", {})
-        if denoise and (opts.get("template") or opts.get("pair")):
+        if denoise and (opts.get("template") or opts.get("pair") or opts.get("synthetic")):
             continue
         if entry["included"] and entry["split"] == split and entry["group"] in groups:
             got = load_source(entry)

@@ -219,6 +219,18 @@ def downsample2x_area(image: npt.NDArray[np.floating]) -> FloatArray:
     return out.astype(np.float32)
 
 
+def downsample_area(image: npt.NDArray[np.floating], factor: int) -> FloatArray:
+    """`factor` x `factor` area downsampling (block mean; trailing rows/columns that do not fill a block are
+    dropped): the acquisition model `sr2x` (factor 2) and `sr4x` (factor 4) invert."""
+    if factor == 2:
+        return downsample2x_area(image)
+    x = np.asarray(image, dtype=np.float64)
+    h, w = (x.shape[-2] // factor) * factor, (x.shape[-1] // factor) * factor
+    x = x[..., :h, :w]
+    out: FloatArray = x.reshape(x.shape[:-2] + (h // factor, factor, w // factor, factor)).mean(axis=(-3, -1))
+    return out.astype(np.float32)
+
+
 def gaussian_blur(image: npt.NDArray[np.floating], *, sigma: float) -> FloatArray:
     """Gaussian blur of `sigma` pixels (reflecting borders): the seed project's "low quality" image."""
     if sigma < 0:
@@ -265,7 +277,15 @@ STANDARD: tuple[Degradation, ...] = (
         "blur-1.0", "denoise", "ANY", {"sigma": 1.0}, "Gaussian blur, sigma 1 px (seed's low quality)"
     ),
     Degradation("down2x-area", "sr2x", "ANY", {}, "2x area downsampling (2x2 mean)"),
+    Degradation("down4x-area", "sr4x", "ANY", {}, "4x area downsampling (4x4 mean)"),
+    Degradation(
+        "deblur-1.5", "deblur", "ANY", {"sigma": 1.5}, "Gaussian blur, sigma 1.5 px (the deblur evaluation)"
+    ),
 )
+
+#: The `deblur` training blur: sigma drawn uniformly in this range (pixels), so a model is not tuned to one
+#: exact blur; the evaluation's 1.5 px lies inside it.
+DEBLUR_TRAIN_SIGMA: tuple[float, float] = (0.8, 2.2)
 
 
 def standard(name: str) -> Degradation:
@@ -298,8 +318,10 @@ def apply(
             value_range=value_range,
             rng=rng,
         )
-    if deg.name.startswith("blur"):
+    if deg.name.startswith(("blur", "deblur")):
         return gaussian_blur(clean, sigma=float(deg.params["sigma"]))
     if deg.name == "down2x-area":
         return downsample2x_area(clean)
+    if deg.name == "down4x-area":
+        return downsample_area(clean, 4)
     raise KeyError(f"no rule to apply degradation {deg.name!r}")

@@ -58,6 +58,7 @@ class EvalOptions:
     lopo: bool = False
     lopo_model: str = "ncdn"
     lopo_epochs: int | None = None
+    xray: bool = False
     command: str = ""
 
     @classmethod
@@ -83,6 +84,7 @@ class EvalOptions:
             lopo=args.lopo,
             lopo_model=args.lopo_model,
             lopo_epochs=args.lopo_epochs,
+            xray=getattr(args, "xray", False),
             command="enhance-gateway evaluate " + " ".join(argv),
         )
 
@@ -131,8 +133,8 @@ def load_images_dir(directory: Path) -> list[Slice]:
 
 
 def _degradations(group: str, task: str, include_blur: bool) -> list[degrade.Degradation]:
-    if task == "sr2x":
-        return [degrade.standard("down2x-area")]
+    if task in ("sr2x", "sr4x", "deblur"):
+        return [degrade.standard({"sr2x": "down2x-area", "sr4x": "down4x-area", "deblur": "deblur-1.5"}[task])]
     names = list(VAL_DEGRADATIONS[group])
     if include_blur:
         names.append("blur-1.0")
@@ -170,8 +172,9 @@ def write_figure(
     from PIL import Image, ImageDraw
 
     up = degraded
-    if degraded.shape != clean.shape:  # sr2x: show the low-resolution input at the output size (nearest)
-        up = np.kron(degraded, np.ones((2, 2), dtype=np.float32))[: clean.shape[0], : clean.shape[1]]
+    if degraded.shape != clean.shape:  # sr2x/sr4x: show the low-resolution input at the output size (nearest)
+        f = clean.shape[0] // degraded.shape[0]
+        up = np.kron(degraded, np.ones((f, f), dtype=np.float32))[: clean.shape[0], : clean.shape[1]]
     err = np.abs(enhanced.astype(np.float64) - clean.astype(np.float64))
     err_img = (np.clip(err / max(error_range, 1e-9), 0, 1) * 255).astype(np.uint8)
     panels = [_display(group, a, clean) for a in (clean, up, enhanced)] + [err_img]
@@ -201,6 +204,19 @@ def evaluate(opts: EvalOptions) -> list[Row]:
     if opts.lopo:
         evaluate_lopo(opts, manifest)
         return []
+    if opts.xray:  # the radiograph SR/deblur section on its own (docs/evaluation-xray.md)
+        from enhancers import xray
+
+        xray.evaluate_xray(
+            opts.out,
+            manifest=manifest,
+            tasks=(opts.task,) if opts.task else xray.XRAY_TASKS,
+            only=opts.enhancers,
+            figures=opts.figures,
+            seed=opts.seed,
+            command=opts.command,
+        )
+        return []
     tasks = (opts.task,) if opts.task else ("denoise", "sr2x")
     if opts.images is not None:
         all_slices = [s for s in load_images_dir(opts.images) if s.group in opts.modalities]
@@ -229,8 +245,9 @@ def evaluate(opts: EvalOptions) -> list[Row]:
                 cases = []
                 for sl in slices:
                     clean = sl.pixels
-                    if task == "sr2x":
-                        clean = clean[: (clean.shape[0] // 2) * 2, : (clean.shape[1] // 2) * 2]
+                    f = registry.TASK_SCALE[task]
+                    if f > 1:
+                        clean = clean[: (clean.shape[0] // f) * f, : (clean.shape[1] // f) * f]
                     if deg.name.startswith("ct-"):
                         degraded = cache.get(sl, float(deg.params["i0"]), 0, salt=f"test{opts.seed}")
                         clean = cache.reference(sl)  # the same projection + FBP without noise

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, overload
 if TYPE_CHECKING:
     from enhancers.base import Enhancer
 
-TASKS: tuple[str, ...] = ("denoise", "sr2x")
+TASKS: tuple[str, ...] = ("denoise", "sr2x", "sr4x", "deblur")
+#: Output matrix size / input matrix size per task (`deblur` restores sharpness at the same matrix).
+TASK_SCALE: dict[str, int] = {"denoise": 1, "sr2x": 2, "sr4x": 4, "deblur": 1}
 MODALITY_GROUPS: tuple[str, ...] = ("CT", "MR", "XR")
 KINDS: tuple[str, ...] = ("classical", "model")
 
@@ -27,7 +29,12 @@ KINDS: tuple[str, ...] = ("classical", "model")
 XRAY_MODALITIES: frozenset[str] = frozenset({"CR", "DX", "MG", "RG", "XA", "RF", "PX", "IO", "DR"})
 
 #: The safe default for anything we know nothing about: a classical filter never invents structure.
-SAFE_DEFAULT: dict[str, str] = {"denoise": "nlm", "sr2x": "bicubic"}
+SAFE_DEFAULT: dict[str, str] = {
+    "denoise": "nlm",
+    "sr2x": "bicubic",
+    "sr4x": "bicubic4x",
+    "deblur": "unsharp-deblur",
+}
 
 #: The defaults per modality group and task once trained weights are shipped: (fast, quality). A name is
 #: used only if it is registered (its weights are present) and carries no hallucination risk; otherwise
@@ -45,6 +52,11 @@ TRAINED_DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {
     ("XR", "denoise"): ("ncdn-xr", "ncdn-xr"),
     ("CT", "sr2x"): ("fastsr", "fastsr"),
     ("MR", "sr2x"): ("fastsr", "fastsr"),
+    # Radiographs (issue 14, docs/evaluation-xray.md): models trained on real radiographs + DRRs, judged on a
+    # held-out real radiograph. The adversarial `srgan4x-xr` is deliberately absent: never a default.
+    ("XR", "sr2x"): ("fastsr-xr", "vdsr-xr"),
+    ("XR", "sr4x"): ("srresnet4x-xr", "srresnet4x-xr"),
+    ("XR", "deblur"): ("drunet-deblur-xr", "drunet-deblur-xr"),
 }
 
 
@@ -99,8 +111,8 @@ class EnhancerInfo:
 
     @property
     def scale(self) -> int:
-        """Output matrix size / input matrix size (2 for `sr2x`, 1 otherwise)."""
-        return 2 if self.task == "sr2x" else 1
+        """Output matrix size / input matrix size (2 for `sr2x`, 4 for `sr4x`, 1 otherwise)."""
+        return TASK_SCALE[self.task]
 
 
 Factory = Callable[[], "Enhancer"]

@@ -40,6 +40,7 @@ from enhancers.models import architecture, build_module, count_params
 from enhancers.models.arch import NOISE_LEVEL_GAIN
 from enhancers.noise import estimate_noise
 from enhancers.pipeline import resolve_device, run_module
+from enhancers.registry import TASK_SCALE
 from enhancers.store import WEIGHTS_DIR, save_state_dict, update_manifest, write_json
 
 FloatArray = npt.NDArray[np.float32]
@@ -89,6 +90,11 @@ RECIPES: dict[str, dict[str, Any]] = {
         "config": {"blocks": 8, "features": 64},
     },
     "fastsr": {"epochs": 12, "steps": 100, "patch": 96, "batch": 16, "lr": 1e-3, "loss": "l1", "config": {}},
+    # X-ray super-resolution and deblurring (issue 14): large patches, because the real radiographs are few and
+    # the DRRs small; sized for a few minutes each on one shared CPU thread.
+    "srresnet4x": {"epochs": 8, "steps": 40, "patch": 96, "batch": 8, "lr": 1e-3, "loss": "l1", "config": {}},
+    "srcnn-deblur": {"epochs": 6, "steps": 50, "patch": 96, "batch": 16, "lr": 1e-3, "loss": "mse", "config": {}},
+    "drunet-deblur": {"epochs": 6, "steps": 40, "patch": 64, "batch": 8, "lr": 1e-3, "loss": "l1", "config": {}},
     "ncdn": {
         "epochs": 16,
         "steps": 100,
@@ -149,6 +155,9 @@ class TrainOptions:
     threads: int | None = None
     config: dict[str, Any] = field(default_factory=dict)
     adversarial: bool = False
+    #: Weights (.pt of the same architecture and config) to start from instead of a random initialisation:
+    #: the SRGAN variant starts from its L1 generator, as in the paper.
+    init: Path | None = None
     out: Path | None = None
     corpus_manifest: Path | None = None
     max_val_slices: int | None = None
@@ -180,6 +189,7 @@ class TrainOptions:
             threads=args.threads,
             config=config,
             adversarial=args.adversarial,
+            init=getattr(args, "init", None),
             out=args.out,
             corpus_manifest=args.corpus,
             max_val_slices=args.max_val_slices,
@@ -288,7 +298,7 @@ class PatchSampler:
         self.task = task
         self.rng = rng
         self.ct_cache = ct_cache
-        self.scale = 2 if task == "sr2x" else 1
+        self.scale = TASK_SCALE[task]
         self.conditioned = conditioned
         self.degradations = degradations or Degradations()
         self.pairs: list[_Pair] = []
@@ -300,8 +310,12 @@ class PatchSampler:
         return sl.pixels
 
     def _degrade(self, sl: Slice, group: str) -> tuple[FloatArray, tuple[float, float]]:
-        if self.task == "sr2x":
-            return degrade.downsample2x_area(sl.pixels), sl.value_range
+        if self.task in ("sr2x", "sr4x"):
+            return degrade.downsample_area(sl.pixels, self.scale), sl.value_range
+        if self.task == "deblur":
+            sigma = float(self.rng.uniform(*degrade.DEBLUR_TRAIN_SIGMA))
+            vrange = sl.value_range if sl.group == group else (float(sl.pixels.min()), float(sl.pixels.max()))
+            return degrade.gaussian_blur(sl.pixels, sigma=sigma), vrange
         if group == "CT":
             i0 = float(self.rng.choice(self.degradations.ct_i0))
             k = int(self.rng.integers(TRAIN_CT_REALISATIONS))
@@ -330,8 +344,8 @@ class PatchSampler:
                 degraded, vrange = self._degrade(sl, group)
             norm = normalisation_for(group, degraded[None], vrange)
             clean = self._target(sl, group, identity)
-            if self.scale == 2:
-                clean = clean[: degraded.shape[0] * 2, : degraded.shape[1] * 2]
+            if self.scale > 1:
+                clean = clean[: degraded.shape[0] * self.scale, : degraded.shape[1] * self.scale]
             tgt = norm.forward(clean)
             lo, hi = float(tgt.min()), float(tgt.max())
             bucket = group if sl.group == group else f"{group}-proxy"
@@ -397,12 +411,14 @@ def validation_cases(
     cases: list[ValCase] = []
     for sl, group in slices:
         vrange = sl.value_range if sl.group == group else (float(sl.pixels.min()), float(sl.pixels.max()))
-        if task == "sr2x":
-            h, w = (sl.pixels.shape[0] // 2) * 2, (sl.pixels.shape[1] // 2) * 2
+        if task in ("sr2x", "sr4x", "deblur"):
+            f = TASK_SCALE[task]
+            h, w = (sl.pixels.shape[0] // f) * f, (sl.pixels.shape[1] // f) * f
             clean = sl.pixels[:h, :w]
-            cases.append(
-                ValCase(sl.key, group, group, "down2x-area", clean, degrade.downsample2x_area(clean), vrange)
-            )
+            dname = {"sr2x": "down2x-area", "sr4x": "down4x-area", "deblur": "deblur-1.5"}[task]
+            rng = np.random.default_rng(stable_seed("val", seed, sl.key, dname))
+            degraded = degrade.apply(degrade.standard(dname), clean, rng=rng, value_range=vrange)
+            cases.append(ValCase(sl.key, group, group, dname, clean, degraded, vrange))
             continue
         for dname in VAL_DEGRADATIONS[group]:
             deg = degrade.standard(dname)
@@ -467,7 +483,12 @@ def validate_classical(name: str, cases: list[ValCase]) -> tuple[float, float]:
 
 
 class _Discriminator(nn.Module):
-    """A small patch discriminator for the optional adversarial loss (SRGAN-style, fewer layers)."""
+    """A small patch discriminator for the optional adversarial loss (SRGAN-style, fewer layers).
+
+    `features` also gives its intermediate activations: the SRGAN variant's perceptual loss compares the
+    generator's output and the target there (feature matching, Salimans et al. 2016), because the ImageNet VGG
+    the paper uses is not available offline and was never trained on radiographs anyway.
+    """
 
     def __init__(self, features: int = 32) -> None:
         super().__init__()
@@ -482,6 +503,21 @@ class _Discriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.body(x)
         return out
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The activations after each LeakyReLU (the perceptual loss's feature space)."""
+        feats: list[torch.Tensor] = []
+        for layer in self.body:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                feats.append(x)
+        return feats
+
+
+#: The SRGAN variant's loss weights (ESRGAN's: Wang et al. 2018): L1 keeps the intensities anchored, the feature
+#: loss asks for the target's texture statistics, the adversarial term for "looks real". Applied on top of a
+#: generator initialised from the L1 model (`--init`).
+GAN_WEIGHTS: dict[str, float] = {"l1": 1e-2, "feature": 1.0, "adversarial": 5e-3}
 
 
 def _progress(quiet: bool, text: str, end: bool = False) -> None:
@@ -502,15 +538,18 @@ def _training_slices(
     holdout: str | None = None,
 ) -> list[tuple[Slice, str]]:
     """Slices of `split` (or several) with the group each is trained as, without the patient `holdout`; X-ray
-    also uses CT/MR slices as proxies."""
+    denoising also uses CT/MR slices as proxies. X-ray super-resolution and deblurring do not: they learn the
+    texture of radiographs (the real CR and the DRRs), which CT/MR slices do not have; with no radiograph in
+    the validation split they keep their last epoch and are judged on the real test radiograph
+    (`evaluate --xray`)."""
     splits = (split,) if isinstance(split, str) else split
     out: list[tuple[Slice, str]] = []
     for sp in splits:
         for group in groups:
             own = corpus.load_split(sp, (group,), path=manifest, denoise=task == "denoise")
             out += [(s, group) for s in own]
-            if group == "XR":
-                proxies = corpus.load_split(sp, ("CT", "MR"), path=manifest, denoise=task == "denoise")
+            if group == "XR" and task == "denoise":
+                proxies = corpus.load_split(sp, ("CT", "MR"), path=manifest, denoise=True)
                 out += [(s, "XR") for s in proxies]
     return [(s, g) for s, g in out if s.patient != holdout]
 
@@ -521,8 +560,8 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     task = opts.task or arch.task
     if task != arch.task:
         raise ValueError(f"architecture {arch.name!r} does this task: {arch.task}; not {task}")
-    if opts.adversarial and arch.name != "srresnet":
-        raise ValueError("--adversarial is only supported for srresnet")
+    if opts.adversarial and arch.name not in ("srresnet", "srresnet4x"):
+        raise ValueError("--adversarial is only supported for srresnet and srresnet4x")
     recipe = dict(RECIPES.get(arch.name, RECIPES["unet"]))
     epochs = opts.epochs or int(recipe["epochs"])
     steps = opts.steps or int(recipe["steps"])
@@ -562,9 +601,17 @@ def train(opts: TrainOptions) -> dict[str, Any]:
         train_slices, task, rng, cache, conditioned=conditioned, degradations=Degradations.from_recipe(recipe)
     )
     val_cases = validation_cases(val_slices, task, opts.seed, cache)
-    scale = 2 if task == "sr2x" else 1
+    scale = TASK_SCALE[task]
 
     module = build_module(arch.name, config).to(device)
+    if opts.init is not None:
+        from enhancers.store import sha256_file
+
+        state = torch.load(opts.init, map_location="cpu", weights_only=True)
+        module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        init_text = f"{opts.init.name} (sha256 {sha256_file(opts.init)})"
+    else:
+        init_text = "random"
     params = count_params(module)
     optimiser = torch.optim.Adam(module.parameters(), lr=lr)
     total = epochs * steps
@@ -582,9 +629,9 @@ def train(opts: TrainOptions) -> dict[str, Any]:
         d_opt = torch.optim.Adam(disc.parameters(), lr=lr)
 
     base_psnr, base_ssim = validate(
-        nn.Identity() if task == "denoise" else _Bicubic(), val_cases, scale, arch.halo, device
+        nn.Identity() if scale == 1 else _Bicubic(scale), val_cases, scale, arch.halo, device
     )
-    baseline = "nlm" if task == "denoise" else "bicubic"
+    baseline = {"denoise": "nlm", "sr2x": "bicubic", "sr4x": "bicubic4x", "deblur": "unsharp-deblur"}[task]
     ref_psnr, ref_ssim = validate_classical(baseline, val_cases) if val_cases else (math.nan, math.nan)
     _progress(
         opts.quiet,
@@ -616,7 +663,13 @@ def train(opts: TrainOptions) -> dict[str, Any]:
             if disc is not None and d_opt is not None:
                 logits = disc(pred)
                 adv = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-                g_loss = loss + 1e-3 * adv
+                feat = sum(
+                    (F.l1_loss(a, b.detach()) for a, b in zip(disc.features(pred), disc.features(y), strict=True)),
+                    torch.zeros((), device=device),
+                )
+                g_loss = (
+                    GAN_WEIGHTS["l1"] * loss + GAN_WEIGHTS["feature"] * feat + GAN_WEIGHTS["adversarial"] * adv
+                )
             else:
                 g_loss = loss
             optimiser.zero_grad(set_to_none=True)
@@ -650,7 +703,9 @@ def train(opts: TrainOptions) -> dict[str, Any]:
                 "seconds": time.time() - t0,
             }
         )
-        improved = vp > best[0] or not val_cases  # nothing to select with: the last epoch is kept
+        # nothing to select with, or an adversarial run (picking its best-PSNR epoch would undo what the
+        # adversarial loss is there for): the last epoch is kept
+        improved = vp > best[0] or not val_cases or opts.adversarial
         if improved:
             best = (vp, vs, epoch)
             best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
@@ -702,7 +757,13 @@ def train(opts: TrainOptions) -> dict[str, Any]:
             "lr": lr,
             "lr_schedule": f"linear warm-up {warmup} steps, cosine to 5%",
             "optimiser": "Adam",
-            "loss": loss_name + (" + 1e-3 adversarial" if opts.adversarial else ""),
+            "loss": (
+                f"{GAN_WEIGHTS['l1']:g} {loss_name} + {GAN_WEIGHTS['feature']:g} discriminator-feature (perceptual) "
+                f"+ {GAN_WEIGHTS['adversarial']:g} adversarial"
+                if opts.adversarial
+                else loss_name
+            ),
+            "init": init_text,
             "seed": opts.seed,
             "device": device,
             "threads": torch.get_num_threads(),
@@ -739,8 +800,13 @@ def train(opts: TrainOptions) -> dict[str, Any]:
             "psnr": best[0],
             "ssim": best[1],
             "history": history,
-            "note": "X-ray validation uses CT/MR validation slices as proxy images (only two radiographs exist "
-            "in the corpus: one trains, one tests)"
+            "note": (
+                "X-ray validation uses CT/MR validation slices as proxy images (only two real radiographs exist "
+                "in the corpus: one trains, one tests)"
+                if task == "denoise"
+                else "no radiograph in the validation split: the last epoch is kept; judged on the real test "
+                "radiograph by `enhance-gateway evaluate --xray` (docs/evaluation-xray.md)"
+            )
             if "XR" in mods
             else "",
         },
@@ -781,17 +847,25 @@ def train(opts: TrainOptions) -> dict[str, Any]:
 
 
 class _Bicubic(nn.Module):
-    """The bicubic baseline as a module, for the input-as-output validation line of sr2x."""
+    """The bicubic baseline as a module, for the input-as-output validation line of sr2x and sr4x."""
+
+    def __init__(self, scale: int = 2) -> None:
+        super().__init__()
+        self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from enhancers.classical import bicubic_up2
+        from enhancers.classical import bicubic_up
 
-        return bicubic_up2(x)
+        return bicubic_up(x, self.scale)
 
 
 def _train_degradation_text(task: str, mods: tuple[str, ...], deg: Degradations) -> dict[str, str]:
-    if task == "sr2x":
-        return {m: "2x area downsampling (2x2 mean)" for m in mods}
+    if task in ("sr2x", "sr4x"):
+        f = TASK_SCALE[task]
+        return {m: f"{f}x area downsampling ({f}x{f} mean)" for m in mods}
+    if task == "deblur":
+        lo, hi = degrade.DEBLUR_TRAIN_SIGMA
+        return {m: f"Gaussian blur, sigma uniform in [{lo:g}, {hi:g}] px" for m in mods}
     identity = (
         f"; {deg.identity_share:.0%} of slices left as they are (target = input) with a noise level drawn "
         "uniformly between 0 and their own estimate"

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 from pydicom.dataset import Dataset
 
-from dicom_utils.derive import DerivationOptions, Enhancement, derive_instance
+from dicom_utils.derive import TASK_SCALE, DerivationOptions, Enhancement, derive_instance
 from enhancers.metrics import psnr, ssim_fast
 from enhancers.pipeline import Pipeline
 from enhancers.registry import EnhancerInfo
@@ -33,6 +33,19 @@ def downsample2(values: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
     return out.astype(np.float32)
 
 
+def to_input_grid(values: npt.NDArray[np.floating], task: str) -> npt.NDArray[np.float32]:
+    """A super-resolved image area-averaged back to the received grid (2x2 for sr2x, 4x4 for sr4x); the image
+    itself for same-size tasks. What input metrics and the QA gate compare with the received slice."""
+    scale = TASK_SCALE.get(task, 1)
+    if scale == 1:
+        return np.asarray(values, dtype=np.float32)
+    arr = np.asarray(values, dtype=np.float32)
+    h, w = arr.shape[-2] // scale * scale, arr.shape[-1] // scale * scale
+    cut = arr[..., :h, :w]
+    out = cut.reshape(cut.shape[:-2] + (h // scale, scale, w // scale, scale)).mean(axis=(-3, -1))
+    return np.asarray(out, dtype=np.float32)
+
+
 def input_metrics(
     before: npt.NDArray[np.floating], after: npt.NDArray[np.floating], task: str
 ) -> tuple[float | None, float | None]:
@@ -44,7 +57,7 @@ def input_metrics(
     # float32 is plenty for a QA figure: `ssim_fast` agrees with the float64 `ssim` within 1e-5 and costs a
     # fifth of it (~7 instead of ~35 ms per 512x512 slice, the largest host cost per slice; bench/pipeline_host)
     ref = np.asarray(before, dtype=np.float32)
-    test = np.asarray(downsample2(after) if task == "sr2x" else after, dtype=np.float32)
+    test = to_input_grid(after, task)
     data_range = float(ref.max() - ref.min())
     if data_range <= 0 or ref.shape != test.shape or min(ref.shape[-2:]) < MIN_METRIC_SIZE:
         return None, None
@@ -126,6 +139,7 @@ def build_derived(
         series_qa=facts.series_qa,
         qa_reasons=facts.qa_reasons,
         degrade_restore_slices=facts.dr_slices,
+        hallucination_risk=info.hallucination_risk,
     )
     derived = derive_instance(source, np.asarray(after, dtype=np.float32), enh, options)
     buf = io.BytesIO()

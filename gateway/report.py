@@ -68,6 +68,8 @@ VERDICTS = {
 TASKS = {
     "denoise": CodedConcept("113087", "DCM", "Smoothing"),
     "sr2x": CodedConcept("113085", "DCM", "Spatial resampling"),
+    "sr4x": CodedConcept("113085", "DCM", "Spatial resampling"),
+    "deblur": CodedConcept("113086", "DCM", "Edge enhancement"),  # why: dicom_utils.derive.DERIVATION_CODES
 }
 DB = CodedConcept("dB", "UCUM", "decibel")
 NO_UNIT = CodedConcept("1", "UCUM", "no units")

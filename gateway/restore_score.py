@@ -12,6 +12,7 @@ Degradations (modality values in, same out; the seed is fixed per slice, so a re
 - X-ray (and anything else) denoise: Poisson-Gaussian, 2000 quanta at full scale, read noise 0.2 %
   (`xray_poisson_gaussian`, standard level).
 - sr2x: 2x2 area downsampling (`downsample2x_area`); the restored image is compared at the received size.
+- sr4x: 4x4 area downsampling, the same way; deblur: a Gaussian blur of 1.5 px, restored at the same size.
 A noise-conditioned model is given the noise estimated on the degraded slices, the route's strength as usual.
 Scores use `enhancers.metrics.score` (CT in the [-1000, 1000] HU window, data range 2000; others the
 received slice's range), averaged over the sampled slices.
@@ -34,6 +35,8 @@ CT_NOISE_HU = 20.0
 MR_SIGMA_FRACTION = 0.03
 XR_PEAK_PHOTONS = 2000.0
 XR_READ_SIGMA = 0.002
+#: deblur's own degradation: the blur its models are evaluated on (`enhancers.degrade` deblur-1.5).
+DEBLUR_SIGMA_PX = 1.5
 
 
 @dataclass(frozen=True)
@@ -47,8 +50,11 @@ class RestoreScore:
 
 
 def rule_for(group: str | None, task: str) -> str:
-    if task == "sr2x":
-        return "2x2 area downsampling, restored at the received size"
+    if task in ("sr2x", "sr4x"):
+        f = 2 if task == "sr2x" else 4
+        return f"{f}x{f} area downsampling, restored at the received size"
+    if task == "deblur":
+        return f"Gaussian blur, sigma {DEBLUR_SIGMA_PX:g} px"
     if group == "CT":
         return f"white Gaussian noise {CT_NOISE_HU:g} HU"
     if group == "MR":
@@ -64,6 +70,10 @@ def degrade_slice(
     x = np.asarray(image, dtype=np.float32)
     if task == "sr2x":
         return degrade.downsample2x_area(x)
+    if task == "sr4x":
+        return degrade.downsample_area(x, 4)
+    if task == "deblur":
+        return degrade.gaussian_blur(x, sigma=DEBLUR_SIGMA_PX)
     if group == "CT":
         return (x + rng.normal(0.0, CT_NOISE_HU, x.shape)).astype(np.float32)
     if group == "MR":
@@ -98,7 +108,7 @@ def degrade_restore(
         degraded = np.stack(
             [degrade_slice(x, group=group, task=task, value_range=vr, seed=number) for number, x, vr in same]
         )
-        noise = None if task == "sr2x" else estimate_noise(degraded, group)
+        noise = None if task != "denoise" else estimate_noise(degraded, group)
         lo = min(vr[0] for _, _, vr in same)
         hi = max(vr[1] for _, _, vr in same)
         restored = pipe.run(degraded, modality=modality, value_range=(lo, hi), noise=noise, strength=strength)

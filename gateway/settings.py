@@ -377,8 +377,8 @@ def _route(raw: Any, index: int, qa: QaSettings) -> Route:
     except re.error as exc:
         raise ConfigError(f"{where}.series_description = {pattern!r} is not a valid regular expression: {exc}")
     task = _str(raw.get("task", "denoise"), f"{where}.task")
-    if task not in ("denoise", "sr2x"):
-        raise ConfigError(f"{where}.task = {task!r}: expected \"denoise\" or \"sr2x\"")
+    if task not in ("denoise", "sr2x", "sr4x", "deblur"):
+        raise ConfigError(f"{where}.task = {task!r}: expected \"denoise\", \"sr2x\", \"sr4x\" or \"deblur\"")
     return Route(
         enhancer=_str(raw["enhancer"], f"{where}.enhancer"),
         modality=_str(raw.get("modality", ""), f"{where}.modality").upper(),

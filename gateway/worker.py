@@ -41,9 +41,9 @@ from gateway.derivation import (
     SeriesFacts,
     build_derived,
     derivation_options,
-    downsample2,
     input_metrics,
     make_pipeline,
+    to_input_grid,
 )
 from gateway.qa import SeriesGate, SeriesVerdict, worst
 from gateway.report import ReportFacts, build_report
@@ -490,7 +490,7 @@ class Worker:
             flag = None
             if work.gate is not None:
                 t0 = time.monotonic()
-                on_grid = downsample2(values) if work.task == "sr2x" else values
+                on_grid = to_input_grid(values, work.task)
                 flag = worst(
                     [
                         work.gate.check(

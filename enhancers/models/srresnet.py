@@ -5,7 +5,9 @@ norm, identity skip), a 3x3 conv + batch norm with a long skip, one sub-pixel (p
 stage with PReLU, and a 9x9 output conv. The paper uses B = 16 blocks of 64 features; the shipped weights use
 fewer (their card says how many) to fit a CPU training budget. Trained with an L1 loss only it is a plain
 regression model; with the optional adversarial loss the card sets `hallucination_risk`, because a GAN
-generator is rewarded for plausible texture that may not be in the patient's data.
+generator is rewarded for plausible texture that may not be in the patient's data. `scale` 4 stacks two
+pixel-shuffle stages, as the paper's 4x generator does (scale 2 keeps the original single-stage layout, so the
+shipped 2x weights still load).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from enhancers.classical import bicubic_up2
+from enhancers.classical import bicubic_up
 from enhancers.models.arch import Architecture, register_architecture
 
 
@@ -34,24 +36,29 @@ class _Block(nn.Module):
 
 
 class SRResNet(nn.Module):
-    """(B, 1, H, W) -> (B, 1, 2H, 2W). `bicubic_skip` adds the bicubic image to the output (off in the paper)."""
+    """(B, 1, H, W) -> (B, 1, sH, sW), s = `scale` (2 or 4). `bicubic_skip` adds the bicubic image to the
+    output (off in the paper)."""
 
-    def __init__(self, blocks: int = 16, features: int = 64, bicubic_skip: bool = False):
+    def __init__(self, blocks: int = 16, features: int = 64, bicubic_skip: bool = False, scale: int = 2):
         super().__init__()
+        if scale not in (2, 4):
+            raise ValueError(f"SRResNet scale must be 2 or 4, got {scale}")
         self.bicubic_skip = bicubic_skip
+        self.scale = scale
         self.head = nn.Sequential(nn.Conv2d(1, features, 9, padding=4), nn.PReLU(features))
         self.blocks = nn.Sequential(*[_Block(features) for _ in range(blocks)])
         self.fuse = nn.Sequential(nn.Conv2d(features, features, 3, padding=1), nn.BatchNorm2d(features))
-        self.up = nn.Sequential(
-            nn.Conv2d(features, features * 4, 3, padding=1), nn.PixelShuffle(2), nn.PReLU(features)
-        )
+        stage: list[nn.Module] = []
+        for _ in range(scale // 2):
+            stage += [nn.Conv2d(features, features * 4, 3, padding=1), nn.PixelShuffle(2), nn.PReLU(features)]
+        self.up = nn.Sequential(*stage)
         self.tail = nn.Conv2d(features, 1, 9, padding=4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         head = self.head(x)
         feat = head + self.fuse(self.blocks(head))
         out: torch.Tensor = self.tail(self.up(feat))
-        return out + bicubic_up2(x) if self.bicubic_skip else out
+        return out + bicubic_up(x, self.scale) if self.bicubic_skip else out
 
 
 register_architecture(

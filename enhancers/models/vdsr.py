@@ -3,6 +3,7 @@
 Faithful to the paper: 20 convolution layers of 3x3 with 64 filters, ReLU between them, zero padding that
 keeps the size, and global residual learning: the network predicts the difference between the
 bicubic-upsampled slice and the high-resolution one. The receptive field is 41x41 high-resolution pixels.
+`scale` (default 2) is the pre-interpolation factor (VDSR handles several scales with one network).
 """
 
 from __future__ import annotations
@@ -10,15 +11,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from enhancers.classical import bicubic_up2
+from enhancers.classical import bicubic_up
 from enhancers.models.arch import Architecture, register_architecture
 
 
 class VDSR(nn.Module):
-    """(B, 1, H, W) low-resolution -> (B, 1, 2H, 2W) = bicubic + predicted residual."""
+    """(B, 1, H, W) low-resolution -> (B, 1, sH, sW) = bicubic + predicted residual, s = `scale`."""
 
-    def __init__(self, depth: int = 20, features: int = 64):
+    def __init__(self, depth: int = 20, features: int = 64, scale: int = 2):
         super().__init__()
+        self.scale = scale
         if depth < 3:
             raise ValueError("VDSR depth must be >= 3")
         layers: list[nn.Module] = [nn.Conv2d(1, features, 3, padding=1), nn.ReLU(inplace=True)]
@@ -36,7 +38,7 @@ class VDSR(nn.Module):
         nn.init.normal_(last.weight, std=1e-3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        up = bicubic_up2(x)
+        up = bicubic_up(x, self.scale)
         out: torch.Tensor = up + self.body(up)
         return out
 

@@ -28,10 +28,10 @@ from gateway.derivation import (
     SeriesFacts,
     build_derived,
     derivation_options,
-    downsample2,
     input_metrics,
     make_pipeline,
     qa_flag,
+    to_input_grid,
 )
 from gateway.qa import judge_stack
 from gateway.settings import Settings
@@ -122,7 +122,7 @@ class Enhancer:
         progress("measuring PSNR and SSIM, QA checks", 0.75)
         p, s = input_metrics(values, out, task)
         verdict = judge_stack(
-            values, downsample2(out) if task == "sr2x" else out,
+            values, to_input_grid(out, task),
             settings=self.settings.qa, group=group, sigma=noise.sigma, ssim=s,
         )
         qa = verdict.verdict if verdict is not None else qa_flag(s)

@@ -136,7 +136,12 @@ def enhancer_options(infos: Sequence[EnhancerInfo]) -> str:
             recommended.setdefault(default_enhancer(modality, task), []).append(f"{label} {task}")
 
     def option(info: EnhancerInfo, lead: str = "") -> str:
-        risk = " May invent structure." if info.hallucination_risk else ""
+        risk = (
+            " HALLUCINATION RISK: trained adversarially, it may show structure that is not in the image; never a"
+            " default, for comparison only."
+            if info.hallucination_risk
+            else ""
+        )
         text = info.summary or info.description
         return (
             f'<option value="{esc(info.name)}" data-task="{esc(info.task)}">{esc(lead)}{esc(info.name)}: '
@@ -147,6 +152,8 @@ def enhancer_options(infos: Sequence[EnhancerInfo]) -> str:
         "Recommended": [],
         "Other denoisers": [],
         "Super-resolution (2x)": [],
+        "Super-resolution (4x)": [],
+        "Deblurring": [],
         "Display filters (change intensities; not denoising)": [],
         "Other trained models (kept for comparison)": [],
     }
@@ -155,8 +162,9 @@ def enhancer_options(infos: Sequence[EnhancerInfo]) -> str:
             groups["Recommended"].append(option(info, f"[{', '.join(recommended[info.name])}] "))
         elif info.display_filter:
             groups["Display filters (change intensities; not denoising)"].append(option(info))
-        elif info.task == "sr2x":
-            groups["Super-resolution (2x)"].append(option(info))
+        elif info.task in ("sr2x", "sr4x", "deblur"):
+            group = {"sr2x": "Super-resolution (2x)", "sr4x": "Super-resolution (4x)", "deblur": "Deblurring"}
+            groups[group[info.task]].append(option(info))
         elif info.kind == "classical":
             groups["Other denoisers"].append(option(info))
         else:
@@ -176,7 +184,7 @@ def upload_page(infos: Sequence[EnhancerInfo], *, csrf: str, max_mb: int, listen
 <p class="muted">Upload a DICOM image (CT, MR, CR, DX, MG) to see what the gateway would send to PACS: the original,
 the enhanced image and their difference, the PSNR/SSIM written in the private tags, and the derived DICOM object.
 A PNG or JPEG gives a quick look (no DICOM object). At most {max_mb} MB and {max_megapixels:g} megapixels
-(super-resolution: a quarter of that).</p>
+(super-resolution 2x: a quarter of that, 4x: a sixteenth).</p>
 <div class="card">
 <form class="upload" method="post" action="/upload" enctype="multipart/form-data"
       data-max-bytes="{max_mb << 20}">
@@ -186,7 +194,9 @@ A PNG or JPEG gives a quick look (no DICOM object). At most {max_mb} MB and {max
        accept=".dcm,.dicom,.ima,application/dicom,image/png,image/jpeg">
 <label for="task">Task</label>
 <select id="task" name="task"><option value="denoise" selected>denoise</option>
-<option value="sr2x">super-resolution 2x (sr2x)</option></select>
+<option value="sr2x">super-resolution 2x (sr2x)</option>
+<option value="sr4x">super-resolution 4x (sr4x): a low-resolution radiograph in, 4x the matrix out</option>
+<option value="deblur">deblur (same matrix)</option></select>
 <label for="enhancer">Enhancer</label>
 <select id="enhancer" name="enhancer">{"".join(options)}</select>
 <label for="image_modality">A PNG/JPEG is like</label>

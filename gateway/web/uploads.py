@@ -37,6 +37,7 @@ from pydicom.errors import InvalidDicomError
 from dicom_utils.classify import skip_reason
 from dicom_utils.errors import DicomUtilsError
 from dicom_utils.summary import safe_summary
+from enhancers.registry import TASK_SCALE
 from gateway import logs
 from gateway.web.enhance import EnhanceError, Enhancer, Outcome, dicom_values
 from gateway.web.imaging import (
@@ -249,13 +250,14 @@ class UploadStore:
 
     def _check_pixels(self, pixels: int, task: str) -> int:
         """The output pixel count of an upload of `pixels` input pixels; UploadError(413) above the cap."""
-        out = pixels * 4 if task == "sr2x" else pixels
+        factor = TASK_SCALE.get(task, 1) ** 2  # output pixels: sr2x 4x, sr4x 16x
+        out = pixels * factor
         if out > self.max_pixels:
-            what = f"{pixels / 1e6:.1f} megapixels" + (", four times that once super-resolved" if task == "sr2x" else "")
+            what = f"{pixels / 1e6:.1f} megapixels" + (f", {factor} times that once super-resolved" if factor > 1 else "")
             raise UploadError(
                 f"the image has {what}; this console enhances at most {self.max_pixels / 1e6:g} megapixels per "
                 "upload ([web] max_upload_megapixels): crop or downsample it"
-                + (", try denoise," if task == "sr2x" else ",") + " or ask an admin to raise the limit", 413)
+                + (", try denoise," if factor > 1 else ",") + " or ask an admin to raise the limit", 413)
         return out
 
     def _admit(self, upload: Upload) -> None:
@@ -307,7 +309,8 @@ class UploadStore:
             upload.summary = safe_summary(ds)
         elif data.startswith((_PNG_MAGIC, _JPEG_MAGIC)):
             values, vrange, dtype, note = _read_image(data, lambda pixels: self._check_pixels(pixels, task))
-            upload.memory = int(values.nbytes) * (5 if task == "sr2x" else 2)
+            grown = TASK_SCALE.get(task, 1) ** 2  # input + output (+ a same-size working copy when not grown)
+            upload.memory = int(values.nbytes) * (1 + grown if grown > 1 else 2)
             upload.kind = "image"
             upload.values, upload.vrange, upload.source_dtype, upload.note = values, vrange, dtype, note
             upload.modality = image_modality if image_modality in IMAGE_MODALITIES else "OT"

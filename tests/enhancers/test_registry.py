@@ -62,7 +62,7 @@ def test_info_validation() -> None:
         EnhancerInfo(
             name="x",
             version="1",
-            task="deblur",
+            task="colorize",
             modalities=("CT",),
             kind="classical",
             weights_sha256="",
@@ -122,4 +122,4 @@ def test_default_enhancer_is_registered_safe_and_task_correct() -> None:
     assert registry.default_enhancer("US") == "nlm"
     assert registry.default_enhancer("US", "sr2x") == "bicubic"
     with pytest.raises(ValueError):
-        registry.default_enhancer("CT", "deblur")
+        registry.default_enhancer("CT", "colorize")
