@@ -47,3 +47,28 @@ def test_no_phi_in_logs_of_a_full_run(tmp_path: Path) -> None:
     assert "job.done" in logs and "association.closed" in logs
     leaked = sorted(v for v in phi if v in logs or v in views)
     assert not leaked, f"PHI found in logs or admin views: {leaked}"
+
+
+def test_no_phi_in_the_tracebacks_of_a_failing_job(tmp_path: Path) -> None:
+    """An error path: the worker logs a traceback whose frames held the received datasets (as locals)."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    files = [Path(shutil.copy(testfile(name), inbox / name)) for name in SOURCES]
+    phi = set().union(*(_phi_values(f) for f in files))
+    gw = GatewayProcess(tmp_path, destinations=[{"name": "archive", "type": "folder", "path": "{var_dir}/archive"}],
+                        routes=[{"enhancer": "test-crash"}], sender={"max_attempts": 2},
+                        enhance={"plugins": ["tests.gateway.crashing_enhancers"]})
+    gw.start()
+    try:
+        storescu(gw.port, files, called_aet="ENHANCE_GW")
+        jobs = gw.wait_jobs({"dead", "skipped"}, 3, timeout=300)
+        assert {j.state for j in jobs} == {"dead"}, [(j.state, j.error) for j in jobs]
+    finally:
+        gw.stop()
+    logs = gw.log_text()
+    failures = [e for e in gw.events() if e["event"] == "job.enhance_failed"]
+    assert len(failures) == 6 and all(e["exception"][0]["frames"] for e in failures)  # tracebacks were logged
+    assert "test-crash: this enhancer always fails" in logs
+    leaked = sorted(v for v in phi if v in logs)
+    assert not leaked, f"PHI found in the logged tracebacks: {leaked}"
+    assert '"locals"' not in logs
