@@ -17,6 +17,7 @@ from gateway import logs
 from gateway.dicomnet import Peer
 from gateway.errors import GatewayError
 from gateway.retrieve import retrieve_series
+from gateway.routing import modality_mismatch
 from gateway.settings import STRENGTH_RANGE, Settings
 from gateway.spool import Spool
 from gateway.state import Job, State
@@ -46,6 +47,8 @@ def reprocess(
     """Queue a new job per series of the study (or the one series), retrieving purged originals first.
 
     A new enhancer (or version) gives a new derived series; the same one gives the same UIDs (idempotent).
+    An enhancer not made for a series' modality is refused (GatewayError naming the series and the fix)
+    before anything is retrieved or queued.
     """
     if enhancer and enhancer not in names():
         raise GatewayError(f"enhancer {enhancer!r} is not registered; known: {', '.join(names())}")
@@ -65,6 +68,21 @@ def reprocess(
     by_series: dict[str, list[dict[str, object]]] = {}
     for row in rows:
         by_series.setdefault(str(row["series_uid"]), []).append(dict(row))
+    if enhancer:  # refuse before queueing anything: a job that can never run would only fail in the worker
+        wrong = {
+            series: reason
+            for series, members in by_series.items()
+            if (reason := modality_mismatch(enhancer, str(members[0]["modality"]))) is not None
+        }
+        if wrong:
+            series, reason = next(iter(wrong.items()))
+            others = f" (and {len(wrong) - 1} more series)" if len(wrong) > 1 else ""
+            fits = [s for s in by_series if s not in wrong]
+            raise GatewayError(
+                f"series {series}{others}: {reason}"
+                + (f"; --series {fits[0]} would fit" if fits and not series_uid else "")
+                + "; nothing was queued"
+            )
     spool = Spool(settings.spool_dir, min_free_mb=settings.min_free_mb)
     done: list[Reprocessed] = []
     for series, members in by_series.items():

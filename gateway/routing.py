@@ -34,6 +34,25 @@ def choose(routes: Sequence[Route], modality: str, series_description: str) -> t
     return default_enhancer(modality, "denoise"), "denoise"
 
 
+def modality_mismatch(enhancer: str, modality: str) -> str | None:
+    """Why `enhancer` cannot enhance a series of `modality` (a message naming the fix), or None when it can.
+
+    Why here: `reprocess` refuses the request with this message before queueing, and the worker ends a job
+    that still asks for it at once (a permanent error) instead of retrying what can never work. The rule is
+    the pipeline's: an enhancer serves the modality groups it declares; a series of a modality without a
+    group (OT, US, ...) gets any classical filter, as the routing defaults give it, never a trained model.
+    """
+    details = info(enhancer)
+    group = modality_group(modality)
+    if group in details.modalities or (group is None and details.kind != "model"):
+        return None
+    return (
+        f"enhancer {enhancer!r} is made for {', '.join(details.modalities)}, not for modality"
+        f" {modality or '(none)'}; pick one made for it (e.g. {default_enhancer(modality, details.task)!r},"
+        " `enhance-gateway models` lists them) or leave the enhancer out to follow the routing rules"
+    )
+
+
 def load_plugins(modules: Sequence[str]) -> None:
     """Import `[enhance] plugins`: modules that register a site's own enhancers (idempotent, by import)."""
     for name in modules:

@@ -9,6 +9,7 @@ Layout under `<var_dir>/spool/`: `incoming/<study>/<series>/<sop>.dcm` (original
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -37,11 +38,36 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: Below this much free space a file system is full for the gateway whatever the watermark: not one more CT
+#: slice (~0.5 MB) fits. `/healthz` reports it even when `min_free_mb = 0` turns the watermark off.
+FULL_BELOW_MB = 1.0
+
+
+def ensure_space(path: Path, incoming_bytes: int, min_free_mb: float) -> None:
+    """Raise OutOfSpaceError when writing `incoming_bytes` under `path` would leave less than `min_free_mb` free.
+
+    Why one function for every write path (received originals, derived files, reports, folder deliveries):
+    the watermark exists so that the disk never fills, and any writer that skips it fills it for the others
+    (reception included). `min_free_mb = 0` turns it off; a real ENOSPC is then reported as OutOfSpaceError too.
+    """
+    if not min_free_mb:
+        return
+    free_mb = shutil.disk_usage(path).free / 1e6
+    if free_mb - incoming_bytes / 1e6 < min_free_mb:
+        raise OutOfSpaceError(
+            f"less than {min_free_mb:g} MB would stay free under {path} ({free_mb:.1f} MB free); free space"
+            " or lower gateway.min_free_mb"
+        )
+
+
 def write_atomic(final: Path, data: bytes | memoryview, tmp_dir: Path) -> None:
-    """Write `data` to `final` durably: temp file in `tmp_dir` (same filesystem), fsync, rename, fsync dir."""
-    final.parent.mkdir(parents=True, exist_ok=True)
+    """Write `data` to `final` durably: temp file in `tmp_dir` (same filesystem), fsync, rename, fsync dir.
+
+    A full disk (ENOSPC, EDQUOT) raises OutOfSpaceError, so callers wait for space instead of failing work.
+    """
     tmp = tmp_dir / f"{uuid.uuid4().hex}.part"
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -50,13 +76,15 @@ def write_atomic(final: Path, data: bytes | memoryview, tmp_dir: Path) -> None:
         fsync_dir(final.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutOfSpaceError(f"could not write {final}: {exc.strerror or exc}; free space") from exc
         raise SpoolError(f"could not write {final}: {exc.strerror or exc}") from exc
 
 
 class Spool:
     """Paths and durable writes under one root."""
 
-    def __init__(self, root: Path, *, min_free_mb: int = 0) -> None:
+    def __init__(self, root: Path, *, min_free_mb: float = 0) -> None:
         self.root = root
         self.min_free_mb = min_free_mb
         self.incoming = root / "incoming"
@@ -78,10 +106,24 @@ class Spool:
 
     def check_space(self, incoming_bytes: int = 0) -> None:
         """Raise OutOfSpaceError when the write would leave less than the watermark free."""
-        if self.min_free_mb and self.free_mb() - incoming_bytes / 1e6 < self.min_free_mb:
+        ensure_space(self.root, incoming_bytes, self.min_free_mb)
+
+    def check_health(self) -> None:
+        """Raise OutOfSpaceError, saying how much is free, when the spool's disk is below the watermark or full.
+
+        Why not `check_space`: with the watermark off (`min_free_mb = 0`) a full disk must still be reported;
+        an admin who turned refusals off did not ask to be told `ok` at 0 MB free.
+        """
+        free = self.free_mb()
+        if self.min_free_mb >= FULL_BELOW_MB and free < self.min_free_mb:
             raise OutOfSpaceError(
-                f"less than {self.min_free_mb} MB would stay free under {self.root}; free space or lower"
-                " gateway.min_free_mb"
+                f"less than {self.min_free_mb:g} MB free under {self.root} ({free:.1f} MB free); free space or"
+                " lower gateway.min_free_mb"
+            )
+        if free < FULL_BELOW_MB:
+            raise OutOfSpaceError(
+                f"{free:.1f} MB free under {self.root}: the file system is full; free space"
+                f" (gateway.min_free_mb = {self.min_free_mb:g} turns the watermark off, not this check)"
             )
 
     def incoming_series(self) -> Iterator[tuple[str, str, list[Path]]]:
@@ -107,6 +149,8 @@ class Spool:
         return self.outgoing / str(int(job_id))
 
     def store_outgoing(self, job_id: int, sop_uid: str, data: bytes) -> Path:
+        """Durably store a derived object; refused (OutOfSpaceError) below the watermark like reception."""
+        self.check_space(len(data))
         path = self.outgoing_dir(job_id) / f"{_safe(sop_uid)}.dcm"
         write_atomic(path, data, self.tmp)
         return path

@@ -443,13 +443,15 @@ class State:
         return {str(r[0]) for r in self._query("SELECT sop_uid FROM instances WHERE series_uid = ?", (series_uid,))}
 
     def series_instances(self, study_uid: str, series_uid: str | None = None) -> list[sqlite3.Row]:
-        """Every instance of a study (or one series) with its purge mark: what `reprocess` starts from."""
-        sql = "SELECT * FROM instances WHERE study_uid = ?"
+        """Every instance of a study (or one series) with its purge mark and its series' modality: what
+        `reprocess` starts from (and checks an enhancer against)."""
+        sql = ("SELECT i.*, s.modality FROM instances i JOIN series s ON s.series_uid = i.series_uid"
+               " WHERE i.study_uid = ?")
         args: list[object] = [study_uid]
         if series_uid:
-            sql += " AND series_uid = ?"
+            sql += " AND i.series_uid = ?"
             args.append(series_uid)
-        return self._query(sql + " ORDER BY series_uid, received_at", args)
+        return self._query(sql + " ORDER BY i.series_uid, i.received_at", args)
 
     def make_reprocess_job(
         self, series_uid: str, *, enhancer: str | None, only_destination: str | None, strength: float | None = None
@@ -643,22 +645,42 @@ class State:
                 (reason, now, now, job_id),
             )
 
-    def fail_job(self, job_id: int, stage: str, error: str, *, base: float, cap: float, max_attempts: int) -> str:
-        """Record a failure at `stage` ('enhancing' or 'sending'); returns the new state (failed or dead)."""
+    def fail_job(
+        self, job_id: int, stage: str, error: str, *, base: float, cap: float, max_attempts: int,
+        permanent: bool = False,
+    ) -> str:
+        """Record a failure at `stage` ('enhancing' or 'sending'); returns the new state (failed or dead).
+
+        `permanent` (retrying cannot help, e.g. an undecodable series): failed at once with no next try
+        (`next_try_at` NULL, which no claim ever picks); `retry` by an admin re-queues it as usual.
+        """
         now = time.time()
         with self._tx() as db:
             row = db.execute("SELECT attempts, state, owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if stage == "enhancing" and (row["state"] != "enhancing" or row["owner"] != os.getpid()):
                 return str(row["state"])  # someone else owns it now: not ours to fail
             attempts = int(row["attempts"]) + 1
-            state = "dead" if attempts >= max_attempts else "failed"
+            state = "failed" if permanent else "dead" if attempts >= max_attempts else "failed"
             retry_stage = "queued" if stage == "enhancing" else "enhanced"
+            next_try = None if permanent else now + backoff_delay(attempts, base, cap)
             db.execute(
                 "UPDATE jobs SET state = ?, failed_stage = ?, attempts = ?, next_try_at = ?, error = ?,"
                 " updated_at = ? WHERE id = ?",
-                (state, retry_stage, attempts, now + backoff_delay(attempts, base, cap), error[:2000], now, job_id),
+                (state, retry_stage, attempts, next_try, error[:2000], now, job_id),
             )
         return state
+
+    def requeue_job(self, job_id: int, reason: str) -> bool:
+        """enhancing -> queued without counting an attempt (the job waits, e.g. for disk space); `reason` is
+        kept in its error column until it runs. False when this process no longer owns the job."""
+        now = time.time()
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET state = 'queued', owner = NULL, error = ?, updated_at = ?"
+                " WHERE id = ? AND state = 'enhancing' AND owner = ?",
+                (reason[:2000], now, job_id, os.getpid()),
+            )
+        return bool(cur.rowcount)
 
     # --- deliveries ------------------------------------------------------------------------------------
 
@@ -729,6 +751,17 @@ class State:
                 (destination, now, now),
             )
         return state
+
+    def delivery_waiting(self, job_id: int, destination: str, reason: str, *, retry_in: float) -> None:
+        """A delivery that could not write (its folder's disk is full) tries again in `retry_in` seconds.
+
+        No attempt is counted: waiting for space is not a failure, and must never make a delivery dead.
+        """
+        with self._tx() as db:
+            db.execute(
+                "UPDATE deliveries SET next_try_at = ?, last_error = ? WHERE job_id = ? AND destination = ?",
+                (time.time() + retry_in, reason[:2000], job_id, destination),
+            )
 
     def settle_job(self, job_id: int) -> str:
         """sending -> done (all delivered), dead (a delivery is dead) or failed (retry at the next due time)."""
@@ -820,6 +853,7 @@ class State:
     def oldest_waiting(self) -> Job | None:
         rows = self._query(
             "SELECT * FROM jobs WHERE state IN ('queued', 'enhancing', 'enhanced', 'sending', 'failed')"
+            " AND NOT (state = 'failed' AND next_try_at IS NULL)"  # failed for good: waits for an admin, not a try
             " ORDER BY created_at LIMIT 1"
         )
         return Job(**dict(rows[0])) if rows else None

@@ -29,7 +29,6 @@ from structlog.contextvars import bound_contextvars
 
 from dicom_utils.classify import skip_reason
 from dicom_utils.derive import derived_series_uid, derived_sop_uid, mark_series_qa
-from dicom_utils.errors import DicomUtilsError
 from dicom_utils.pixels import frame_rescale, modality_frames, stored_range, value_range
 from dicom_utils.private_tags import set_qa_flag
 from enhancers.noise import NoiseEstimate, estimate_noise
@@ -44,6 +43,13 @@ from gateway.derivation import (
     input_metrics,
     make_pipeline,
     to_input_grid,
+)
+from gateway.errors import (
+    EnhancerMismatchError,
+    UndecodableSeriesError,
+    describe,
+    is_disk_full,
+    is_permanent,
 )
 from gateway.qa import SeriesGate, SeriesVerdict, worst
 from gateway.report import ReportFacts, build_report
@@ -190,6 +196,10 @@ class Worker:
         self.spool = spool
         self._pipelines: dict[str, Pipeline] = {}
         self.options = derivation_options(settings)
+        # Below the watermark the worker claims nothing and says so once (and once when space is back)
+        self.disk = logs.Outage(log, failing="worker.waiting_for_disk", recovered="worker.disk_recovered", cap=10.0)
+        self._stranded: int | None = None  # a job that ran out of space and could not be put back yet
+        self._retry_at = 0.0  # while the disk is full: no claim before this (time.monotonic())
 
     def pipeline(self, name: str) -> Pipeline:
         if name not in self._pipelines:
@@ -197,27 +207,90 @@ class Worker:
         return self._pipelines[name]
 
     def run_once(self) -> bool:
-        """Claim and process one job; False when nothing was queued."""
+        """Claim and process one job; False when nothing was claimed (none queued, or no space to write).
+
+        Failures are classified: a full disk puts the job back in the queue without counting an attempt (it
+        waits, see `_wait_for_space`); a permanent error (`gateway.errors.is_permanent`: an undecodable
+        series, an enhancer for another modality) ends the job `failed` at once with one log line; anything
+        else is retried with backoff up to `max_attempts`, its traceback logged.
+        """
+        if not self._space_to_write():
+            return False
         job = self.state.claim_job("queued", "enhancing")
         if job is None:
+            self._disk_ok()  # nothing waits for space any more
             return False
         with bound_contextvars(job_id=job.id, study_uid=job.study_uid, series_uid=job.series_uid):
             try:
                 self.process(job)
+                self._disk_ok()  # a whole job written: the disk takes writes again
             except (ServiceGone, JobTakenOver) as exc:
                 log.warning("job.abandoned", reason=str(exc))
             except Exception as exc:
+                if is_disk_full(exc):
+                    self._wait_for_space(job, exc)
+                    return True
                 snd = self.settings.sender
+                permanent = is_permanent(exc)
                 new_state = self.state.fail_job(
                     job.id,
                     "enhancing",
-                    f"{type(exc).__name__}: {exc}",
+                    describe(exc),
                     base=snd.base_seconds,
                     cap=snd.cap_seconds,
                     max_attempts=snd.max_attempts,
+                    permanent=permanent,
                 )
-                log.exception("job.enhance_failed", state=new_state)
+                if permanent:
+                    log.error(
+                        "job.failed", state=new_state, permanent=True, error=describe(exc),
+                        hint=f"retrying cannot help; fix the cause, then `enhance-gateway retry {job.id}`",
+                    )
+                else:
+                    log.exception("job.enhance_failed", state=new_state, error=describe(exc))
         return True
+
+    def pause(self, poll_seconds: float) -> float:
+        """Seconds to sleep after a `run_once` that claimed nothing: the poll, or longer while the disk is full."""
+        return max(poll_seconds, self.disk.delay())
+
+    def _space_to_write(self) -> bool:
+        """False (logged once per change) while the spool is below the watermark: claiming would only fail.
+
+        After a full disk the next job is tried at growing intervals: only a job whose outputs all fit ends
+        the wait (free space above the watermark may still be too little for one series, and the watermark
+        may be off). A job stranded by an earlier failure to requeue it (SQLite could not write either) is
+        put back first.
+        """
+        if self.disk.active and time.monotonic() < self._retry_at:
+            return False
+        try:
+            if self._stranded is not None:
+                self.state.requeue_job(self._stranded, "waiting for disk space")
+                self._stranded = None
+            self.spool.check_space()
+        except Exception as exc:  # noqa: BLE001 - a full disk or an unwritable state store: wait, then retry
+            self._retry_at = time.monotonic() + self.disk.failed(exc, free_mb=round(self.spool.free_mb(), 1))
+            return False
+        return True
+
+    def _disk_ok(self) -> None:
+        if self.disk.active:
+            self.disk.ok(free_mb=round(self.spool.free_mb(), 1))
+
+    def _wait_for_space(self, job: Job, exc: BaseException) -> None:
+        """The job could not write its outputs: drop the partial ones (they take the space), back to queued.
+
+        Why not a failure: a full disk is an outage an admin fixes by freeing space, not a fault of the
+        series; counting attempts would kill jobs of every series that arrived during it. The job keeps its
+        place in the queue and runs from the start once `_space_to_write` sees space again.
+        """
+        self.spool.clear_outgoing(job.id)
+        self._retry_at = time.monotonic() + self.disk.failed(exc, free_mb=round(self.spool.free_mb(), 1))
+        try:
+            self.state.requeue_job(job.id, f"waiting for disk space: {describe(exc)}")
+        except Exception:  # noqa: BLE001 - SQLite is on the full disk too: put it back once it can write
+            self._stranded = job.id
 
     def process(self, job: Job) -> None:
         started = time.monotonic()
@@ -235,6 +308,9 @@ class Worker:
             name, task = routing.choose(
                 self.settings.routes, job.modality, str(header.get("SeriesDescription", ""))
             )
+        mismatch = routing.modality_mismatch(name, job.modality)
+        if mismatch is not None:  # queued before `reprocess` checked it, or routed by a rule without modality
+            raise EnhancerMismatchError(mismatch)
         strength = job.strength if job.strength is not None else route.strength if route else 1.0
         qa = route.qa if route is not None and route.qa is not None else self.settings.qa
         pipe = self.pipeline(name)
@@ -292,7 +368,10 @@ class Worker:
                 future.result()
         derived, psnrs, ssims = finished.count, finished.psnrs, finished.ssims
         if derived == 0:
-            raise DicomUtilsError(f"no instance of the series could be enhanced: {'; '.join(problems[:3])}")
+            raise UndecodableSeriesError(
+                f"no instance of the series could be enhanced: {'; '.join(problems[:3])}; the originals stay in"
+                " the spool (check the transfer syntax and the sending device)"
+            )
         error = None
         if problems:
             error = f"{len(problems)} of {len(instances)} instances not enhanced: {'; '.join(problems[:3])}"
@@ -552,10 +631,19 @@ def run(settings: Settings, parent: int, poll_seconds: float = 0.5) -> None:
     logs.configure()
     routing.load_plugins(settings.plugins)
     state = State(settings.state_db)
-    worker = Worker(settings, state, Spool(settings.spool_dir), parent=parent)
+    worker = Worker(settings, state, Spool(settings.spool_dir, min_free_mb=settings.min_free_mb), parent=parent)
     log.info("worker.started")
+    # A failure outside any job (SQLite cannot claim: a full disk) must neither kill the process (the service
+    # would restart it every second) nor log a traceback per poll: once per change, growing waits.
+    outage = logs.Outage(log, failing="worker.failing", recovered="worker.recovered", cap=10.0)
     while stops.received is None and os.getppid() == parent:
-        if not worker.run_once():
-            stops.sleep(poll_seconds)
+        try:
+            busy = worker.run_once()
+            outage.ok()
+        except Exception as exc:  # noqa: BLE001 - see above
+            stops.sleep(max(poll_seconds, outage.failed(exc)))
+            continue
+        if not busy:
+            stops.sleep(worker.pause(poll_seconds))
     state.close()
     log.info("worker.stopped")
