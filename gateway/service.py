@@ -27,11 +27,19 @@ log = logs.get("gateway.service")
 
 
 def _completion_loop(state: State, stable_seconds: float, stop: threading.Event, metrics: Metrics) -> None:
-    """Series quiet for `stable_seconds` become queued jobs (checked every 0.5 s, or sooner for short waits)."""
+    """Series quiet for `stable_seconds` become queued jobs (checked every 0.5 s, or sooner for short waits).
+
+    A failing check (a full disk: SQLite cannot write) is logged once when it starts and once when it ends,
+    and retried with growing waits (up to 10 s): the series wait in `received`, nothing is lost.
+    """
     interval = max(0.1, min(0.5, stable_seconds / 4))
+    outage = logs.Outage(log, failing="completion.failing", recovered="completion.recovered", cap=10.0)
     while not stop.is_set():
+        wait = interval
         try:
-            for job_id in state.make_jobs_for_stable_series(stable_seconds):
+            made = state.make_jobs_for_stable_series(stable_seconds)
+            outage.ok()
+            for job_id in made:
                 job = state.job(job_id)
                 metrics.series_completed.inc()
                 log.info(
@@ -42,9 +50,9 @@ def _completion_loop(state: State, stable_seconds: float, stop: threading.Event,
                     modality=job.modality,
                     instances=job.instance_count,
                 )
-        except Exception:
-            log.exception("completion.error")
-        stop.wait(interval)
+        except Exception as exc:  # noqa: BLE001 - the loop must outlive any failure; Outage logs it once
+            wait = max(interval, outage.failed(exc))
+        stop.wait(wait)
 
 
 def _run_worker(settings: Settings, parent: int) -> None:
@@ -125,7 +133,7 @@ class Gateway:
 
     def health(self) -> dict[str, str]:
         return health_checks(
-            self.state, lambda: self.receiver.port if self.receiver.server else None, self.spool.check_space
+            self.state, lambda: self.receiver.port if self.receiver.server else None, self.spool.check_health
         )
 
     @property
