@@ -171,6 +171,56 @@ class DeviceMapping:
         return q.mul_(m_t).add_(b_t)
 
 
+    # The same mapping in numpy, for the CPU: single-threaded float32 ufuncs writing in place into buffers the
+    # caller keeps. Why not torch there: torch's elementwise kernels split each pass across its threads, which
+    # on a loaded 2-core machine (a worker's decode and derive threads beside it) waited for a descheduled
+    # thread and took ~15x longer than numpy's (bench/pipeline_host.py); allocating a fresh output per pass
+    # also page-faults. Same operations in the same order, so the results equal the torch path's bit for bit
+    # (tests/enhancers/test_exactness.py runs both).
+
+    def normalise_np(self, values: FloatArray, out: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Modality values -> normalised float32 written into `out` (any strides)."""
+        if self.is_identity:
+            np.copyto(out, values)
+            return out
+        np.subtract(values, np.float32(self.offset), out=out)
+        np.divide(out, np.float32(self.scale), out=out)
+        return out
+
+    def finish_np(
+        self,
+        pred: npt.NDArray[np.float32],
+        x: npt.NDArray[np.float32] | None,
+        rows: Sequence[int],
+        out: npt.NDArray[np.float32],
+    ) -> npt.NDArray[np.float32]:
+        """`finish` in numpy: the module's normalised output -> mapped values in `out` (`pred` is overwritten)."""
+        y = pred
+        if self.blend != 1.0 and x is not None and x.shape == y.shape:
+            np.subtract(y, x, out=y)
+            np.multiply(y, np.float32(self.blend), out=y)
+            np.add(y, x, out=y)
+        if self.is_identity:
+            np.copyto(out, y)
+        else:
+            np.multiply(y, np.float32(self.scale), out=out)
+            np.add(out, np.float32(self.offset), out=out)
+        if self.clip is not None:
+            np.clip(out, np.float32(self.clip[0]), np.float32(self.clip[1]), out=out)
+        grid = self.grid
+        if grid is not None:
+            picked = [[v[0]] if grid.is_uniform else [v[r] for r in rows] for v in (grid.slope, grid.intercept,
+                                                                                     grid.low, grid.high)]
+            m, b, lo, hi = (np.array(p, dtype=np.float32)[:, None, None] for p in picked)  # broadcast per slice
+            np.subtract(out, b, out=out)
+            np.divide(out, m, out=out)
+            np.rint(out, out=out)
+            np.clip(out, lo, hi, out=out)
+            np.multiply(out, m, out=out)
+            np.add(out, b, out=out)
+        return out
+
+
 def batch_from_memory(free_bytes: int, per_tile_bytes: int, requested: int | None) -> int:
     """Tiles per forward pass that fit `CUDA_FREE_SHARE` of `free_bytes`: at most `requested` (the configured
     batch) or, when None, at most `CUDA_MAX_BATCH`; never below 1 (a single tile that does not fit is the
@@ -368,16 +418,15 @@ class Pipeline:
         self, enhancer: ClassicalEnhancer, arr: FloatArray, mapping: DeviceMapping, sigma: float | None
     ) -> FloatArray:
         """Filters run in numpy on the CPU; the mapping around them is the same float32 one as the models'."""
-        x = mapping.normalise(torch.from_numpy(arr)).numpy()
+        x = mapping.normalise_np(arr, np.empty_like(arr))
         workers = min(self.threads or 1, x.shape[0])
         if workers > 1:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 outs = list(pool.map(lambda s: enhancer.apply(s, sigma), list(x)))
         else:
             outs = [enhancer.apply(s, sigma) for s in x]
-        y = torch.from_numpy(np.stack(outs).astype(np.float32, copy=False))
-        done = mapping.finish(y, torch.from_numpy(x), range(arr.shape[0]))
-        return np.ascontiguousarray(done.numpy(), dtype=np.float32)
+        y = np.stack(outs).astype(np.float32, copy=False)
+        return mapping.finish_np(y, x, range(arr.shape[0]), np.empty_like(y))
 
     def _run_model(self, arr: FloatArray, mapping: DeviceMapping, level: float | None = None) -> FloatArray:
         assert self._module is not None
@@ -587,25 +636,40 @@ def _run_direct(
     level: float | None,
     device: str,
 ) -> None:
-    cuda = device.startswith("cuda")
-    out_t = torch.from_numpy(out)
-    for chunk in batches:
-        rows = [i for i, _, _ in chunk]
-        if whole:  # consecutive whole slices: a view of the caller's array, never modified (normalise copies)
-            first = rows[0]
-            host = torch.from_numpy(values[first : first + len(chunk)])
-        else:
+    """One batch after the other. On CPU the input is normalised straight into a channels-last buffer (the
+    noise channel filled once), the module reads it without a copy, and whole slices are mapped back straight
+    into `out`: one pass in, one pass out, all in numpy (see `DeviceMapping.normalise_np`)."""
+    if device.startswith("cuda"):
+        for chunk in batches:
+            rows = [i for i, _, _ in chunk]
             host = torch.from_numpy(_tiles(values, chunk))
-        x = mapping.normalise(host.to(device))
-        pred = _forward(module, x, level, cuda)
-        if whole and not cuda:
-            mapping.finish(pred, x, rows, out=out_t[rows[0] : rows[0] + len(chunk)])
-            continue
-        res = mapping.finish(pred, x, rows).cpu().numpy()
-        if whole:
-            out[rows[0] : rows[0] + len(chunk)] = res
-        else:
+            x = mapping.normalise(host.to(device))
+            res = mapping.finish(_forward(module, x, level, True), x, rows).cpu().numpy()
             _place(out, res, chunk, s)
+        return
+    first_job = batches[0][0]
+    th, tw = first_job[1][1] - first_job[1][0], first_job[2][1] - first_job[2][0]
+    channels = 1 if level is None else 2
+    buf = np.empty((max(len(c) for c in batches), th, tw, channels), dtype=np.float32)
+    if level is not None:
+        buf[..., 1] = np.float32(float(level) * NOISE_LEVEL_GAIN)
+    for chunk in batches:
+        count = len(chunk)
+        rows = [i for i, _, _ in chunk]
+        xn = buf[:count, ..., 0]
+        if whole:  # consecutive whole slices, read in place (never modified)
+            mapping.normalise_np(values[rows[0] : rows[0] + count], xn)
+        else:
+            for k, (i, ty, tx) in enumerate(chunk):
+                mapping.normalise_np(values[i, ty[0] : ty[1], tx[0] : tx[1]], xn[k])
+        t = torch.from_numpy(buf[:count]).permute(0, 3, 1, 2)  # (B, C, H, W), channels-last strides
+        pred = module(t)[:, 0].float().numpy()
+        if np.may_share_memory(pred, buf):  # a module that hands back its input (the identity of the tests)
+            pred = pred.copy()
+        if whole:
+            mapping.finish_np(pred, xn, rows, out[rows[0] : rows[0] + count])
+        else:
+            _place(out, mapping.finish_np(pred, xn, rows, np.empty_like(pred)), chunk, s)
 
 
 def _run_staged(

@@ -110,3 +110,36 @@ def test_model_tiling_matches_whole_image(cr_crop: Image) -> None:
         values, modality=modality, value_range=value_range
     )
     np.testing.assert_allclose(tiled, whole, atol=1e-3 * (value_range[1] - value_range[0]))
+
+
+@pytest.mark.parametrize(("tile", "blend", "level"), [(1024, 1.0, None), (160, 0.4, 0.02), (256, 1.0, 0.01)])
+def test_the_staged_cuda_path_equals_the_cpu_path(cr_crop: Image, tile: int, blend: float, level: float | None) -> None:
+    """The CUDA bookkeeping (two buffer pairs, results drained one batch late, torch's float32 mapping) run on
+    the CPU gives the CPU path's numbers (numpy's float32 mapping) bit for bit: tiles, blend, noise channel and
+    a per-slice stored grid included. On a GPU only the module's own arithmetic differs (bench/cuda_check)."""
+    from enhancers.pipeline import DeviceMapping, StoredGrid, run_mapped
+
+    values, _modality, value_range = cr_crop
+    stack = np.concatenate([values, values[:, ::-1]])
+    name = "ncdn-xr" if level is not None else "fastdn-xr"
+    pipe = Pipeline(name, device="cpu")
+    assert pipe._module is not None
+    norm = normalisation_for("XR", stack, value_range)
+    grid = StoredGrid((1.0, 2.0), (0.0, -10.0), (0.0, 0.0), (4095.0, 4095.0))
+    mapping = DeviceMapping.of(norm, blend=blend, clip=value_range, grid=grid)
+    kw = {"mapping": mapping, "scale": 1, "tile": tile, "halo": pipe._halo, "batch_size": 3, "device": "cpu",
+          "level": level}
+    direct = run_mapped(pipe._module, stack, **kw)  # type: ignore[arg-type]
+    staged = run_mapped(pipe._module, stack, staged=True, **kw)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(staged, direct)
+
+
+def test_batch_from_free_memory() -> None:
+    """Half the free memory, at most the configured batch (or 64 when none is configured), never below one."""
+    from enhancers.pipeline import CUDA_MAX_BATCH, batch_from_memory
+
+    gib = 1 << 30
+    assert batch_from_memory(80 * gib, 100 << 20, None) == CUDA_MAX_BATCH
+    assert batch_from_memory(80 * gib, 100 << 20, 8) == 8
+    assert batch_from_memory(2 * gib, 100 << 20, None) == 10
+    assert batch_from_memory(10 << 20, 100 << 20, 8) == 1
