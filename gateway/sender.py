@@ -149,12 +149,15 @@ class Sender:
 
 
 def run_loop(sender: Sender, stop: threading.Event, poll_seconds: float = 0.25) -> None:
-    """Sender thread body: never dies on an error, logs it and keeps going."""
+    """Sender thread body: never dies on an error, logs it once per change (a full disk fails every claim:
+    SQLite cannot write) and waits longer after each failed try, up to 10 s."""
+    outage = logs.Outage(log, failing="sender.failing", recovered="sender.recovered", cap=10.0)
     while not stop.is_set():
         try:
             busy = sender.run_once()
-        except Exception:
-            log.exception("sender.error")
-            busy = False
+            outage.ok()
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            stop.wait(max(poll_seconds, outage.failed(exc)))
+            continue
         if not busy:
             stop.wait(poll_seconds)

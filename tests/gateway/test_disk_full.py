@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from tests.gateway.harness import GatewayProcess, wait_for
-from tests.peers import storescu
+from tests.peers import free_port, storescu
 from tests.realdata import make_series
 from tests.smalldisk import SmallDisk
 
@@ -94,3 +94,30 @@ def test_full_var_dir_logs_once_reports_unhealthy_and_resumes_when_freed(tmp_pat
     assert len([e for e in events if e["event"] == "completion.recovered"]) == 1
     assert not [e for e in events if e["event"] == "completion.error"]
     assert not [e for e in events if "exception" in e and e["event"] != "completion.failing"], "no tracebacks"
+
+
+def test_sender_on_a_full_disk_logs_once_and_resumes(tmp_path: Path, var_disk: SmallDisk) -> None:
+    """A delivery due for a retry while the disk is full: every claim fails in SQLite, one line says so."""
+    pacs_down = {"name": "pacs", "type": "dicom", "ae_title": "NOBODY", "host": "127.0.0.1", "port": free_port()}
+    gw = GatewayProcess(tmp_path, destinations=[pacs_down], routes=[{"enhancer": "gaussian"}],
+                        gateway={"min_free_mb": 0}, sender={"base_seconds": 0.5, "cap_seconds": 1.0}).start()
+    admin = gw.state()
+    try:
+        storescu(gw.port, make_series(CT, 2, tmp_path / "in", seed="sendfull"), called_aet="ENHANCE_GW")
+        gw.wait_jobs({"failed"}, 1)  # the first delivery was refused: it is retried every second
+        offset = len(gw.log_text())
+        assert var_disk.fill() < 100_000
+        wait_for(lambda: "sender.failing" in gw.log_text()[offset:], 60, "sender.failing in the log")
+        time.sleep(4)  # the sender keeps trying meanwhile (0.5 s, 1 s, 2 s apart): it must stay quiet
+        var_disk.drain()
+        wait_for(lambda: "sender.recovered" in gw.log_text()[offset:], 60, "sender.recovered in the log")
+        (delivery,) = admin.deliveries(1)
+        assert delivery.state == "pending"  # still retried as usual, not dead
+    finally:
+        gw.stop()
+        admin.close()
+    events = _events(gw.log_text()[offset:])
+    failing = [e for e in events if e["event"] == "sender.failing"]
+    assert len(failing) == 1 and failing[0]["kind"] == "disk_full" and "exception" not in failing[0], failing
+    assert len([e for e in events if e["event"] == "sender.recovered"]) == 1
+    assert not [e for e in events if e["event"] == "sender.error" or "exception" in e], "no tracebacks"
