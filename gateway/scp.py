@@ -241,6 +241,33 @@ def _quick_check(
     return study, series, sop, modality
 
 
+def spool_instance(
+    state: State, spool: Spool, *, study: str, series: str, sop: str, sop_class_uid: str, modality: str,
+    meta: bytes, body: bytes | memoryview, calling_aet: str,
+) -> int | None:
+    """Store one validated instance durably, then record it; the bytes stored, or None for a duplicate.
+
+    Why a function of its own: every way an instance comes in (C-STORE here, STOW-RS in `gateway.dicomweb`,
+    a WADO-RS retrieval for `reprocess`) must take this one path, in this order: spool write (temp + fsync +
+    rename), then the state row, and only then may the caller acknowledge. An instance that was purged and
+    arrives again (a C-MOVE or WADO-RS retrieval) is stored and its row restored instead of being dropped
+    as a duplicate. Raises OutOfSpaceError, SpoolError or sqlite3.Error (the caller maps them to a status).
+    """
+    purged = state.instance_purged(sop)
+    if purged is False:
+        return None
+    data = meta + body
+    path = spool.store_incoming(study, series, sop, data)
+    if purged:
+        state.mark_restored(sop, str(path))
+    else:
+        state.record_instance(
+            sop_uid=sop, series_uid=series, study_uid=study, sop_class_uid=sop_class_uid, modality=modality,
+            path=str(path), size=len(data), calling_aet=calling_aet,
+        )
+    return len(data)
+
+
 class Receiver:
     """Owns the AE and the event handlers; `start()` returns once the port is listening."""
 
@@ -436,22 +463,10 @@ class Receiver:
                 self.metrics.instances_refused.labels(f"0x{code:04X}").inc()
             return code
         with bound_contextvars(study_uid=study, series_uid=series):
-            if self.state.has_instance(sop):
-                if stats:
-                    stats.duplicates += 1
-                log.info("store.duplicate", sop_instance_uid=sop)
-                return SUCCESS
             try:
-                data = file_meta_bytes(sop_class_uid, sop, tsyntax) + data
-                path = self.spool.store_incoming(study, series, sop, data)
-                self.state.record_instance(
-                    sop_uid=sop,
-                    series_uid=series,
-                    study_uid=study,
-                    sop_class_uid=sop_class_uid,
-                    modality=modality,
-                    path=str(path),
-                    size=len(data),
+                size = spool_instance(
+                    self.state, self.spool, study=study, series=series, sop=sop, sop_class_uid=sop_class_uid,
+                    modality=modality, meta=file_meta_bytes(sop_class_uid, sop, tsyntax), body=data,
                     calling_aet=stats.calling_aet if stats else "",
                 )
             except (OutOfSpaceError, SpoolError, sqlite3.Error) as exc:
@@ -461,10 +476,15 @@ class Receiver:
                 if self.metrics:
                     self.metrics.instances_refused.labels("0xA700").inc()
                 return OUT_OF_RESOURCES
+            if size is None:
+                if stats:
+                    stats.duplicates += 1
+                log.info("store.duplicate", sop_instance_uid=sop)
+                return SUCCESS
             if stats:
                 stats.stored += 1
-                stats.bytes += len(data)
+                stats.bytes += size
             if self.metrics:
                 self.metrics.instances_received.inc()
-                self.metrics.bytes_received.inc(len(data))
+                self.metrics.bytes_received.inc(size)
             return SUCCESS

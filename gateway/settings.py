@@ -163,6 +163,32 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class DicomwebSettings:
+    """STOW-RS reception (`gateway.dicomweb`): `POST /dicomweb/studies[/{study}]` over HTTP(S).
+
+    Why these knobs: a STOW-RS sender is a machine with a credential, so nothing is accepted without one
+    (bearer `tokens`, or HTTP Basic against the console's users whose role is in `user_roles`) unless
+    `anonymous` says so; `cert`/`key` (PEM) turn on HTTPS and a non-loopback `host` is refused without them.
+    The limits bound what a request costs: a body is refused (413) past `max_request_mb` before it is read,
+    one instance is held in memory at a time and refused past `max_instance_mb`, at most `max_requests` are
+    served at once (503 with Retry-After beyond), and a client that stops sending for `timeout_seconds` is cut.
+    """
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8081
+    cert: Path | None = None
+    key: Path | None = None
+    tokens: tuple[str, ...] = ()
+    user_roles: tuple[str, ...] = ("admin",)
+    anonymous: bool = False
+    max_request_mb: int = 4096
+    max_instance_mb: int = 1024
+    max_requests: int = 4
+    timeout_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the gateway needs, validated."""
 
@@ -184,6 +210,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     qa: QaSettings = field(default_factory=QaSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
     plugins: tuple[str, ...] = ()  # modules imported by workers and `config check` (site enhancers)
     source_file: Path | None = None
 
@@ -406,7 +433,8 @@ def _env_overrides(gw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any
 def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
     """Build validated Settings from a parsed TOML document."""
     _reject_unknown(
-        data, {"gateway", "destinations", "sources", "routes", "sender", "enhance", "metrics", "qa", "web"},
+        data,
+        {"gateway", "destinations", "sources", "routes", "sender", "enhance", "metrics", "qa", "web", "dicomweb"},
         "the top level",
     )
     gw = _env_overrides(data.get("gateway", {}), dict(os.environ) if environ is None else environ)
@@ -501,6 +529,7 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
         metrics=metrics,
         qa=qa,
         web=_web(data.get("web", {}), var_dir),
+        dicomweb=_dicomweb(data.get("dicomweb", {}), var_dir),
         plugins=tuple(plugins),
         source_file=source,
     )
@@ -527,6 +556,49 @@ def _web(raw: Any, var_dir: Path) -> WebSettings:
         max_kept_mb=_int(raw.get("max_kept_mb", 1024), "web.max_kept_mb", 1),
         actions_per_minute=_int(raw.get("actions_per_minute", 20), "web.actions_per_minute", 1),
         login_failures=_int(raw.get("login_failures", 5), "web.login_failures", 1),
+    )
+
+
+def _dicomweb(raw: Any, var_dir: Path) -> DicomwebSettings:
+    """The `[dicomweb]` table: an enabled receiver needs a credential (or `anonymous = true`), and HTTPS
+    (cert + key) before it may listen beyond loopback."""
+    if not isinstance(raw, dict):
+        raise ConfigError("[dicomweb] must be a table")
+    _reject_unknown(raw, {f.name for f in DicomwebSettings.__dataclass_fields__.values()}, "[dicomweb]")
+    cert = _path(raw["cert"], "dicomweb.cert", var_dir) if raw.get("cert") else None
+    key = _path(raw["key"], "dicomweb.key", var_dir) if raw.get("key") else None
+    if (cert is None) != (key is None):
+        raise ConfigError("[dicomweb] cert and key go together: set both (PEM files) for HTTPS, or neither")
+    tokens = raw.get("tokens", [])
+    if not isinstance(tokens, list) or not all(isinstance(t, str) and len(t) >= 16 for t in tokens):
+        raise ConfigError("dicomweb.tokens must be a list of bearer tokens of at least 16 characters, e.g. the"
+                          " output of `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+    roles = raw.get("user_roles", ["admin"])
+    if not isinstance(roles, list) or not all(r in ("viewer", "admin") for r in roles):
+        raise ConfigError('dicomweb.user_roles must be a list of console roles ("viewer", "admin"), e.g. ["admin"]')
+    flags = {}
+    for name, default in (("enabled", False), ("anonymous", False)):
+        value = raw.get(name, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"dicomweb.{name} must be true or false")
+        flags[name] = value
+    host = _str(raw.get("host", "127.0.0.1"), "dicomweb.host")
+    if flags["enabled"] and cert is None and host not in ("127.0.0.1", "::1", "localhost"):
+        raise ConfigError(f"dicomweb.host = {host!r} would receive patient data over plain HTTP beyond this"
+                          " machine: set [dicomweb] cert and key (PEM) for HTTPS, or bind 127.0.0.1")
+    return DicomwebSettings(
+        enabled=flags["enabled"],
+        host=host,
+        port=_port(raw.get("port", 8081), "dicomweb.port"),
+        cert=cert,
+        key=key,
+        tokens=tuple(tokens),
+        user_roles=tuple(roles),
+        anonymous=flags["anonymous"],
+        max_request_mb=_int(raw.get("max_request_mb", 4096), "dicomweb.max_request_mb", 1),
+        max_instance_mb=_int(raw.get("max_instance_mb", 1024), "dicomweb.max_instance_mb", 1),
+        max_requests=_int(raw.get("max_requests", 4), "dicomweb.max_requests", 1),
+        timeout_seconds=_number(raw.get("timeout_seconds", 60.0), "dicomweb.timeout_seconds", 1.0),
     )
 
 

@@ -321,6 +321,15 @@ class State:
     def has_instance(self, sop_uid: str) -> bool:
         return bool(self._query("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)))
 
+    def instance_purged(self, sop_uid: str) -> bool | None:
+        """None: never received; False: recorded and in the spool; True: recorded but purged.
+
+        Why: an instance that `purge` removed and that arrives again (a C-MOVE or WADO-RS retrieval for
+        `reprocess`, or a modality resending it) must be stored and its row restored, not dropped as a duplicate.
+        """
+        rows = self._query("SELECT purged_at FROM instances WHERE sop_uid = ?", (sop_uid,))
+        return None if not rows else rows[0][0] is not None
+
     def record_instance(
         self,
         *,

@@ -11,6 +11,7 @@ need_apt=()
 if [ "$mode" = test ]; then
   command -v storescu >/dev/null || need_apt+=(dcmtk)
   command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
+  [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)  # STOW-RS/WADO-RS peer
   command -v dciodvfy >/dev/null || need_apt+=(dicom3tools)
   [ -d /usr/share/mricron/templates ] || need_apt+=(mricron-data)
   # real images of the enhancer corpus, read where Debian installs them (enhancers/corpus.py)

@@ -47,7 +47,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-INSTALL_HINT = "apt-get install -y dcmtk orthanc dicom3tools"
+INSTALL_HINT = "apt-get install -y dcmtk orthanc orthanc-dicomweb dicom3tools"
 LOOPBACK = "127.0.0.1"
 
 T = TypeVar("T")

@@ -57,6 +57,7 @@ def write_config(
     metrics_port: int = 0,
     enhance: dict[str, Any] | None = None,
     qa: dict[str, Any] | None = None,
+    dicomweb: dict[str, Any] | None = None,
 ) -> Path:
     lines = ["[gateway]", "ae_title = \"ENHANCE_GW\"", "host = \"127.0.0.1\"", f"port = {port}"]
     lines += [f"var_dir = {_toml_value(var_dir)}", f"stable_seconds = {stable_seconds}"]
@@ -75,6 +76,8 @@ def write_config(
     if gate:
         lines += ["", "[qa]"] + [f"{k} = {_toml_value(v)}" for k, v in gate.items()]
     lines += ["", "[metrics]", "host = \"127.0.0.1\"", f"port = {metrics_port}"]
+    if dicomweb:
+        lines += ["", "[dicomweb]"] + [f"{k} = {_toml_value(v)}" for k, v in dicomweb.items()]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
