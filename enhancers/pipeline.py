@@ -516,9 +516,11 @@ class _Staging:
         )
 
     def buffers(self, batch: int, tile: tuple[int, int], out_tile: tuple[int, int]) -> None:
-        """Make sure both buffer pairs hold `batch` tiles of these sizes."""
+        """Make sure both buffer pairs hold at least `batch` tiles of these sizes (kept when larger, so a
+        series' short last call does not reallocate pinned memory)."""
+
         def fits(bufs: list[torch.Tensor], shape: tuple[int, int, int]) -> bool:
-            return len(bufs) == 2 and all(tuple(b.shape) == shape for b in bufs)
+            return len(bufs) == 2 and all(b.shape[0] >= shape[0] and tuple(b.shape[1:]) == shape[1:] for b in bufs)
 
         shape_in, shape_out = (batch, *tile), (batch, *out_tile)
         if not fits(self._inputs, shape_in):

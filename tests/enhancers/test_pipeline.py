@@ -117,7 +117,7 @@ def test_the_staged_cuda_path_equals_the_cpu_path(cr_crop: Image, tile: int, ble
     """The CUDA bookkeeping (two buffer pairs, results drained one batch late, torch's float32 mapping) run on
     the CPU gives the CPU path's numbers (numpy's float32 mapping) bit for bit: tiles, blend, noise channel and
     a per-slice stored grid included. On a GPU only the module's own arithmetic differs (bench/cuda_check)."""
-    from enhancers.pipeline import DeviceMapping, StoredGrid, run_mapped
+    from enhancers.pipeline import DeviceMapping, StoredGrid, _Staging, run_mapped
 
     values, _modality, value_range = cr_crop
     stack = np.concatenate([values, values[:, ::-1]])
@@ -130,8 +130,13 @@ def test_the_staged_cuda_path_equals_the_cpu_path(cr_crop: Image, tile: int, ble
     kw = {"mapping": mapping, "scale": 1, "tile": tile, "halo": pipe._halo, "batch_size": 3, "device": "cpu",
           "level": level}
     direct = run_mapped(pipe._module, stack, **kw)  # type: ignore[arg-type]
-    staged = run_mapped(pipe._module, stack, staged=True, **kw)  # type: ignore[arg-type]
+    staging = _Staging("cpu")  # kept across calls, as a CUDA pipeline keeps its pinned buffers
+    staged = run_mapped(pipe._module, stack, staged=True, staging=staging, **kw)  # type: ignore[arg-type]
     np.testing.assert_array_equal(staged, direct)
+    one = StoredGrid((2.0,), (-10.0,), (0.0,), (4095.0,))  # a shorter last call reuses the larger buffers
+    kw["mapping"] = DeviceMapping.of(norm, blend=blend, clip=value_range, grid=one)
+    last = run_mapped(pipe._module, stack[1:], staged=True, staging=staging, **kw)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(last, direct[1:])
 
 
 def test_batch_from_free_memory() -> None:
