@@ -50,6 +50,22 @@ class _JobsCollector(Collector):
         yield age
 
 
+class _DiskCollector(Collector):
+    def __init__(self, free_bytes: Callable[[], float], min_free_mb: float) -> None:
+        self.free_bytes = free_bytes
+        self.min_free_mb = min_free_mb
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        free = GaugeMetricFamily("enhance_gw_disk_free_bytes", "Free bytes on the file system of var_dir")
+        free.add_metric([], float(self.free_bytes()))
+        yield free
+        mark = GaugeMetricFamily(
+            "enhance_gw_disk_watermark_bytes", "gateway.min_free_mb: below it reception is refused, work waits"
+        )
+        mark.add_metric([], self.min_free_mb * 1e6)
+        yield mark
+
+
 class Metrics:
     """The gateway's metrics in their own registry (no process-global state)."""
 
@@ -69,6 +85,14 @@ class Metrics:
 
     def watch_state(self, state: State) -> None:
         self.registry.register(_JobsCollector(state))
+
+    def watch_disk(self, free_bytes: Callable[[], float], min_free_mb: float) -> None:
+        """Free bytes under var_dir and the watermark, read at scrape time.
+
+        Why a gauge beside /healthz: the health check says ok or what is wrong; monitoring needs the number
+        itself to warn before the watermark is reached (and it is the truth also when the watermark is off).
+        """
+        self.registry.register(_DiskCollector(free_bytes, min_free_mb))
 
 
 def health_checks(state: State, scp_port: Callable[[], int | None], spool_check: Callable[[], None]) -> dict[str, str]:

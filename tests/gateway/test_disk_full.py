@@ -76,6 +76,10 @@ def test_full_var_dir_logs_once_reports_unhealthy_and_resumes_when_freed(tmp_pat
         assert health is not None and health.status_code == 503, health and health.text
         disk_line = next(line for line in health.text.splitlines() if line.startswith("disk: "))
         assert "MB free under" in disk_line and "the file system is full" in disk_line, disk_line
+        metrics = requests.get(f"http://127.0.0.1:{gw.metrics_port}/metrics", timeout=5).text
+        (free,) = [float(line.split()[1]) for line in metrics.splitlines()
+                   if line.startswith("enhance_gw_disk_free_bytes ")]
+        assert free < 100_000 and "enhance_gw_disk_watermark_bytes 0.0" in metrics
         time.sleep(4)  # the completion loop keeps trying meanwhile (0.5 s, 1 s, 2 s apart): it must stay quiet
         var_disk.drain()
         jobs = gw.wait_jobs({"done"}, 1, timeout=120)
