@@ -15,6 +15,7 @@ import threading
 import time
 
 from gateway import logs, sender
+from gateway.dicomweb import StowService
 from gateway.metrics import HttpEndpoint, Metrics, health_checks
 from gateway.reconcile import RunMarker, reconcile
 from gateway.scp import Receiver
@@ -75,6 +76,8 @@ class Gateway:
         self.metrics.watch_disk(lambda: self.spool.free_mb() * 1e6, settings.min_free_mb)
         self.receiver = Receiver(settings, self.state, self.spool, self.metrics)
         self.http: HttpEndpoint | None = None
+        # STOW-RS reception beside the SCP, same spool and state (`[dicomweb] enabled`)
+        self.stow = StowService(settings, self.state, self.spool, self.metrics) if settings.dicomweb.enabled else None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ctx = multiprocessing.get_context("spawn")
@@ -128,6 +131,8 @@ class Gateway:
         for t in self._threads:
             t.start()
         self.receiver.start()
+        if self.stow is not None:
+            self.stow.start()
         if self.settings.metrics.port:
             self.http = HttpEndpoint(self.settings.metrics.host, self.settings.metrics.port, self.metrics, self.health)
             self.http.start()
@@ -162,6 +167,8 @@ class Gateway:
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful: no new associations, threads and workers finish their current step."""
         self.receiver.stop()
+        if self.stow is not None:
+            self.stow.stop()
         if self.http is not None:
             self.http.stop()
         self._stop.set()
