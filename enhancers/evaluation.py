@@ -503,6 +503,10 @@ def write_tables(
             "- Native section (with `--native`): real images at their own noise, nothing simulated; the checks "
             "say whether what an enhancer removed looks like noise (targets in the section)."
         ),
+        (
+            "- Radiograph super-resolution (2x, 4x) and deblurring, on the held-out real radiograph: "
+            "[evaluation-xray.md](evaluation-xray.md) (`evaluate --xray`, its own section because it runs apart)."
+        ),
         "",
         f"- command: `{opts.command or 'enhance-gateway evaluate'}`",
         f"- date: {_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
