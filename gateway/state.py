@@ -14,6 +14,7 @@ The QA gate adds held (enhancing -> held: outputs kept, nothing delivered until 
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.errors import StateError
+from gateway.errors import StateError, is_disk_full
 
 JOB_STATES = (
     "queued", "enhancing", "enhanced", "sending", "done", "skipped", "failed", "dead", "held", "rejected",
@@ -261,6 +262,18 @@ class JobTakenOver(StateError):
     """This process no longer owns the job (a restarted service re-queued it and another worker claimed it)."""
 
 
+def _open_failure(path: Path, exc: sqlite3.OperationalError) -> str:
+    """What an admin reads when the database cannot be opened; a full disk is told apart (SQLite says only
+    `disk I/O error` when it cannot create its -shm file)."""
+    free = shutil.disk_usage(path.parent).free
+    if is_disk_full(exc) or free < 1_000_000:
+        return (
+            f"cannot open the state database {path} ({exc}): the file system is full ({free / 1e6:.1f} MB"
+            " free); free space under var_dir and start again"
+        )
+    return f"cannot open the state database {path}: {exc}; var_dir must be on a local, writable file system"
+
+
 class State:
     """SQLite-backed state, safe to share between the threads of one process (one connection, one lock).
 
@@ -272,13 +285,17 @@ class State:
         self.path = path
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # committed state survives power loss (see record_instance)
-        self._db.execute("PRAGMA busy_timeout=30000")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # committed state survives power loss (see record_instance)
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+            self._migrate()
+        except sqlite3.OperationalError as exc:  # a start on a full disk: one clear line, not a traceback
+            self._db.close()
+            raise StateError(_open_failure(path, exc)) from exc
         # Instance rows may skip the WAL sync only while a run marker lets a restart rebuild them (record_instance)
         self.fast_instance_rows = True
 

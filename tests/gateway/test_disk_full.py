@@ -8,6 +8,8 @@ journal and monitoring see.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,3 +127,20 @@ def test_sender_on_a_full_disk_logs_once_and_resumes(tmp_path: Path, var_disk: S
     assert len(failing) == 1 and failing[0]["kind"] == "disk_full" and "exception" not in failing[0], failing
     assert len([e for e in events if e["event"] == "sender.recovered"]) == 1
     assert not [e for e in events if e["event"] == "sender.error" or "exception" in e], "no tracebacks"
+
+
+def test_a_start_on_a_full_disk_says_so_in_one_line(tmp_path: Path, var_disk: SmallDisk) -> None:
+    """No other connection keeps SQLite's -shm file: the database cannot be opened; say why, no traceback."""
+    gw = GatewayProcess(tmp_path, destinations=[{"name": "archive", "type": "folder", "path": str(tmp_path / "a")}],
+                        gateway={"min_free_mb": 0})
+    gw.start()
+    gw.stop()  # the state database exists; its -wal and -shm files went with the last connection
+    assert var_disk.fill() < 100_000
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "--config", str(gw.config), "serve"],
+        capture_output=True, text=True, cwd=tmp_path, env=gw.env(), timeout=120, check=False,
+    )
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "cannot open the state database" in done.stderr and "the file system is full" in done.stderr
+    assert "free space under var_dir" in done.stderr
