@@ -16,7 +16,7 @@ from enhancers.registry import names
 from gateway import logs
 from gateway.dicomnet import Peer
 from gateway.errors import GatewayError
-from gateway.retrieve import retrieve_series
+from gateway.retrieve import move_series, retrieve_series
 from gateway.routing import modality_mismatch
 from gateway.settings import STRENGTH_RANGE, Settings
 from gateway.spool import Spool
@@ -96,7 +96,12 @@ def reprocess(
                 )
             src = settings.sources[0]
             peer = Peer(src.ae_title, src.host, src.port, src.calling_aet or settings.ae_title)
-            got = retrieve_series(peer, state, spool, study_uid, series, [str(r["sop_class_uid"]) for r in missing])
+            if src.retrieve == "move":  # the source sends them to the running gateway's SCP
+                got = move_series(peer, state, study_uid, series, [str(r["sop_uid"]) for r in missing],
+                                  settings.ae_title)
+            else:
+                got = retrieve_series(peer, state, spool, study_uid, series,
+                                      [str(r["sop_class_uid"]) for r in missing])
             source = src.name
         job_id = state.make_reprocess_job(
             series, enhancer=enhancer, only_destination=destination, strength=strength

@@ -7,12 +7,16 @@ durable path as a C-STORE (spool write with fsync + rename, then the state store
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import build_role, evt
-from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet  # type: ignore[attr-defined]
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 
 from gateway import logs, netopts
 from gateway.dicomnet import Peer
@@ -75,4 +79,61 @@ def retrieve_series(
             f"{'none' if final is None else f'0x{final:04X}'}"
         )
     log.info("retrieve.done", study_uid=study_uid, series_uid=series_uid, restored=restored, source=peer.ae_title)
+    return restored
+
+
+def move_series(
+    peer: Peer, state: State, study_uid: str, series_uid: str, sop_uids: Sequence[str], move_destination: str,
+    *, timeout: float = 60.0, settle: float = 10.0,
+) -> int:
+    """C-MOVE one series from `peer` to the gateway's own AE title; returns how many of `sop_uids` came back.
+
+    Why the instances are not stored here: with C-MOVE the source opens its own association to the running
+    gateway's SCP, so every instance takes the SCP's path (checks, spool write with fsync + rename, then the
+    state row, restoring the purged row) before the source is told it arrived. The final C-MOVE response thus
+    comes after the last instance was recorded; this function then matches the moved instances to the ones
+    `reprocess` asked for (waiting up to `settle` seconds for a slow last store) and raises DeliveryError
+    naming what is missing, so no job is queued over originals that are not in the spool.
+    """
+    ae = netopts.TunedAE(ae_title=peer.calling_aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        raise DeliveryError(f"no association with source {peer.ae_title}@{peer.host}:{peer.port} for C-MOVE")
+    query = Dataset()
+    query.QueryRetrieveLevel = "SERIES"
+    query.StudyInstanceUID = study_uid
+    query.SeriesInstanceUID = series_uid
+    final, failed = None, 0
+    try:
+        for status, _ in assoc.send_c_move(query, move_destination, StudyRootQueryRetrieveInformationModelMove):
+            if status and "Status" in status:
+                final = int(status.Status)
+                failed = int(status.get("NumberOfFailedSuboperations", 0) or 0)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if final not in (0x0000, 0xB000):
+        # 0xA801 says it; Orthanc, among others, gives no final status for an unknown move destination
+        hint = (f" (is {move_destination} registered at the source as a move destination, with the gateway's host"
+                " and port? C-MOVE needs that, C-GET does not)" if final in (None, 0xA801) else "")
+        raise DeliveryError(
+            f"C-MOVE of series {series_uid} from {peer.ae_title} ended with status "
+            f"{'none' if final is None else f'0x{final:04X}'}{hint}"
+        )
+    deadline = time.monotonic() + settle
+    while True:
+        missing = [u for u in sop_uids if state.instance_purged(u) is not False]
+        if not missing or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    restored = len(sop_uids) - len(missing)
+    log.info("retrieve.done", study_uid=study_uid, series_uid=series_uid, restored=restored, source=peer.ae_title,
+             how="move", failed_suboperations=failed)
+    if missing:
+        raise DeliveryError(
+            f"C-MOVE of series {series_uid} from {peer.ae_title}: {len(missing)} of {len(sop_uids)} purged originals"
+            " did not arrive (is the gateway running, and does the source send to its address?); nothing was queued"
+        )
     return restored

@@ -55,6 +55,7 @@ class Destination:
     host: str = ""
     port: int = 0
     calling_aet: str = ""
+    retrieve: str = "get"  # sources only: "get" (C-GET) or "move" (C-MOVE to the gateway's own AE title)
 
 
 @dataclass(frozen=True)
@@ -312,6 +313,24 @@ def _destination(raw: Any, index: int, var_dir: Path, section: str = "destinatio
     raise ConfigError(f"{where}.type = {kind!r}: expected \"folder\" or \"dicom\"")
 
 
+def _source(raw: Any, index: int, var_dir: Path) -> Destination:
+    """A `[[sources]]` PACS for `reprocess`: a DICOM node with `retrieve = "get"` (default) or `"move"`.
+
+    Why both: C-GET brings the instances back on the gateway's own association, but many PACS refuse it;
+    C-MOVE works with every PACS that has the gateway registered as a move destination (its AE title, host
+    and port), and the instances then arrive through the gateway's SCP like any C-STORE.
+    """
+    where = f"sources[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a table ([[sources]])")
+    retrieve = raw.get("retrieve", "get")
+    if retrieve not in ("get", "move"):
+        raise ConfigError(f"{where}.retrieve = {retrieve!r}: expected \"get\" (C-GET) or \"move\" (C-MOVE to"
+                          " the gateway's own AE title, which the PACS must know as a move destination)")
+    rest = {k: v for k, v in raw.items() if k != "retrieve"}
+    return replace(_destination(dict(rest, type="dicom"), index, var_dir, "sources"), retrieve=retrieve)
+
+
 def _tls(raw: Any, var_dir: Path) -> TlsSettings:
     if not isinstance(raw, dict):
         raise ConfigError("gateway.tls must be a table: [gateway.tls] with cert, key and optionally ca")
@@ -466,7 +485,7 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
     sources_raw = data.get("sources", [])
     if not isinstance(sources_raw, list):
         raise ConfigError("sources is an array of tables: write [[sources]]")
-    sources = tuple(_destination(dict(src, type="dicom"), i, var_dir, "sources") for i, src in enumerate(sources_raw))
+    sources = tuple(_source(src, i, var_dir) for i, src in enumerate(sources_raw))
 
     snd = data.get("sender", {})
     _reject_unknown(snd, {"base_seconds", "cap_seconds", "max_attempts", "dimse_timeout"}, "[sender]")

@@ -105,3 +105,16 @@ def test_routes_are_checked_against_the_registry() -> None:
         routing.validate([Route(enhancer="bicubic", task="denoise")])
     with pytest.raises(ConfigError, match="not US"):
         routing.validate([Route(enhancer="nlm", modality="US")])
+
+
+def test_sources_retrieve_and_dicomweb_settings_are_checked() -> None:
+    src = {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 104}
+    doc = _doc()
+    assert settings.parse(doc | {"sources": [src]}, environ={}).sources[0].retrieve == "get"
+    assert settings.parse(doc | {"sources": [src | {"retrieve": "move"}]}, environ={}).sources[0].retrieve == "move"
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.retrieve = 'fetch'.*move destination"):
+        settings.parse(doc | {"sources": [src | {"retrieve": "fetch"}]}, environ={})
+    with pytest.raises(ConfigError, match="HTTPS"):
+        settings.parse(doc | {"dicomweb": {"enabled": True, "host": "0.0.0.0"}}, environ={})
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        settings.parse(doc | {"dicomweb": {"tokens": ["short"]}}, environ={})
