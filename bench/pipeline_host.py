@@ -4,7 +4,7 @@ Why in one run: the machine's load moves between runs; the old and the new path 
 the same slices a moment apart, so their ratio holds even where the absolute figures do not.
 
     python -m bench.pipeline_host [--slices 64] [--batch-size 8] [--threads 2] [--repeats 5] [--device cpu]
-                                  [--model ncdn-ct] [--worker-slices 24] [--dicom PATH]
+                                  [--model ncdn-ct] [--model-repeats 3] [--worker-slices 24] [--dicom PATH]
 
 1. `Pipeline.run` with an identity module (returns its input channel: the model costs nothing, so what is
    timed is the pipeline's own host work), 512x512 CT slices, against `reference_run`: the pre-issue-19 path
@@ -158,7 +158,7 @@ def pipeline_part(args: argparse.Namespace, stack: FloatArray) -> None:
         old = Pipeline(name, device=args.device, batch_size=args.batch_size, threads=args.threads)
         if swap:
             old._module = Identity()
-        reps = args.repeats if swap else max(1, args.repeats // 2)
+        reps = args.repeats if swap else args.model_repeats
         took = alternate(
             {
                 "old": lambda o=old: reference_run(o, stack, modality="CT", value_range=VALUE_RANGE, noise=noise),
@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", default=None, help="model for part 2 (default: the CT denoiser default)")
+    parser.add_argument("--model-repeats", type=int, default=3, help="repeats for the real model (part 2)")
     parser.add_argument("--worker-slices", type=int, default=24)
     parser.add_argument("--dicom", default=None, help="CT slice to read instead of pydicom-data's 693_UNCR.dcm")
     parser.add_argument("--skip-worker", action="store_true")
