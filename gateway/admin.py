@@ -96,7 +96,13 @@ def reprocess(
                 )
             src = settings.sources[0]
             peer = Peer(src.ae_title, src.host, src.port, src.calling_aet or settings.ae_title)
-            if src.retrieve == "move":  # the source sends them to the running gateway's SCP
+            if src.type == "dicomweb":  # WADO-RS, stored through the STOW-RS receiver's checks and durable path
+                from gateway.dicomweb import InstanceSink
+                from gateway.dicomweb_client import wado_series
+
+                got = wado_series(src, InstanceSink(state, spool), study_uid, series,
+                                  [str(r["sop_uid"]) for r in missing])
+            elif src.retrieve == "move":  # the source sends them to the running gateway's SCP
                 got = move_series(peer, state, study_uid, series, [str(r["sop_uid"]) for r in missing],
                                   settings.ae_title)
             else:

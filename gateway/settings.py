@@ -56,6 +56,14 @@ class Destination:
     port: int = 0
     calling_aet: str = ""
     retrieve: str = "get"  # sources only: "get" (C-GET) or "move" (C-MOVE to the gateway's own AE title)
+    # type = "dicomweb": the service root (`.../dicom-web`), a bearer token or Basic credentials, and TLS
+    # verification (`verify = false` only for a test peer; `ca` = a PEM bundle that signed the server's certificate)
+    url: str = ""
+    token: str = ""
+    username: str = ""
+    password: str = ""
+    verify: bool = True
+    ca: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -289,7 +297,7 @@ def _destination(raw: Any, index: int, var_dir: Path, section: str = "destinatio
     where = f"{section}[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a table ([[{section}]])")
-    _reject_unknown(raw, {"name", "type", "path", "ae_title", "host", "port", "calling_aet"}, where)
+    _reject_unknown(raw, {"name", "type", "path", "ae_title", "host", "port", "calling_aet", *_DICOMWEB_KEYS}, where)
     name = _str(raw.get("name", ""), f"{where}.name")
     if not name:
         raise ConfigError(f"{where}.name is missing: give each destination a unique name, e.g. name = \"pacs\"")
@@ -310,11 +318,40 @@ def _destination(raw: Any, index: int, var_dir: Path, section: str = "destinatio
             port=_port(raw["port"], f"{where}.port"),
             calling_aet=_aet(raw["calling_aet"], f"{where}.calling_aet") if "calling_aet" in raw else "",
         )
+    if kind == "dicomweb" and section == "sources":
+        return _dicomweb_peer(raw, name, where, var_dir)
     raise ConfigError(f"{where}.type = {kind!r}: expected \"folder\" or \"dicom\"")
 
 
+_DICOMWEB_KEYS = ("url", "token", "username", "password", "verify", "ca")
+
+
+def _dicomweb_peer(raw: dict[str, Any], name: str, where: str, var_dir: Path) -> Destination:
+    """A DICOMweb server (WADO-RS source): an http(s) URL, at most one way to log in, TLS verified by default."""
+    url = _str(raw.get("url", ""), f"{where}.url").rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise ConfigError(f"{where}.url = {url!r}: give the DICOMweb service root, e.g."
+                          " \"https://pacs.example.org/dicom-web\"")
+    token = _str(raw.get("token", ""), f"{where}.token")
+    username = _str(raw.get("username", ""), f"{where}.username")
+    password = _str(raw.get("password", ""), f"{where}.password")
+    if token and username:
+        raise ConfigError(f"{where}: give token (bearer) or username + password (Basic), not both")
+    if bool(username) != bool(password):
+        raise ConfigError(f"{where}: username and password go together")
+    verify = raw.get("verify", True)
+    if not isinstance(verify, bool):
+        raise ConfigError(f"{where}.verify must be true or false")
+    ca = _path(raw["ca"], f"{where}.ca", var_dir) if raw.get("ca") else None
+    if ca is not None and not ca.is_file():
+        raise ConfigError(f"{where}.ca = {str(ca)!r}: no such file (a PEM bundle of the CA that signed the server)")
+    return Destination(name=name, type="dicomweb", url=url, token=token, username=username, password=password,
+                       verify=verify, ca=ca)
+
+
 def _source(raw: Any, index: int, var_dir: Path) -> Destination:
-    """A `[[sources]]` PACS for `reprocess`: a DICOM node with `retrieve = "get"` (default) or `"move"`.
+    """A `[[sources]]` PACS for `reprocess`: a DICOM node with `retrieve = "get"` (default) or `"move"`, or a
+    DICOMweb server (`type = "dicomweb"`, `url`, credentials) that serves WADO-RS.
 
     Why both: C-GET brings the instances back on the gateway's own association, but many PACS refuse it;
     C-MOVE works with every PACS that has the gateway registered as a move destination (its AE title, host
@@ -328,6 +365,8 @@ def _source(raw: Any, index: int, var_dir: Path) -> Destination:
         raise ConfigError(f"{where}.retrieve = {retrieve!r}: expected \"get\" (C-GET) or \"move\" (C-MOVE to"
                           " the gateway's own AE title, which the PACS must know as a move destination)")
     rest = {k: v for k, v in raw.items() if k != "retrieve"}
+    if rest.get("type", "dicom") == "dicomweb":  # WADO-RS
+        return _destination(rest, index, var_dir, "sources")
     return replace(_destination(dict(rest, type="dicom"), index, var_dir, "sources"), retrieve=retrieve)
 
 

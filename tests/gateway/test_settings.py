@@ -118,3 +118,16 @@ def test_sources_retrieve_and_dicomweb_settings_are_checked() -> None:
         settings.parse(doc | {"dicomweb": {"enabled": True, "host": "0.0.0.0"}}, environ={})
     with pytest.raises(ConfigError, match="at least 16 characters"):
         settings.parse(doc | {"dicomweb": {"tokens": ["short"]}}, environ={})
+
+
+def test_dicomweb_sources_are_checked() -> None:
+    doc = _doc()
+    web = {"name": "web", "type": "dicomweb", "url": "https://pacs.example.org/dicom-web/"}
+    (src,) = settings.parse(doc | {"sources": [web | {"token": "t" * 20}]}, environ={}).sources
+    assert (src.type, src.url, src.verify) == ("dicomweb", "https://pacs.example.org/dicom-web", True)
+    with pytest.raises(ConfigError, match="service root"):
+        settings.parse(doc | {"sources": [web | {"url": "pacs.example.org"}]}, environ={})
+    with pytest.raises(ConfigError, match="not both"):
+        settings.parse(doc | {"sources": [web | {"token": "t" * 20, "username": "u", "password": "p"}]}, environ={})
+    with pytest.raises(ConfigError, match="go together"):
+        settings.parse(doc | {"sources": [web | {"username": "u"}]}, environ={})

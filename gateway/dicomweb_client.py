@@ -1,0 +1,83 @@
+"""DICOMweb out of the gateway: WADO-RS retrieval of purged originals for `reprocess`.
+
+Why the retrieved instances go through `gateway.dicomweb.InstanceSink`: an original fetched again must be as
+safe as one received (the SCP's checks, spool write with fsync + rename, the purged row restored), and the
+STOW-RS receiver already has that path for Part 10 files in a multipart/related body, which is exactly what
+a WADO-RS series retrieval returns. The body is streamed (requests with `stream=True`, parsed by
+python-multipart as it arrives), so a large series never sits in memory whole, and the bytes are stored as the
+server sent them (no decode and re-encode through a pydicom Dataset).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import requests
+
+from gateway import logs
+from gateway.dicomweb import InstanceSink, RequestError, read_stow
+from gateway.errors import DeliveryError
+from gateway.settings import Destination
+
+log = logs.get("gateway.dicomweb_client")
+
+#: Ask for Part 10 files in the transfer syntax the server holds (no transcoding on its side).
+WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+#: Largest instance a WADO-RS retrieval takes (one instance is in memory at a time).
+MAX_INSTANCE = 2 << 30
+
+
+def session(peer: Destination) -> requests.Session:
+    """A requests session with the peer's credentials and TLS verification (never the environment's proxies
+    for a PACS on the local network unless the admin sets them for the gateway's process)."""
+    http = requests.Session()
+    if peer.token:
+        http.headers["Authorization"] = f"Bearer {peer.token}"
+    elif peer.username:
+        http.auth = (peer.username, peer.password)
+    http.verify = str(peer.ca) if peer.ca is not None else peer.verify
+    return http
+
+
+def wado_series(
+    peer: Destination, sink: InstanceSink, study_uid: str, series_uid: str, sop_uids: Sequence[str],
+    *, timeout: float = 60.0,
+) -> int:
+    """WADO-RS `GET {url}/studies/{study}/series/{series}` into the spool; returns how many of `sop_uids` are back.
+
+    Raises DeliveryError (nothing is queued by the caller) when the server cannot be reached, answers an error,
+    sends something that is not a multipart/related body of DICOM files, or leaves a purged original missing.
+    """
+    url = f"{peer.url}/studies/{study_uid}/series/{series_uid}"
+    http = session(peer)
+    outcomes: list[Any] = []
+    try:
+        with http.get(url, headers={"Accept": WADO_ACCEPT}, stream=True, timeout=(10.0, timeout)) as answer:
+            if answer.status_code != 200:
+                raise DeliveryError(
+                    f"WADO-RS of series {series_uid} from {peer.name} ({peer.url}) answered HTTP {answer.status_code}"
+                    + (": check the source's token or username/password" if answer.status_code in (401, 403) else "")
+                )
+            answer.raw.decode_content = True
+            result = read_stow(answer.raw, None, answer.headers.get("Content-Type", ""), max_part=MAX_INSTANCE,
+                               sink=sink, study_uid=study_uid, sender=f"wado:{peer.name}")
+            outcomes = result.outcomes
+    except requests.RequestException as exc:
+        raise DeliveryError(f"WADO-RS of series {series_uid} from {peer.name} ({peer.url}) failed:"
+                            f" {type(exc).__name__}: {str(exc)[:200]}") from exc
+    except RequestError as exc:
+        raise DeliveryError(f"WADO-RS of series {series_uid} from {peer.name}: {exc}") from exc
+    finally:
+        http.close()
+    missing = [u for u in sop_uids if sink.state.instance_purged(u) is not False]
+    failed = [o for o in outcomes if o.status]
+    log.info("retrieve.done", study_uid=study_uid, series_uid=series_uid, restored=len(sop_uids) - len(missing),
+             source=peer.name, how="wado-rs", received=len(outcomes), refused=len(failed))
+    if missing:
+        reasons = "; ".join(sorted({o.reason[:120] for o in failed}))[:400]
+        raise DeliveryError(
+            f"WADO-RS of series {series_uid} from {peer.name}: {len(missing)} of {len(sop_uids)} purged originals"
+            " did not come back" + (f" ({reasons})" if reasons else "") + "; nothing was queued"
+        )
+    return len(sop_uids) - len(missing)
