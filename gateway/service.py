@@ -15,6 +15,7 @@ import threading
 import time
 
 from gateway import logs, sender
+from gateway.completion import Completion
 from gateway.dicomweb import StowService
 from gateway.metrics import HttpEndpoint, Metrics, health_checks
 from gateway.reconcile import RunMarker, reconcile
@@ -27,7 +28,9 @@ from gateway.state import State
 log = logs.get("gateway.service")
 
 
-def _completion_loop(state: State, stable_seconds: float, stop: threading.Event, metrics: Metrics) -> None:
+def _completion_loop(
+    state: State, stable_seconds: float, stop: threading.Event, metrics: Metrics, completion: Completion | None = None
+) -> None:
     """Series quiet for `stable_seconds` become queued jobs (checked every 0.5 s, or sooner for short waits).
 
     A failing check (a full disk: SQLite cannot write) is logged once when it starts and once when it ends,
@@ -38,7 +41,8 @@ def _completion_loop(state: State, stable_seconds: float, stop: threading.Event,
     while not stop.is_set():
         wait = interval
         try:
-            made = state.make_jobs_for_stable_series(stable_seconds)
+            # study-level routes hold their series until the study is complete (gateway.completion)
+            made = completion.run_once() if completion else state.make_jobs_for_stable_series(stable_seconds)
             outage.ok()
             for job_id in made:
                 job = state.job(job_id)
@@ -121,7 +125,8 @@ class Gateway:
         self._threads = [
             threading.Thread(
                 target=_completion_loop,
-                args=(self.state, self.settings.stable_seconds, self._stop, self.metrics),
+                args=(self.state, self.settings.stable_seconds, self._stop, self.metrics,
+                      Completion(self.state, self.settings.routes, self.settings.stable_seconds)),
                 name="completion",
                 daemon=True,
             ),

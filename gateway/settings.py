@@ -93,11 +93,30 @@ class QaSettings:
 
 
 @dataclass(frozen=True)
+class SeriesMatch:
+    """One series a study-level route requires: its modality and/or a Series Description regular expression."""
+
+    modality: str = ""
+    series_description: str = ""
+
+    def matches(self, modality: str, description: str) -> bool:
+        if self.modality and self.modality != modality.upper():
+            return False
+        return not self.series_description or re.search(self.series_description, description or "") is not None
+
+    def __str__(self) -> str:
+        return "/".join(x for x in (self.modality, self.series_description) if x) or "any series"
+
+
+@dataclass(frozen=True)
 class Route:
     """First matching route picks the enhancer of a series; empty match fields match anything.
 
     `strength` (see `STRENGTH_RANGE`) goes to `Pipeline.run`; `qa` holds this route's QA settings (the
     global `[qa]` with the route's `qa = {...}` overrides merged in), None when it overrides nothing.
+    `trigger = "study"` makes the series this route matches wait for their study (`gateway.completion`):
+    until no instance came for `stable_seconds` and every `required` series is there, or `study_timeout`
+    seconds after the study's first instance, when `on_timeout` says "process" (what is there) or "discard".
     """
 
     enhancer: str
@@ -106,6 +125,10 @@ class Route:
     task: str = "denoise"
     strength: float = 1.0
     qa: QaSettings | None = None
+    trigger: str = "series"
+    required: tuple[SeriesMatch, ...] = ()
+    study_timeout: float = 3600.0
+    on_timeout: str = "process"
 
 
 @dataclass(frozen=True)
@@ -453,7 +476,8 @@ def _route(raw: Any, index: int, qa: QaSettings) -> Route:
     where = f"routes[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a table ([[routes]])")
-    _reject_unknown(raw, {"modality", "series_description", "enhancer", "task", "strength", "qa"}, where)
+    _reject_unknown(raw, {"modality", "series_description", "enhancer", "task", "strength", "qa", "trigger",
+                          "required", "study_timeout", "on_timeout"}, where)
     if "enhancer" not in raw:
         raise ConfigError(f"{where}.enhancer is missing: name an enhancer (`enhance-gateway models` lists them)")
     pattern = _str(raw.get("series_description", ""), f"{where}.series_description")
@@ -471,7 +495,39 @@ def _route(raw: Any, index: int, qa: QaSettings) -> Route:
         task=task,
         strength=_strength(raw.get("strength", 1.0), f"{where}.strength"),
         qa=_qa(raw["qa"], f"{where}.qa", qa) if "qa" in raw else None,
+        **_study_trigger(raw, where),
     )
+
+
+def _study_trigger(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """A route's `trigger`, `required`, `study_timeout` and `on_timeout` (only meaningful for a study trigger)."""
+    trigger = raw.get("trigger", "series")
+    if trigger not in ("series", "study"):
+        raise ConfigError(f"{where}.trigger = {trigger!r}: expected \"series\" (default: each series on its own)"
+                          " or \"study\" (wait for the whole study)")
+    if trigger == "series" and any(k in raw for k in ("required", "study_timeout", "on_timeout")):
+        raise ConfigError(f"{where}: required, study_timeout and on_timeout need trigger = \"study\"")
+    required_raw = raw.get("required", [])
+    if not isinstance(required_raw, list) or not all(isinstance(r, dict) for r in required_raw):
+        raise ConfigError(f'{where}.required must be a list of tables, e.g. [{{modality = "CT",'
+                          ' series_description = "AX"}]')
+    required = []
+    for i, item in enumerate(required_raw):
+        _reject_unknown(item, {"modality", "series_description"}, f"{where}.required[{i}]")
+        pattern = _str(item.get("series_description", ""), f"{where}.required[{i}].series_description")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(f"{where}.required[{i}].series_description = {pattern!r}: not a regular expression"
+                              f" ({exc})") from None
+        required.append(SeriesMatch(_str(item.get("modality", ""), f"{where}.required[{i}].modality").upper(),
+                                    pattern))
+    on_timeout = raw.get("on_timeout", "process")
+    if on_timeout not in ("process", "discard"):
+        raise ConfigError(f"{where}.on_timeout = {on_timeout!r}: expected \"process\" (enhance the series that"
+                          " arrived) or \"discard\" (enhance nothing, log study.discarded)")
+    return {"trigger": trigger, "required": tuple(required), "on_timeout": on_timeout,
+            "study_timeout": _number(raw.get("study_timeout", 3600.0), f"{where}.study_timeout", 1.0)}
 
 
 def _env_overrides(gw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,16 @@ _ADDED_JOB_COLUMNS: tuple[tuple[str, str], ...] = (
     ("dr_psnr", "REAL"),            # DEGRADE_RESTORE score of the series (sample of slices)
     ("dr_ssim", "REAL"),
     ("reviewed_at", "REAL"),        # when an admin released or rejected a held job
+    ("study_group", "TEXT"),        # jobs made together for a study-level route: delivered together
+)
+
+#: Delivery claims take a job of a study group only when no other job of the group is still to be enhanced
+#: (queued, enhancing, or failed with a retry due at the enhancing stage): the derived series of a study go
+#: out together. A held, skipped or dead member does not stop the others.
+STUDY_GROUP_READY = (
+    " AND (j.study_group IS NULL OR NOT EXISTS (SELECT 1 FROM jobs g WHERE g.study_group = j.study_group"
+    " AND (g.state IN ('queued', 'enhancing') OR (g.state = 'failed' AND g.failed_stage = 'queued'"
+    " AND g.next_try_at IS NOT NULL))))"
 )
 
 #: Roles of the web console's users: `viewer` reads jobs and tries enhancers; `admin` also retries,
@@ -185,6 +195,7 @@ class Job:
     dr_psnr: float | None = None
     dr_ssim: float | None = None
     reviewed_at: float | None = None
+    study_group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -393,47 +404,86 @@ class State:
 
     # --- completion ------------------------------------------------------------------------------------
 
-    def make_jobs_for_stable_series(self, stable_seconds: float, now: float | None = None) -> list[int]:
+    def make_jobs_for_stable_series(
+        self, stable_seconds: float, now: float | None = None, exclude: Collection[str] = ()
+    ) -> list[int]:
         """Turn every series quiet for `stable_seconds` that has unassigned instances into a queued job.
 
         Late instances of a series that already has a job get a job of their own: their derived UIDs are
-        deterministic, so they join the same derived series at the destination.
+        deterministic, so they join the same derived series at the destination. Series in `exclude` wait
+        (`gateway.completion` holds the series of a study-level route until their study is complete).
         """
         now = time.time() if now is None else now
-        made: list[int] = []
         with self._tx() as db:
-            rows = list(
-                db.execute(
-                    "SELECT s.series_uid, s.study_uid, s.modality, COUNT(i.sop_uid) AS n FROM series s"
+            rows = [
+                r for r in db.execute(
+                    "SELECT s.series_uid FROM series s"
                     " JOIN instances i ON i.series_uid = s.series_uid AND i.job_id IS NULL"
                     " WHERE s.last_at <= ? GROUP BY s.series_uid",
                     (now - stable_seconds,),
                 )
+                if r["series_uid"] not in exclude
+            ]
+            return self._make_jobs(db, [r["series_uid"] for r in rows], now)
+
+    def make_study_jobs(
+        self, series_uids: Sequence[str], group: str, *, skip_reason: str | None = None, now: float | None = None
+    ) -> list[int]:
+        """One job per series (its unassigned instances) in one transaction, all in study group `group`:
+        queued, or skipped with `skip_reason` (a study discarded on timeout: visible, and `reprocess` still works)."""
+        now = time.time() if now is None else now
+        with self._tx() as db:
+            return self._make_jobs(db, series_uids, now, group=group, skip_reason=skip_reason)
+
+    def _make_jobs(
+        self, db: sqlite3.Connection, series_uids: Sequence[str], now: float, *, group: str | None = None,
+        skip_reason: str | None = None,
+    ) -> list[int]:
+        made: list[int] = []
+        for series_uid in series_uids:
+            row = db.execute(
+                "SELECT s.series_uid, s.study_uid, s.modality, COUNT(i.sop_uid) AS n FROM series s"
+                " JOIN instances i ON i.series_uid = s.series_uid AND i.job_id IS NULL"
+                " WHERE s.series_uid = ? GROUP BY s.series_uid",
+                (series_uid,),
+            ).fetchone()
+            if row is None:
+                continue
+            cur = db.execute(
+                "INSERT INTO jobs(study_uid, series_uid, modality, state, instance_count, created_at,"
+                " updated_at, study_group, skip_reason, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (row["study_uid"], row["series_uid"], row["modality"],
+                 "skipped" if skip_reason else "queued", row["n"], now, now, group, skip_reason,
+                 now if skip_reason else None),
             )
-            for row in rows:
-                cur = db.execute(
-                    "INSERT INTO jobs(study_uid, series_uid, modality, state, instance_count, created_at,"
-                    " updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?)",
-                    (row["study_uid"], row["series_uid"], row["modality"], row["n"], now, now),
-                )
-                job_id = int(cur.lastrowid or 0)
-                db.execute(
-                    "INSERT INTO job_members(job_id, sop_uid) SELECT ?, sop_uid FROM instances"
-                    " WHERE series_uid = ? AND job_id IS NULL",
-                    (job_id, row["series_uid"]),
-                )
-                db.execute(
-                    "UPDATE instances SET job_id = ? WHERE series_uid = ? AND job_id IS NULL",
-                    (job_id, row["series_uid"]),
-                )
-                made.append(job_id)
+            job_id = int(cur.lastrowid or 0)
+            db.execute(
+                "INSERT INTO job_members(job_id, sop_uid) SELECT ?, sop_uid FROM instances"
+                " WHERE series_uid = ? AND job_id IS NULL",
+                (job_id, row["series_uid"]),
+            )
+            db.execute(
+                "UPDATE instances SET job_id = ? WHERE series_uid = ? AND job_id IS NULL",
+                (job_id, row["series_uid"]),
+            )
+            made.append(job_id)
         return made
 
     def pending_series(self) -> list[sqlite3.Row]:
         """Series still receiving (instances not yet in a job): the `received` stage."""
         return self._query(
-            "SELECT s.series_uid, s.study_uid, s.modality, s.last_at, COUNT(i.sop_uid) AS n FROM series s"
+            "SELECT s.series_uid, s.study_uid, s.modality, s.last_at, COUNT(i.sop_uid) AS n, s.first_at,"
+            " MIN(i.path) AS sample_path FROM series s"
             " JOIN instances i ON i.series_uid = s.series_uid AND i.job_id IS NULL GROUP BY s.series_uid"
+        )
+
+    def study_series(self, study_uid: str) -> list[sqlite3.Row]:
+        """Every series of a study, received before or still receiving, with one instance's path (to read its
+        Series Description) and when it started and last grew: what a study-level route's completion reads."""
+        return self._query(
+            "SELECT s.series_uid, s.modality, s.first_at, s.last_at, MIN(i.path) AS sample_path FROM series s"
+            " JOIN instances i ON i.series_uid = s.series_uid WHERE s.study_uid = ? GROUP BY s.series_uid",
+            (study_uid,),
         )
 
     # --- jobs ------------------------------------------------------------------------------------------
@@ -721,7 +771,7 @@ class State:
             row = db.execute(
                 "SELECT j.id FROM jobs j JOIN deliveries d ON d.job_id = j.id AND d.state = 'pending'"
                 " WHERE (j.state = 'enhanced' OR (j.state = 'failed' AND j.failed_stage = 'enhanced'))"
-                " AND d.next_try_at <= ? ORDER BY d.next_try_at, j.id LIMIT 1",
+                " AND d.next_try_at <= ?" + STUDY_GROUP_READY + " ORDER BY d.next_try_at, j.id LIMIT 1",
                 (now,),
             ).fetchone()
             if row is None:

@@ -131,3 +131,18 @@ def test_dicomweb_sources_are_checked() -> None:
         settings.parse(doc | {"sources": [web | {"token": "t" * 20, "username": "u", "password": "p"}]}, environ={})
     with pytest.raises(ConfigError, match="go together"):
         settings.parse(doc | {"sources": [web | {"username": "u"}]}, environ={})
+
+
+def test_study_trigger_routes_are_checked() -> None:
+    doc = _doc()
+    route = {"enhancer": "gaussian", "modality": "CT", "trigger": "study", "required": [{"series_description": "AX"}],
+             "on_timeout": "discard", "study_timeout": 60}
+    (parsed,) = settings.parse(doc | {"routes": [route]}, environ={}).routes
+    assert (parsed.trigger, parsed.on_timeout, parsed.study_timeout) == ("study", "discard", 60.0)
+    assert parsed.required[0].matches("CT", "AX 1mm") and not parsed.required[0].matches("CT", "COR")
+    with pytest.raises(ConfigError, match="trigger = 'exam'"):
+        settings.parse(doc | {"routes": [route | {"trigger": "exam"}]}, environ={})
+    with pytest.raises(ConfigError, match="need trigger"):
+        settings.parse(doc | {"routes": [{"enhancer": "gaussian", "on_timeout": "process"}]}, environ={})
+    with pytest.raises(ConfigError, match="on_timeout = 'drop'"):
+        settings.parse(doc | {"routes": [route | {"on_timeout": "drop"}]}, environ={})
