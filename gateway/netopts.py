@@ -158,6 +158,8 @@ class EventDrivenDUL(DULServiceProvider):
         """Block until the socket is readable, a wake-up arrives, or `_MAX_WAIT` passes."""
         waitables: list[Any] = [self._wakeup]
         sock = self.socket
+        if isinstance(sock, TunedSocket) and sock.buffered:
+            return  # the A-ASSOCIATE-RQ read during admission is waiting (gateway.admission)
         raw = getattr(sock, "socket", None) if sock is not None else None
         if raw is not None and getattr(sock, "_is_connected", False):
             if _SSLSocket is not None and isinstance(raw, _SSLSocket) and raw.pending():
@@ -359,12 +361,24 @@ class TunedSocket(AssociationSocket):
         assoc: Association,
         client_socket: socket.socket | None = None,
         address: AddressInformation | None = None,
+        prefix: bytes = b"",
     ) -> None:
         if client_socket is not None:
             tune_socket(client_socket)
             # A peer silent in the middle of a PDU must not hold this thread (and an association slot) forever.
             client_socket.settimeout(assoc.network_timeout)
+        # Bytes already read from the connection (the A-ASSOCIATE-RQ, by gateway.admission): served first.
+        self._prefix = bytearray(prefix)
         super().__init__(assoc, client_socket=client_socket, address=address)
+
+    @property
+    def buffered(self) -> bool:
+        """Whether bytes read during admission are still waiting to be read."""
+        return bool(self._prefix)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._prefix) or bool(super().ready)
 
     def _create_socket(self, address: AddressInformation) -> socket.socket:
         sock = super()._create_socket(address)
@@ -380,6 +394,12 @@ class TunedSocket(AssociationSocket):
         collects the rest.
         """
         assert self.socket is not None
+        if self._prefix:
+            head = bytes(self._prefix[:nr_bytes])
+            del self._prefix[:nr_bytes]
+            if len(head) == nr_bytes:
+                return head
+            return head + self.recv(nr_bytes - len(head))
         # SSLSocket.recv() refuses flags; TLS records are decrypted whole anyway.
         flags = 0 if _SSLSocket is not None and isinstance(self.socket, _SSLSocket) else _MSG_WAITALL
         first = self.socket.recv(nr_bytes, flags)
@@ -423,15 +443,21 @@ class TunedRequestHandler(RequestHandler):
     """Creates each acceptor association as pynetdicom does, then upgrades it and wraps a tuned socket."""
 
     def _create_association(self) -> Association:
+        take_prefix = getattr(self.server, "take_prefix", None)
+        prefix: bytes = take_prefix(self.request) if take_prefix is not None else b""
         assoc = super()._create_association()
         stock_socket = assoc.dul.socket
         assoc.dul.socket = None
         if not upgrade(assoc):
+            if prefix:  # the A-ASSOCIATE-RQ was read during admission: only a TunedSocket can replay it
+                assoc.dul.event_queue.queue.clear()  # the stock socket's Evt5; TunedSocket posts its own
+                assoc.set_socket(TunedSocket(assoc, client_socket=self.request, prefix=prefix))
+                return assoc
             assoc.dul.socket = stock_socket
             if isinstance(self.request, socket.socket):
                 tune_socket(self.request)
             return assoc
-        tuned = TunedSocket(assoc, client_socket=self.request)
+        tuned = TunedSocket(assoc, client_socket=self.request, prefix=prefix)
         assoc.set_socket(tuned)
         sink: StoreSink | None = getattr(self.ae, "store_sink", None)
         if sink is not None:
@@ -448,10 +474,19 @@ class TunedAE(AE):
     """
 
     store_sink: StoreSink | None = None
+    #: `gateway.admission.Limits`: when set, servers are `gateway.admission.GuardedServer`s (TLS handshake and
+    #: A-ASSOCIATE-RQ read in each connection's own thread, with a deadline; slots for associations only).
+    admission: Any = None
+    #: `gateway.admission.Screen` applied to each complete A-ASSOCIATE-RQ before it takes a slot.
+    screen: Any = None
 
     def make_server(self, *args: Any, **kwargs: Any) -> Any:
-        if ENABLED:
+        if ENABLED or self.admission is not None:
             kwargs.setdefault("request_handler", TunedRequestHandler)
+        if self.admission is not None:
+            from gateway.admission import GuardedServer  # imports this module
+
+            kwargs["server_class"] = GuardedServer
         return super().make_server(*args, **kwargs)
 
     def _create_socket(

@@ -45,6 +45,7 @@ from structlog.contextvars import bound_contextvars
 
 from dicom_utils import header_scan
 from gateway import logs, netopts
+from gateway.admission import GuardedServer, Limits
 from gateway.errors import OutOfSpaceError, SpoolError
 from gateway.metrics import Metrics
 from gateway.pdata import StoreRequest
@@ -288,7 +289,13 @@ class Receiver:
         _config.PASS_CONTEXTVARS = True
         ae = netopts.TunedAE(ae_title=self.settings.ae_title)
         ae.maximum_pdu_size = self.settings.max_pdu
-        ae.maximum_associations = 32
+        ae.maximum_associations = self.settings.max_associations
+        ae.admission = Limits(
+            max_associations=self.settings.max_associations,
+            max_associations_per_host=self.settings.max_associations_per_host,
+            pre_association_timeout=self.settings.pre_association_timeout,
+        )
+        ae.screen = self._screen
         ae.dimse_timeout = 60
         ae.network_timeout = 60
         ae.acse_timeout = 30
@@ -332,6 +339,16 @@ class Receiver:
             tls="mutual" if tls and tls.require_client_cert else "on" if tls else "off",
         )
 
+    def slots(self) -> str:
+        """The SCP's health: "ok" while it listens and an association slot is free, else what is wrong."""
+        server = self.server
+        if server is None:
+            return "not listening"
+        if isinstance(server, GuardedServer) and server.free_slots() == 0:
+            return (f"no free association slot: all {self.settings.max_associations} in use"
+                    " (gateway.max_associations); senders are refused until one ends")
+        return "ok"
+
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting associations; let in-flight C-STOREs finish; then close what is still open.
 
@@ -367,18 +384,21 @@ class Receiver:
         with self._lock:
             return self._assocs.get(id(assoc))
 
+    def _screen(self, calling_aet: str, host: str) -> str | None:
+        """`gateway.admission.Screen`: an AE title bound to other hosts in `peer_hosts` is rejected before it
+        takes a slot (A-ASSOCIATE-RJ), so no association, statistics entry or abort thread ever exists for it."""
+        hosts = self.settings.peer_hosts.get(calling_aet.strip())
+        if hosts is not None and host not in hosts:
+            return "calling AE title is bound to other hosts in gateway.peer_hosts"
+        return None
+
     def _on_accepted(self, event: Any) -> None:
         requestor = event.assoc.requestor
         stats = _AssocStats(calling_aet=str(requestor.ae_title), peer=f"{requestor.address}:{requestor.port}")
-        hosts = self.settings.peer_hosts.get(stats.calling_aet)
-        if hosts is not None and str(requestor.address) not in hosts:
-            # the AE title is known but comes from a host it is not bound to: refuse everything, then abort
-            stats.allowed = False
-            log.warning("association.rejected", calling_aet=stats.calling_aet, peer=stats.peer,
-                        reason="calling AE title is bound to other hosts in gateway.peer_hosts")
-            threading.Thread(target=event.assoc.abort, name="abort", daemon=True).start()
         with self._lock:
             self._assocs[id(event.assoc)] = stats
+        # Second line of defence (the admission screen rejects these before they associate): refuse every store.
+        stats.allowed = self._screen(stats.calling_aet, str(requestor.address)) is None
         log.info("association.accepted", calling_aet=stats.calling_aet, peer=stats.peer)
 
     def _on_closed(self, event: Any) -> None:
@@ -399,13 +419,18 @@ class Receiver:
         )
 
     def _on_rejected(self, event: Any) -> None:
+        """pynetdicom rejected a request that passed admission: say which of its checks refused it."""
         requestor = event.assoc.requestor
-        log.warning(
-            "association.rejected",
-            calling_aet=str(requestor.ae_title),
-            peer=f"{requestor.address}:{requestor.port}",
-            reason="calling AE title not in gateway.allowed_calling_aets or association limit reached",
-        )
+        aet = str(requestor.ae_title).strip()
+        allowed = self.settings.allowed_calling_aets
+        if allowed and aet not in allowed:
+            reason = "calling AE title not in gateway.allowed_calling_aets"
+        elif len(self.ae.active_associations) > self.ae.maximum_associations:
+            reason = f"association limit reached (gateway.max_associations = {self.settings.max_associations})"
+        else:
+            reason = "association negotiation refused (no acceptable presentation context or user identity)"
+        log.warning("association.rejected", calling_aet=aet, peer=f"{requestor.address}:{requestor.port}",
+                    reason=reason)
 
     def _on_echo(self, event: Any) -> int:
         return SUCCESS

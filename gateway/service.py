@@ -143,9 +143,12 @@ class Gateway:
             self.http.start()
 
     def health(self) -> dict[str, str]:
-        return health_checks(
+        checks = health_checks(
             self.state, lambda: self.receiver.port if self.receiver.server else None, self.spool.check_health
         )
+        if checks.get("scp") == "ok":  # listening is not enough: a sender must also find a free slot
+            checks["scp"] = self.receiver.slots()
+        return checks
 
     @property
     def port(self) -> int:

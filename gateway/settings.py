@@ -231,6 +231,11 @@ class Settings:
     stable_seconds: float = 10.0
     allowed_calling_aets: tuple[str, ...] = ()
     peer_hosts: dict[str, tuple[str, ...]] = field(default_factory=dict)  # AE title -> allowed IP addresses
+    # Admission (gateway.admission): associations served at once, connections (associating or associated)
+    # from one IP address, and the seconds a new connection has to finish TLS and send its A-ASSOCIATE-RQ.
+    max_associations: int = 32
+    max_associations_per_host: int = 16
+    pre_association_timeout: float = 5.0
     max_pdu: int = 0
     min_free_mb: int = 500
     tls: TlsSettings | None = None
@@ -554,7 +559,7 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
     gw = _env_overrides(data.get("gateway", {}), dict(os.environ) if environ is None else environ)
     known = {
         "ae_title", "host", "port", "var_dir", "stable_seconds", "allowed_calling_aets", "max_pdu", "min_free_mb",
-        "tls", "peer_hosts",
+        "tls", "peer_hosts", "max_associations", "max_associations_per_host", "pre_association_timeout",
     }
     _reject_unknown(gw, known, "[gateway]")
     var_dir = Path(_str(gw.get("var_dir", "var"), "gateway.var_dir"))
@@ -635,6 +640,11 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
         min_free_mb=_int(gw.get("min_free_mb", 500), "gateway.min_free_mb"),
         tls=tls,
         peer_hosts=peer_hosts,
+        max_associations=_int(gw.get("max_associations", 32), "gateway.max_associations", 1),
+        max_associations_per_host=_int(gw.get("max_associations_per_host", 16), "gateway.max_associations_per_host", 1),
+        pre_association_timeout=_number(
+            gw.get("pre_association_timeout", 5.0), "gateway.pre_association_timeout", 0.1
+        ),
         destinations=dests,
         sources=sources,
         routes=tuple(_route(r, i, qa) for i, r in enumerate(routes_raw)),
