@@ -23,7 +23,7 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_utils.part10 import scan_file_meta
@@ -79,8 +79,36 @@ def _ae(peer: Peer, timeout: float) -> AE:
     ae.acse_timeout = timeout
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout
+    ae.connection_timeout = timeout  # a host that drops SYNs must not hold the sender for the OS's ~2 minutes
     ae.maximum_pdu_size = 0
     return ae
+
+
+def _associate(ae: AE, peer: Peer, timeout: float) -> Any:
+    """Open the association or raise DeliveryError saying what happened: refused, unreachable, rejected (with
+    the peer's reason) or timed out (TCP connected, no answer to the A-ASSOCIATE-RQ within `timeout` s)."""
+    connected: list[bool] = []
+    started = time.monotonic()
+    assoc = ae.associate(
+        peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, lambda _: connected.append(True))]
+    )
+    if assoc.is_established:
+        return assoc
+    where = f"{peer.ae_title}@{peer.host}:{peer.port}"
+    if assoc.is_rejected:
+        raise DeliveryError(
+            f"association with {where} was rejected by the peer; check that it knows our AE title"
+            f" ({peer.calling_aet}) and accepts these SOP classes"
+        )
+    if connected:
+        raise DeliveryError(
+            f"association with {where} timed out: TCP connected but no answer to the association request"
+            f" within {timeout:g} s (sender.dimse_timeout); the peer is hung or overloaded"
+        )
+    elapsed = time.monotonic() - started
+    if elapsed >= 0.9 * timeout:
+        raise DeliveryError(f"connection to {where} timed out after {elapsed:.0f} s; check the host and firewall")
+    raise DeliveryError(f"connection to {where} could not be opened (refused or unreachable); check that the peer is up")
 
 
 def _store(
@@ -114,12 +142,7 @@ def send_files(peer: Peer, files: Sequence[Path], *, timeout: float = 60.0) -> S
     pairs = _file_contexts(files)
     for sop_class, tsyntax in _contexts(pairs):
         ae.add_requested_context(sop_class, [tsyntax])
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
-    if not assoc.is_established:
-        raise DeliveryError(
-            f"association with {peer.ae_title}@{peer.host}:{peer.port} was rejected or could not be opened;"
-            " check that the peer is up and knows our AE title"
-        )
+    assoc = _associate(ae, peer, timeout)
     accepted = {
         (str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id or 0) for cx in assoc.accepted_contexts
     }
@@ -129,8 +152,12 @@ def send_files(peer: Peer, files: Sequence[Path], *, timeout: float = 60.0) -> S
         for path, pair in zip(files, pairs, strict=True):
             code = _store(assoc, fast, path, pair, accepted, timeout)
             if code is None:
-                assoc.abort()
-                raise DeliveryError(f"no C-STORE response from {peer.ae_title} (timeout or aborted association)")
+                if assoc.is_established:
+                    assoc.abort()
+                    raise DeliveryError(
+                        f"C-STORE to {peer.ae_title} timed out: no response within {timeout:g} s (sender.dimse_timeout)"
+                    )
+                raise DeliveryError(f"{peer.ae_title} aborted the association during a C-STORE (no response)")
             if code != 0 and not 0xB000 <= code <= 0xBFFF:
                 raise DeliveryError(f"{peer.ae_title} refused an instance with status 0x{code:04X}")
             sent += 1
@@ -146,9 +173,7 @@ def echo(peer: Peer, *, timeout: float = 30.0) -> float:
     started = time.monotonic()
     ae = _ae(peer, timeout)
     ae.add_requested_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
-    if not assoc.is_established:
-        raise DeliveryError(f"no association with {peer.ae_title}@{peer.host}:{peer.port}")
+    assoc = _associate(ae, peer, timeout)
     try:
         status = assoc.send_c_echo()
     finally:

@@ -43,8 +43,56 @@ def deliver_to_folder(root: Path, files: list[Path], min_free_mb: float = 0) -> 
     return total
 
 
+class Circuit:
+    """A destination's circuit breaker: closed (try), open (do not try until `retry_at`), then one trial.
+
+    Why: a PACS that accepts TCP and never answers costs `dimse_timeout` per attempt; without a breaker every
+    due job pays it, one after another, and each attempt counts towards `max_attempts`, so a long outage
+    makes jobs dead that would have been delivered once the PACS came back. While open, deliveries wait
+    without an attempt counted; the state changes are logged once each (`destination.circuit_open/closed`).
+    """
+
+    def __init__(self, name: str, failures: int, seconds: float, cap: float) -> None:
+        self.name = name
+        self.threshold = failures
+        self.seconds = seconds
+        self.cap = max(cap, seconds)
+        self.consecutive = 0
+        self.opened = 0  # times opened in a row (the open period doubles each time)
+        self.retry_at = 0.0
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened > 0
+
+    def allows(self) -> bool:
+        """Whether a delivery may be tried now (closed, or open and its wait is over: one trial)."""
+        with self._lock:
+            return self.opened == 0 or time.monotonic() >= self.retry_at
+
+    def failed(self, error: str) -> None:
+        with self._lock:
+            self.consecutive += 1
+            if self.consecutive < self.threshold and self.opened == 0:
+                return
+            wait = min(self.cap, self.seconds * 2 ** self.opened)
+            self.opened += 1
+            self.retry_at = time.monotonic() + wait
+        log.warning("destination.circuit_open", destination=self.name, consecutive_failures=self.consecutive,
+                    retry_in=round(wait, 1), error=error[:300],
+                    hint="deliveries to this destination wait (no attempt counted) until it answers again;"
+                         " other destinations are not affected")
+
+    def succeeded(self) -> None:
+        with self._lock:
+            was_open, self.consecutive, self.opened = self.opened > 0, 0, 0
+        if was_open:
+            log.info("destination.circuit_closed", destination=self.name)
+
+
 class Sender:
-    """Claims jobs that are enhanced (or due for a retry) and delivers them."""
+    """Claims due deliveries, one destination at a time per worker, and delivers them."""
 
     def __init__(self, settings: Settings, state: State, spool: Spool, metrics: Metrics | None = None) -> None:
         self.settings = settings
@@ -53,6 +101,14 @@ class Sender:
         self.spool = spool
         self.destinations = {d.name: d for d in settings.destinations}
         self._disk: dict[str, logs.Outage] = {}  # per destination: a full folder disk, logged once per change
+        snd = settings.sender
+        self.circuits = {
+            d.name: Circuit(d.name, snd.circuit_failures, snd.circuit_seconds, snd.cap_seconds)
+            for d in settings.destinations
+            if snd.circuit_failures > 0
+        }
+        self._lock = threading.Lock()
+        self._counted: set[int] = set()  # jobs whose enhancement time was observed (bounded by the run)
 
     def deliver(self, dest: Destination, files: list[Path]) -> int:
         """Deliver all files to one destination; returns bytes; raises DeliveryError on any failure."""
@@ -66,46 +122,68 @@ class Sender:
         return dicomnet.send_files(peer, files, timeout=self.settings.sender.dimse_timeout).bytes
 
     def run_once(self) -> bool:
-        """Deliver one job's due deliveries; False when nothing was due."""
-        claimed = self.state.claim_delivery_job()
+        """One due delivery per destination (and one to a destination no longer configured); False when none
+        was due. The service runs `run_destination_once` in one thread per destination instead (`run_loop`)."""
+        busy = False
+        for name in [*self.destinations, None]:
+            busy = self.run_destination_once(name) or busy
+        return busy
+
+    def run_destination_once(self, name: str | None) -> bool:
+        """Deliver one due delivery to destination `name` (None: to any destination no longer configured).
+
+        False when nothing was due, or when the destination's circuit is open (it is not tried at all then).
+        """
+        circuit = self.circuits.get(name) if name is not None else None
+        if circuit is not None and not circuit.allows():
+            return False
+        claimed = self.state.claim_delivery(name, known=list(self.destinations))
         if claimed is None:
             return False
-        job, due = claimed
+        job, delivery = claimed
         if self.metrics and job.enhancer and all(d.attempts == 0 for d in self.state.deliveries(job.id)):
-            # first delivery of a freshly enhanced job: count its enhancement exactly once
-            self.metrics.enhancement_seconds.labels(job.enhancer, job.device or "cpu").observe(job.enhance_seconds or 0)
+            with self._lock:  # first delivery of a freshly enhanced job: count its enhancement exactly once
+                if job.id not in self._counted:
+                    self._counted.add(job.id)
+                    self.metrics.enhancement_seconds.labels(job.enhancer, job.device or "cpu").observe(
+                        job.enhance_seconds or 0
+                    )
         with bound_contextvars(job_id=job.id, study_uid=job.study_uid, series_uid=job.series_uid):
-            self._deliver_job(job, [d.destination for d in due])
+            self._deliver_one(job, delivery.destination, circuit)
         return True
 
-    def _deliver_job(self, job: Job, names: list[str]) -> None:
+    def _deliver_one(self, job: Job, name: str, circuit: Circuit | None) -> None:
         files = self.spool.outgoing_files(job.id)
         snd = self.settings.sender
-        waited = 0
-        for name in names:
-            dest = self.destinations.get(name)
-            started = time.monotonic()
-            if self.metrics:
-                self.metrics.send_attempts.labels(name).inc()
-            try:
-                if dest is None:
-                    raise DeliveryError(f"destination {name!r} is no longer configured")
-                if not files:
-                    raise DeliveryError(f"no derived files in the spool for job {job.id}; reprocess the study")
-                size = self.deliver(dest, files)
-            except Exception as exc:  # noqa: BLE001 - any failure is a failed attempt, retried with backoff
-                if is_disk_full(exc):  # the folder's disk is full: the delivery waits, no attempt is counted
-                    self._wait_for_space(job, name, exc)
-                    waited += 1
-                    continue
+        dest = self.destinations.get(name)
+        started = time.monotonic()
+        if self.metrics:
+            self.metrics.send_attempts.labels(name).inc()
+        waited = False
+        try:
+            if dest is None:
+                raise DeliveryError(f"destination {name!r} is no longer configured")
+            if not files:
+                raise DeliveryError(f"no derived files in the spool for job {job.id}; reprocess the study")
+            size = self.deliver(dest, files)
+        except Exception as exc:  # noqa: BLE001 - any failure is a failed attempt, retried with backoff
+            if is_disk_full(exc):  # the folder's disk is full: the delivery waits, no attempt is counted
+                self._wait_for_space(job, name, exc)
+                waited = True
+            else:
                 state = self.state.delivery_failed(
                     job.id, name, str(exc), base=snd.base_seconds, cap=snd.cap_seconds, max_attempts=snd.max_attempts
                 )
                 if self.metrics:
                     self.metrics.send_failures.labels(name).inc()
-                log.warning("send.failed", destination=name, error=str(exc)[:300], delivery_state=state)
-                continue
+                log.warning("send.failed", destination=name, error=str(exc)[:300], delivery_state=state,
+                            seconds=round(time.monotonic() - started, 3))
+                if circuit is not None:
+                    circuit.failed(str(exc))
+        else:
             self.state.delivery_succeeded(job.id, name)
+            if circuit is not None:
+                circuit.succeeded()
             if name in self._disk:
                 self._disk[name].ok(destination=name)
             log.info(
@@ -116,8 +194,9 @@ class Sender:
                 seconds=round(time.monotonic() - started, 3),
             )
         final = self.state.settle_job(job.id)
-        if waited == len(names):
-            return  # only waiting for disk space: `send.waiting_for_disk` said it once for every job
+        if waited or final == "sending":
+            return  # waiting for disk space (`send.waiting_for_disk` said it once), or another destination's
+            # worker is still sending this job and will report it
         done = self.state.job(job.id)
         event = {"done": "job.done", "dead": "job.dead"}.get(final, "job.retry_scheduled")
         log.info(
@@ -134,7 +213,6 @@ class Sender:
             enhance_seconds=round(done.enhance_seconds or 0.0, 3),
         )
 
-
     def _wait_for_space(self, job: Job, name: str, exc: BaseException) -> None:
         """A delivery that cannot write waits for space (growing waits, up to a minute) and never goes dead.
 
@@ -149,15 +227,30 @@ class Sender:
 
 
 def run_loop(sender: Sender, stop: threading.Event, poll_seconds: float = 0.25) -> None:
-    """Sender thread body: never dies on an error, logs it once per change (a full disk fails every claim:
-    SQLite cannot write) and waits longer after each failed try, up to 10 s."""
+    """Sender thread body: one worker thread per destination (and one for deliveries to destinations no longer
+    configured), so a PACS that hangs for `dimse_timeout` delays only its own deliveries (issue 15, defect 3)."""
+    names: list[str | None] = [*sender.destinations, None]
+    workers = [
+        threading.Thread(target=_destination_loop, args=(sender, name, stop, poll_seconds),
+                         name=f"sender-{name or 'unconfigured'}", daemon=True)
+        for name in names
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
+def _destination_loop(sender: Sender, name: str | None, stop: threading.Event, poll_seconds: float) -> None:
+    """One destination's worker: never dies on an error, logs it once per change (a full disk fails every
+    claim: SQLite cannot write) and waits longer after each failed try, up to 10 s."""
     outage = logs.Outage(log, failing="sender.failing", recovered="sender.recovered", cap=10.0)
     while not stop.is_set():
         try:
-            busy = sender.run_once()
+            busy = sender.run_destination_once(name)
             outage.ok()
         except Exception as exc:  # noqa: BLE001 - see the docstring
-            stop.wait(max(poll_seconds, outage.failed(exc)))
+            stop.wait(max(poll_seconds, outage.failed(exc, destination=name)))
             continue
         if not busy:
             stop.wait(poll_seconds)

@@ -133,12 +133,19 @@ class Route:
 
 @dataclass(frozen=True)
 class SenderSettings:
-    """Exponential backoff: wait base * 2**(attempt-1) seconds, at most cap, dead after max_attempts."""
+    """Exponential backoff: wait base * 2**(attempt-1) seconds, at most cap, dead after max_attempts.
+
+    Circuit breaker per destination (gateway.sender): after `circuit_failures` failed deliveries in a row the
+    destination is not tried for `circuit_seconds` (doubling while it keeps failing, at most cap_seconds), so
+    a hung PACS does not burn every job's attempts; 0 turns it off.
+    """
 
     base_seconds: float = 5.0
     cap_seconds: float = 300.0
     max_attempts: int = 8
     dimse_timeout: float = 60.0
+    circuit_failures: int = 3
+    circuit_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -588,12 +595,18 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
     sources = tuple(_source(src, i, var_dir) for i, src in enumerate(sources_raw))
 
     snd = data.get("sender", {})
-    _reject_unknown(snd, {"base_seconds", "cap_seconds", "max_attempts", "dimse_timeout"}, "[sender]")
+    _reject_unknown(
+        snd,
+        {"base_seconds", "cap_seconds", "max_attempts", "dimse_timeout", "circuit_failures", "circuit_seconds"},
+        "[sender]",
+    )
     sender = SenderSettings(
         base_seconds=_number(snd.get("base_seconds", 5.0), "sender.base_seconds"),
         cap_seconds=_number(snd.get("cap_seconds", 300.0), "sender.cap_seconds"),
         max_attempts=_int(snd.get("max_attempts", 8), "sender.max_attempts", 1),
         dimse_timeout=_number(snd.get("dimse_timeout", 60.0), "sender.dimse_timeout", 1.0),
+        circuit_failures=_int(snd.get("circuit_failures", 3), "sender.circuit_failures"),
+        circuit_seconds=_number(snd.get("circuit_seconds", 30.0), "sender.circuit_seconds", 1.0),
     )
     enh = data.get("enhance", {})
     _reject_unknown(

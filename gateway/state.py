@@ -143,7 +143,7 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS deliveries (
     job_id INTEGER NOT NULL REFERENCES jobs(id),
     destination TEXT NOT NULL,
-    state TEXT NOT NULL,            -- pending, done, dead
+    state TEXT NOT NULL,            -- pending, sending (in flight: claim_delivery), done, dead
     attempts INTEGER NOT NULL DEFAULT 0,
     next_try_at REAL NOT NULL,
     last_error TEXT,
@@ -789,6 +789,42 @@ class State:
             ]
         return self.job(job_id), due
 
+    def claim_delivery(
+        self, destination: str | None, known: Sequence[str] = (), now: float | None = None
+    ) -> tuple[Job, Delivery] | None:
+        """One due pending delivery to `destination` (None: to any destination not in `known`), marked
+        in flight ('sending'), its job 'sending' too; the oldest due first.
+
+        Why per destination (issue 15, defect 3): each destination has its own sender worker, so a PACS that
+        hangs delays only its own deliveries; a job another destination's worker is sending can still be
+        claimed for this one. `settle_job` leaves a job 'sending' while any of its deliveries is in flight.
+        """
+        now = time.time() if now is None else now
+        if destination is None:
+            where, args = f"d.destination NOT IN ({', '.join('?' * len(known))})", tuple(known)
+        else:
+            where, args = "d.destination = ?", (destination,)
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT j.id, d.destination FROM jobs j JOIN deliveries d ON d.job_id = j.id AND d.state = 'pending'"
+                " WHERE (j.state IN ('enhanced', 'sending') OR (j.state = 'failed' AND j.failed_stage = 'enhanced'))"
+                f" AND d.next_try_at <= ? AND {where}{STUDY_GROUP_READY} ORDER BY d.next_try_at, j.id LIMIT 1",
+                (now, *args),
+            ).fetchone()
+            if row is None:
+                return None
+            job_id, name = int(row["id"]), str(row["destination"])
+            db.execute(
+                "UPDATE jobs SET state = 'sending', owner = ?, updated_at = ? WHERE id = ?", (os.getpid(), now, job_id)
+            )
+            db.execute(
+                "UPDATE deliveries SET state = 'sending' WHERE job_id = ? AND destination = ?", (job_id, name)
+            )
+            delivery = Delivery(**dict(db.execute(
+                "SELECT * FROM deliveries WHERE job_id = ? AND destination = ?", (job_id, name)
+            ).fetchone()))
+        return self.job(job_id), delivery
+
     def delivery_succeeded(self, job_id: int, destination: str) -> None:
         now = time.time()
         with self._tx() as db:
@@ -835,7 +871,8 @@ class State:
         """
         with self._tx() as db:
             db.execute(
-                "UPDATE deliveries SET next_try_at = ?, last_error = ? WHERE job_id = ? AND destination = ?",
+                "UPDATE deliveries SET state = 'pending', next_try_at = ?, last_error = ?"
+                " WHERE job_id = ? AND destination = ?",
                 (time.time() + retry_in, reason[:2000], job_id, destination),
             )
 
@@ -845,6 +882,8 @@ class State:
         with self._tx() as db:
             rows = list(db.execute("SELECT * FROM deliveries WHERE job_id = ?", (job_id,)))
             states = {r["state"] for r in rows}
+            if "sending" in states:  # another destination's worker is still at it: it settles the job
+                return "sending"
             attempts = max((int(r["attempts"]) for r in rows), default=0)
             errors = "; ".join(f"{r['destination']}: {r['last_error']}" for r in rows if r["last_error"])
             if states <= {"done"}:
@@ -908,6 +947,8 @@ class State:
                 f"UPDATE jobs SET state = 'enhanced', owner = NULL, updated_at = ? WHERE state = 'sending'{who}",
                 (now, *args),
             ).rowcount
+            if owner is None:  # deliveries in flight belong to the service process, whose restart this is
+                db.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'sending'")
         return {"enhancing": a, "sending": b}
 
     # --- reporting -------------------------------------------------------------------------------------
