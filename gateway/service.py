@@ -17,6 +17,7 @@ import time
 from gateway import logs, sender
 from gateway.completion import Completion
 from gateway.dicomweb import StowService
+from gateway.errors import ConfigError
 from gateway.metrics import HttpEndpoint, Metrics, health_checks
 from gateway.reconcile import RunMarker, reconcile
 from gateway.scp import Receiver
@@ -88,7 +89,26 @@ class Gateway:
         self._workers: list[multiprocessing.process.BaseProcess] = []
         self.marker = RunMarker(settings.var_dir)
 
+    def _bind_http(self) -> HttpEndpoint | None:
+        """Bind the metrics port first, before the SCP listens or a worker starts (issue 15, defect 11).
+
+        Why first: a port clash found after the SCP listened left a half-started gateway that died with a bare
+        `OSError: [Errno 98]`; here it stops the start with the setting to change and how.
+        """
+        met = self.settings.metrics
+        if not met.port:
+            return None
+        try:
+            return HttpEndpoint(met.host, met.port, self.metrics, self.health)
+        except OSError as exc:
+            raise ConfigError(
+                f"[metrics] port = {met.port} cannot be used on {met.host}: {exc.strerror or exc} (another gateway"
+                " or program listens there); give this gateway its own port in [metrics] (e.g. port ="
+                f" {met.port + 1}), or port = 0 to turn /metrics and /healthz off"
+            ) from None
+
     def start(self) -> None:
+        self.http = self._bind_http()
         try:
             unclean = self.marker.begin()
         except OSError as exc:  # a full or read-only var_dir must not keep the gateway from starting
@@ -138,8 +158,7 @@ class Gateway:
         self.receiver.start()
         if self.stow is not None:
             self.stow.start()
-        if self.settings.metrics.port:
-            self.http = HttpEndpoint(self.settings.metrics.host, self.settings.metrics.port, self.metrics, self.health)
+        if self.http is not None:
             self.http.start()
 
     def health(self) -> dict[str, str]:
