@@ -1,4 +1,4 @@
-"""DICOMweb out of the gateway: WADO-RS retrieval of purged originals for `reprocess`.
+"""DICOMweb out of the gateway: WADO-RS retrieval of purged originals for `reprocess`, STOW-RS delivery.
 
 Why the retrieved instances go through `gateway.dicomweb.InstanceSink`: an original fetched again must be as
 safe as one received (the SCP's checks, spool write with fsync + rename, the purged row restored), and the
@@ -10,9 +10,12 @@ server sent them (no decode and re-encode through a pydicom Dataset).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import pydicom
 import requests
 
 from gateway import logs
@@ -21,6 +24,7 @@ from gateway.errors import DeliveryError
 from gateway.settings import Destination
 
 log = logs.get("gateway.dicomweb_client")
+logging.getLogger("dicomweb_client").setLevel(logging.WARNING)  # its debug lines carry URLs with study UIDs
 
 #: Ask for Part 10 files in the transfer syntax the server holds (no transcoding on its side).
 WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -81,3 +85,59 @@ def wado_series(
             " did not come back" + (f" ({reasons})" if reasons else "") + "; nothing was queued"
         )
     return len(sop_uids) - len(missing)
+
+
+#: One STOW-RS request carries at most this many bytes of files (a large series goes in several requests, so
+#: memory stays bounded: dicomweb-client builds each request body in memory).
+STOW_BATCH_BYTES = 64 << 20
+
+
+def stow_files(dest: Destination, files: Sequence[Path], *, timeout: float = 60.0) -> int:
+    """Deliver derived files to a STOW-RS destination (`[[destinations]] type = "dicomweb"`); returns bytes sent.
+
+    Why dicomweb-client: the well-kept reference client builds the multipart/related request and parses the
+    PS3.18 response; its own retries are off, because the sender's backoff, dead state and circuit apply to
+    every destination alike. Raises DeliveryError when any instance is not confirmed stored (an HTTP error,
+    or a Failed SOP Sequence item in a 202 answer, with the server's reasons), so the delivery is retried.
+    """
+    from dicomweb_client.api import DICOMwebClient
+
+    http = session(dest)
+    client = DICOMwebClient(dest.url, session=http, timeout=(10.0, timeout))
+    client.set_http_retry_params(retry=False)
+    sent = 0
+    try:
+        batch: list[pydicom.Dataset] = []
+        size = 0
+        for i, path in enumerate(files):
+            batch.append(pydicom.dcmread(path))
+            size += path.stat().st_size
+            if size >= STOW_BATCH_BYTES or i == len(files) - 1:
+                _stow_batch(client, dest, batch)
+                sent += size
+                batch, size = [], 0
+    finally:
+        http.close()
+    return sent
+
+
+def _stow_batch(client: Any, dest: Destination, batch: list[pydicom.Dataset]) -> None:
+    try:
+        answer = client.store_instances(batch)
+    except requests.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "?"
+        hint = ": check the destination's token or username/password" if status in (401, 403) else ""
+        raise DeliveryError(f"STOW-RS to {dest.name} ({dest.url}) answered HTTP {status}{hint}") from exc
+    except requests.RequestException as exc:
+        raise DeliveryError(f"STOW-RS to {dest.name} ({dest.url}) failed: {type(exc).__name__}:"
+                            f" {str(exc)[:200]}") from exc
+    failed = list(answer.get("FailedSOPSequence", []) or [])
+    if failed:
+        reasons = sorted({f"0x{int(item.get('FailureReason', 0)):04X}" for item in failed})
+        raise DeliveryError(f"STOW-RS to {dest.name}: {len(failed)} of {len(batch)} instances refused"
+                            f" (Failure Reason {', '.join(reasons)})")
+    stored = {str(item.ReferencedSOPInstanceUID) for item in answer.get("ReferencedSOPSequence", []) or []}
+    missing = [ds for ds in batch if str(ds.SOPInstanceUID) not in stored]
+    if missing:
+        raise DeliveryError(f"STOW-RS to {dest.name}: {len(missing)} of {len(batch)} instances not confirmed"
+                            " stored in the response")

@@ -118,6 +118,10 @@ class Sender:
                 return deliver_to_folder(dest.path, files, self.settings.min_free_mb)
             except (OSError, SpoolError) as exc:
                 raise DeliveryError(f"folder {dest.path}: {exc}") from exc
+        if dest.type == "dicomweb":  # STOW-RS: same retry, backoff, dead state and health as a DICOM destination
+            from gateway.dicomweb_client import stow_files
+
+            return stow_files(dest, files, timeout=self.settings.sender.dimse_timeout)
         peer = dicomnet.Peer(dest.ae_title, dest.host, dest.port, dest.calling_aet or self.settings.ae_title)
         return dicomnet.send_files(peer, files, timeout=self.settings.sender.dimse_timeout).bytes
 

@@ -46,7 +46,8 @@ QA_ACTIONS_DEFAULT: dict[str, str] = {"WARN": "flag", "FAIL": "hold"}
 
 @dataclass(frozen=True)
 class Destination:
-    """Where derived series go: a folder (`path`) or a DICOM node (`ae_title`, `host`, `port`)."""
+    """Where derived series go: a folder (`path`), a DICOM node (`ae_title`, `host`, `port`) or a STOW-RS
+    service (`url` and credentials); `[[sources]]` entries use the same fields."""
 
     name: str
     type: str
@@ -353,16 +354,17 @@ def _destination(raw: Any, index: int, var_dir: Path, section: str = "destinatio
             port=_port(raw["port"], f"{where}.port"),
             calling_aet=_aet(raw["calling_aet"], f"{where}.calling_aet") if "calling_aet" in raw else "",
         )
-    if kind == "dicomweb" and section == "sources":
+    if kind == "dicomweb":  # a STOW-RS destination, or a WADO-RS source
         return _dicomweb_peer(raw, name, where, var_dir)
-    raise ConfigError(f"{where}.type = {kind!r}: expected \"folder\" or \"dicom\"")
+    raise ConfigError(f"{where}.type = {kind!r}: expected \"folder\", \"dicom\" or \"dicomweb\"")
 
 
 _DICOMWEB_KEYS = ("url", "token", "username", "password", "verify", "ca")
 
 
 def _dicomweb_peer(raw: dict[str, Any], name: str, where: str, var_dir: Path) -> Destination:
-    """A DICOMweb server (WADO-RS source): an http(s) URL, at most one way to log in, TLS verified by default."""
+    """A DICOMweb server (STOW-RS destination, WADO-RS source): an http(s) URL, at most one way to log in, TLS
+    verified by default."""
     url = _str(raw.get("url", ""), f"{where}.url").rstrip("/")
     if not re.match(r"^https?://[^/\s]+", url):
         raise ConfigError(f"{where}.url = {url!r}: give the DICOMweb service root, e.g."
