@@ -44,6 +44,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from structlog.contextvars import bound_contextvars
 
 from dicom_utils import header_scan
+from dicom_utils.nesting import nesting_problem
 from gateway import logs, netopts
 from gateway.admission import GuardedServer, Limits
 from gateway.errors import OutOfSpaceError, SpoolError
@@ -470,6 +471,11 @@ class Receiver:
         try:
             found = _quick_check(data, request.sop_instance_uid, sop_class_uid, tsyntax)
             if found is None:  # not provably sound at a glance: pydicom's full check gives the verdict
+                # pydicom clips an item that runs past its sequence; dcmtk does not: refuse what tools disagree on
+                overrun = nesting_problem(data, implicit_vr=tsyntax.is_implicit_VR,
+                                          little_endian=tsyntax.is_little_endian, deflated=tsyntax.is_deflated)
+                if overrun is not None:
+                    raise InvalidInstance(f"malformed sequence: {overrun}")
                 ds = decode(BytesIO(data), tsyntax.is_implicit_VR, tsyntax.is_little_endian, tsyntax.is_deflated)
                 found = _check_dataset(ds, request.sop_instance_uid, sop_class_uid, tsyntax)
             study, series, sop, modality = found

@@ -317,6 +317,35 @@ def case_random_associate_rq(b: Bench) -> Outcome:
     return Outcome(answer, answer in ("abort", "reject", "closed"))
 
 
+def with_item_overrun(body: bytes, overrun: int) -> bytes:
+    """`body` with a Referenced Image Sequence (0008,1140) of defined length inserted, whose one item declares
+    `overrun` bytes more than the sequence holds (0: a well-formed sequence). pydicom clips such an item to its
+    sequence; dcmtk reads on into the following elements: the two disagree on what the data set holds."""
+    uid = b"1.2.840.10008.5.1.4.1.1.2\x00"
+    element = struct.pack("<HH2sH", 0x0008, 0x1150, b"UI", len(uid)) + uid
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, len(element) + overrun) + element
+    sequence = struct.pack("<HH2sHI", 0x0008, 0x1140, b"SQ", 0, len(item)) + item
+    pos = _first_after(body, 0x00081140)
+    return body[:pos] + sequence + body[pos:]
+
+
+def _first_after(body: bytes, tag: int) -> int:
+    """Offset of the first top-level element whose tag is above `tag` (Explicit VR Little Endian body)."""
+    pos = 0
+    while pos + 8 <= len(body):
+        g, e = struct.unpack_from("<HH", body, pos)
+        if (g << 16 | e) > tag:
+            return pos
+        vr = body[pos + 4 : pos + 6]
+        pos += 12 + struct.unpack_from("<I", body, pos + 8)[0] if vr in LONG_VRS else 8 + struct.unpack_from("<H", body, pos + 6)[0]
+    return pos
+
+
+def case_item_longer_than_its_sequence(b: Bench) -> Outcome:
+    ds = b.instance()
+    return b.expect_failure_status(ds.file_meta, with_item_overrun(body_of(ds), 20))
+
+
 def case_bogus_pdu_in_association(b: Bench) -> Outcome:
     """A PDU of unknown type 0x09 on an established association."""
     assoc = associate(b.gw.port, [(Verification, ["1.2.840.10008.1.2"])])
@@ -405,6 +434,7 @@ CASES: dict[str, Callable[[Bench], Outcome]] = {
     "garbage bytes instead of a PDU": case_garbage_bytes,
     "HTTP request on the DICOM port": case_http_request,
     "A-ASSOCIATE-RQ full of noise": case_random_associate_rq,
+    "sequence item longer than its sequence": case_item_longer_than_its_sequence,
     "unknown PDU type in an association": case_bogus_pdu_in_association,
     "association aborted mid-instance": case_aborted_mid_instance,
     "connection dropped mid-instance": case_dropped_mid_instance,
