@@ -4,7 +4,10 @@ Why this exists: `State.record_instance` commits without syncing the WAL (the sp
 the C-STORE is acknowledged, is the record; the row is its index), so a power loss can drop the last rows of
 instances that were acknowledged. Their files are complete (temp file, fsync, rename, fsync of the folder),
 so they are read back here and recorded; completion then makes their series jobs as usual. A process crash
-loses no row, so on a crash this finds nothing and only costs one pass over the spool's folder names.
+(kill -9, OOM killer) loses no committed row, but one that lands between the spool file's rename and its row
+insert leaves a complete file without a row (that instance was never acknowledged, so the modality sends it
+again too): this pass records it, and a re-sent copy is then a duplicate. Usually a crash finds nothing here
+and costs one pass over the spool's folder names.
 
 Whether the last stop was clean is told by a marker file (`RunMarker`) that exists, durably, exactly while a
 gateway runs on this var_dir.
