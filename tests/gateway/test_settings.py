@@ -51,7 +51,7 @@ def test_destination_and_route_errors_say_the_fix() -> None:
         settings.parse(doc, environ={})
     doc = _doc()
     doc["destinations"] = [{"name": "x", "type": "ftp"}]
-    with pytest.raises(ConfigError, match="expected \"folder\" or \"dicom\""):
+    with pytest.raises(ConfigError, match="expected \"folder\", \"dicom\" or \"dicomweb\""):
         settings.parse(doc, environ={})
     doc = _doc()
     doc["routes"] = [{"modality": "MR", "enhancer": "nlm", "task": "sr3x"}]
