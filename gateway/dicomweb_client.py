@@ -32,10 +32,25 @@ WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 MAX_INSTANCE = 2 << 30
 
 
+class _Session(requests.Session):
+    """A session whose own `verify` wins over REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE in the environment.
+
+    Why: requests merges the environment's CA bundle into each request and it takes precedence over the
+    session's `verify`, so a configured `ca` (or `verify = false` for a test peer) would silently be replaced
+    by whatever bundle the service's environment names. With `verify = true` and no `ca` the environment's
+    bundle (a site's own CA) is still used; proxies from the environment always apply.
+    """
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None and self.verify is not True:  # `verify = true` keeps the environment's bundle
+            settings["verify"] = self.verify
+        return settings
+
+
 def session(peer: Destination) -> requests.Session:
-    """A requests session with the peer's credentials and TLS verification (never the environment's proxies
-    for a PACS on the local network unless the admin sets them for the gateway's process)."""
-    http = requests.Session()
+    """A requests session with the peer's credentials and its TLS verification (`verify`, `ca`)."""
+    http = _Session()
     if peer.token:
         http.headers["Authorization"] = f"Bearer {peer.token}"
     elif peer.username:

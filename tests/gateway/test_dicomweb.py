@@ -200,6 +200,10 @@ def test_orthanc_pushes_a_study_over_stow_rs(tmp_path: Path) -> None:
     port = free_port()
     gw = _gateway(tmp_path, port).start()
     files = make_series(CT, 3, tmp_path / "in", seed="orthanc-stow")
+    for f in files:  # identifiers that must never reach the log
+        ds = pydicom.dcmread(f)
+        ds.PatientName, ds.PatientID, ds.AccessionNumber = "Stowtest^Patient", "PHI-STOW-4711", "ACC-STOW-99"
+        ds.save_as(f)
     study = pydicom.dcmread(files[0]).StudyInstanceUID
     config = {
         "Plugins": [str(ORTHANC_DICOMWEB)],
@@ -218,5 +222,6 @@ def test_orthanc_pushes_a_study_over_stow_rs(tmp_path: Path) -> None:
         assert json.dumps([dict(r) for r in rows])  # plain values, recorded like C-STOREs
         assert not [e for e in gw.events() if e.get("event") == "stow.refused"]
         assert any(e.get("event") == "stow.request" and e.get("stored") == 3 for e in gw.events())
+        assert not any(phi in gw.log_text() for phi in ("Stowtest", "PHI-STOW-4711", "ACC-STOW-99"))
     finally:
         gw.stop()

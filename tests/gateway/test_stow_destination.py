@@ -21,6 +21,7 @@ from gateway.spool import Spool
 from gateway.state import State
 from tests.gateway.harness import GatewayProcess, wait_for
 from tests.gateway.test_dicomweb import ORTHANC_DICOMWEB
+from tests.gateway.test_tls import _ca, _signed
 from tests.peers import Orthanc, PeerMissingError, storescu
 from tests.realdata import make_series
 
@@ -73,3 +74,30 @@ def test_derived_series_reach_orthanc_over_stow_rs_after_an_outage(tmp_path: Pat
     finally:
         gw.stop()
         pacs.kill()
+
+
+def test_stow_over_https_verifies_the_servers_certificate(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    _ca(certs, "ca")
+    _signed(certs, "server", "ca")
+    settings = Settings(var_dir=tmp_path / "peer", dicomweb=DicomwebSettings(
+        enabled=True, port=0, tokens=(TOKEN,), cert=certs / "server.pem", key=certs / "server.key"))
+    settings.var_dir.mkdir()
+    state = State(settings.state_db)
+    server = StowService(settings, state, Spool(settings.spool_dir, min_free_mb=0))
+    server.start()
+    files = make_series(CT, 2, tmp_path / "in", seed="stow-tls")
+    try:
+        url = f"https://127.0.0.1:{server.port}/dicomweb"
+        with pytest.raises(DeliveryError, match="SSLError|certificate"):  # verified against the system CAs: refused
+            stow_files(Destination(name="peer", type="dicomweb", url=url, token=TOKEN), files)
+        assert state.instance_count() == 0
+        stow_files(Destination(name="peer", type="dicomweb", url=url, token=TOKEN, ca=certs / "ca.pem"), files)
+        assert state.instance_count() == 2
+        plain = f"http://127.0.0.1:{server.port}/dicomweb"  # plain HTTP to the HTTPS port: no answer, nothing stored
+        with pytest.raises(DeliveryError):
+            stow_files(Destination(name="peer", type="dicomweb", url=plain, token=TOKEN), files[:1], timeout=5)
+    finally:
+        server.stop()
+        state.close()
