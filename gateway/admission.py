@@ -66,7 +66,14 @@ class Limits:
 
 
 class _Dropped(Exception):
-    """A connection that did not deliver an A-ASSOCIATE-RQ in time; the message says what it did instead."""
+    """A connection that did not deliver an A-ASSOCIATE-RQ in time; the message says what it did instead.
+
+    `quiet`: it closed without sending a byte (a port probe such as /healthz's own check): logged at debug.
+    """
+
+    def __init__(self, message: str, quiet: bool = False) -> None:
+        super().__init__(message)
+        self.quiet = quiet
 
 
 def reject_pdu(result: int, source: int, reason: int) -> bytes:
@@ -91,7 +98,7 @@ def _recv_exactly(sock: socket.socket, count: int, deadline: float) -> bytes:
         except TimeoutError:
             raise _Dropped(f"no A-ASSOCIATE-RQ within the deadline ({got} of {count} bytes arrived)") from None
         if not chunk:
-            raise _Dropped("connection closed before a whole A-ASSOCIATE-RQ arrived")
+            raise _Dropped("connection closed before a whole A-ASSOCIATE-RQ arrived", quiet=got == 0 and count == 6)
         chunks.append(chunk)
         got += len(chunk)
     return b"".join(chunks)
@@ -222,11 +229,14 @@ class GuardedServer(ThreadedAssociationServer):
                 except TimeoutError:
                     raise _Dropped("TLS handshake not finished within the deadline") from None
                 except (ssl.SSLError, OSError) as exc:
-                    raise _Dropped(f"TLS handshake failed: {type(exc).__name__}: {exc}"[:200]) from None
+                    probe = isinstance(exc, (ssl.SSLEOFError, ConnectionResetError))  # closed before a byte
+                    raise _Dropped(f"TLS handshake failed: {type(exc).__name__}: {exc}"[:200], quiet=probe) from None
             rq = read_request(sock, deadline)
             started = self._start_association(sock, client_address, rq)
         except _Dropped as exc:
-            skipped = self._throttle("connection.dropped", host)
+            skipped = None if exc.quiet else self._throttle("connection.dropped", host)
+            if exc.quiet:
+                log.debug("connection.dropped", peer=peer, reason=str(exc))
             if skipped is not None:
                 log.info("connection.dropped", peer=peer, reason=str(exc), similar_not_logged=skipped,
                          hint="a peer must finish TLS and send its A-ASSOCIATE-RQ within"
