@@ -115,7 +115,8 @@ class _Walker:
                 raise _Unsure
             if vr == b"SQ":
                 self.defined_sequence(pos, pos + length, depth)
-            elif tag == SPECIFIC_CHARACTER_SET and not _known_charsets(bytes(buf[pos : pos + length])):
+            elif tag == SPECIFIC_CHARACTER_SET and (vr != b"CS" or not _known_charsets(bytes(buf[pos : pos + length]))):
+                # pydicom reads any other VR as numbers and then cannot decode the file's text: the full check
                 raise _Unsure
             if depth == 0 and vr != b"SQ":
                 if tag in self.wanted:

@@ -71,3 +71,18 @@ def test_an_element_longer_than_its_item_is_named_and_real_files_pass() -> None:
         syntax = real.file_meta.TransferSyntaxUID
         assert nesting_problem(body_of(real), implicit_vr=syntax.is_implicit_VR,
                                little_endian=syntax.is_little_endian) is None, name
+
+
+def test_a_specific_character_set_that_is_not_text_is_refused(receiver: Receiver, tmp_path: Path) -> None:
+    """The fuzz drill's find: (0008,0005) with VR SS passed the header scan and was stored, unreadable later."""
+    ds = fresh_instance("charset", STUDY, SERIES)
+    body = bytearray(body_of(ds))
+    at = body.index(b"\x08\x00\x05\x00CS")
+    body[at + 4 : at + 6] = b"SS"
+    meta = ds.file_meta
+    assoc = associate(receiver.port, [(str(meta.MediaStorageSOPClassUID), [str(meta.TransferSyntaxUID)])])
+    try:
+        assert store_raw(assoc, meta, bytes(body), tmp_path) == 0xC210
+    finally:
+        assoc.release()
+    assert not receiver.state.has_instance(str(ds.SOPInstanceUID))
