@@ -19,7 +19,8 @@ def test_a_taken_metrics_port_stops_the_start_before_anything_listens(tmp_path: 
         config = write_config(tmp_path / "gateway.toml", var_dir=tmp_path / "var", port=scp_port, metrics_port=taken,
                               destinations=[{"name": "archive", "type": "folder", "path": "{var_dir}/archive"}])
         run = subprocess.run([sys.executable, "-m", "gateway.cli", "--config", str(config), "serve"],
-                             capture_output=True, text=True, cwd=tmp_path, env=GatewayProcess.env(), timeout=120)
+                             capture_output=True, text=True, cwd=tmp_path, env=GatewayProcess.env(), timeout=120,
+                             check=False)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "Traceback" not in run.stderr + run.stdout
     assert f"[metrics] port = {taken}" in run.stderr and "port = 0" in run.stderr, run.stderr

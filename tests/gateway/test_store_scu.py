@@ -130,7 +130,7 @@ def test_a_refusal_is_a_delivery_error_with_its_status(tmp_path: Path, answering
 def test_no_response_within_the_timeout_aborts(tmp_path: Path, answering: tuple[int, _Answering]) -> None:
     port, _ = answering
     started = time.monotonic()
-    with pytest.raises(DeliveryError, match="no C-STORE response"):
+    with pytest.raises(DeliveryError, match="C-STORE to PACS timed out: no response within 1 s"):
         send_files(Peer("PACS", "127.0.0.1", port), [_renamed(tmp_path, "2")], timeout=1.0)
     assert time.monotonic() - started < 8
 
