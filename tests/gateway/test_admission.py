@@ -238,3 +238,13 @@ def test_stop_does_not_wait_for_connections_that_never_associated(scp: Make) -> 
         wait_until(lambda: _closed_by_gateway(silent) or None, HANG, "the idle connection to be closed")
     finally:
         silent.close()
+
+
+def test_an_unknown_calling_aet_is_still_blamed_on_the_allowlist(scp: Make) -> None:
+    receiver = scp(allowed_calling_aets=["CT01"])
+    with capture_logs() as logs:
+        run = _echoscu(receiver.port, aet="INTRUDER")
+    assert run.returncode != 0
+    rejected = [e for e in logs if e["event"] == "association.rejected"]
+    assert rejected and rejected[0]["reason"] == "calling AE title not in gateway.allowed_calling_aets", rejected
+    assert receiver.slots() == "ok"
