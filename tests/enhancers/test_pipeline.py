@@ -38,8 +38,8 @@ def test_every_enhancer_runs_on_a_real_image(name: str, ct_slice: Image, mr_slic
     assert out.min() >= value_range[0] and out.max() <= value_range[1]
     again = pipe.run(values, modality=modality, value_range=value_range)
     np.testing.assert_array_equal(out, again)
-    if scale == 1 and registry.info(name).name != "clahe":
-        # a denoiser on a clean clinical image must stay close to it
+    if registry.info(name).task == "denoise" and registry.info(name).name != "clahe":
+        # a denoiser on a clean clinical image must stay close to it (deblurring sharpens on purpose)
         lo, hi = (-1000.0, 3000.0) if modality != "CR" else value_range
         assert psnr(np.clip(values, lo, hi), np.clip(out, lo, hi), hi - lo) > 30.0
 
