@@ -1,9 +1,9 @@
 """STOW-RS reception: `POST /dicomweb/studies` (and `/dicomweb/studies/{study}`) stores instances like a C-STORE.
 
 Why the handler is shaped this way: an instance sent over DICOMweb must be exactly as safe as one sent over
-DIMSE. Each part of the multipart/related body goes through the SCP's own checks (`gateway.scp._quick_check`,
-then pydicom's full check), the SCP's own durable path (`gateway.scp.spool_instance`: temp file + fsync +
-rename into the spool, then the state row), and only then is it listed as stored in the PS3.18 response.
+DIMSE. Each part of the multipart/related body goes through the SCP's own checks (`gateway.scp.check_instance`),
+the SCP's own durable path (`gateway.scp.spool_instance`: temp file + fsync + rename into the spool, then the
+state row), and only then is it listed as stored in the PS3.18 response.
 The body is parsed as it streams in (python-multipart's push parser, the library the console already uses):
 one instance is held in memory at a time, never the whole request. A request cut off halfway (client gone,
 gateway killed) leaves the instances that were complete stored and recorded, and nothing of the one in flight
@@ -37,7 +37,6 @@ from typing import Any, BinaryIO
 
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import UID
-from pynetdicom.dsutils import decode
 from pynetdicom.presentation import AllStoragePresentationContexts
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -52,8 +51,7 @@ from gateway.scp import (
     OUT_OF_RESOURCES,
     SOP_CLASS_MISMATCH,
     SopClassMismatch,
-    _check_dataset,
-    _quick_check,
+    check_instance,
     file_meta_bytes,
     spool_instance,
 )
@@ -197,11 +195,7 @@ class InstanceSink:
                                         " Explicit VR Little Endian"))
         body = data[offset:]
         try:
-            found = _quick_check(body, sop, sop_class, tsyntax)
-            if found is None:  # not provably sound at a glance: pydicom's full check gives the verdict
-                ds = decode(BytesIO(body), tsyntax.is_implicit_VR, tsyntax.is_little_endian, tsyntax.is_deflated)
-                found = _check_dataset(ds, sop, sop_class, tsyntax)
-            study, series, sop, modality = found
+            study, series, sop, modality = check_instance(body, sop, sop_class, tsyntax)
             self.spool.incoming_path(study, series, sop)  # a non-UID cannot name a spool folder
         except Exception as exc:  # noqa: BLE001 - any undecodable dataset is refused with a reason, never raised
             code = SOP_CLASS_MISMATCH if isinstance(exc, SopClassMismatch) else CANNOT_UNDERSTAND

@@ -243,6 +243,25 @@ def _quick_check(
     return study, series, sop, modality
 
 
+def check_instance(data: bytes, sop_uid: str, sop_class_uid: str, tsyntax: UID) -> tuple[str, str, str, str]:
+    """(study, series, sop, modality) of a received data set, or InvalidInstance (SopClassMismatch) saying why not.
+
+    Why a function of its own: every way an instance comes in (C-STORE here, STOW-RS and WADO-RS in
+    `gateway.dicomweb`) must be judged by the same checks; a check added to one path only is a way around it.
+    """
+    found = _quick_check(data, sop_uid, sop_class_uid, tsyntax)
+    if found is not None:
+        return found
+    # not provably sound at a glance: pydicom's full check gives the verdict; but first, pydicom clips an item
+    # that runs past its sequence and dcmtk does not: refuse what tools disagree on
+    overrun = nesting_problem(data, implicit_vr=tsyntax.is_implicit_VR, little_endian=tsyntax.is_little_endian,
+                              deflated=tsyntax.is_deflated)
+    if overrun is not None:
+        raise InvalidInstance(f"malformed sequence: {overrun}")
+    ds = decode(BytesIO(data), tsyntax.is_implicit_VR, tsyntax.is_little_endian, tsyntax.is_deflated)
+    return _check_dataset(ds, sop_uid, sop_class_uid, tsyntax)
+
+
 def spool_instance(
     state: State, spool: Spool, *, study: str, series: str, sop: str, sop_class_uid: str, modality: str,
     meta: bytes, body: bytes | memoryview, calling_aet: str,
@@ -469,16 +488,7 @@ class Receiver:
             return NOT_AUTHORIZED
         sop_class_uid = request.sop_class_uid
         try:
-            found = _quick_check(data, request.sop_instance_uid, sop_class_uid, tsyntax)
-            if found is None:  # not provably sound at a glance: pydicom's full check gives the verdict
-                # pydicom clips an item that runs past its sequence; dcmtk does not: refuse what tools disagree on
-                overrun = nesting_problem(data, implicit_vr=tsyntax.is_implicit_VR,
-                                          little_endian=tsyntax.is_little_endian, deflated=tsyntax.is_deflated)
-                if overrun is not None:
-                    raise InvalidInstance(f"malformed sequence: {overrun}")
-                ds = decode(BytesIO(data), tsyntax.is_implicit_VR, tsyntax.is_little_endian, tsyntax.is_deflated)
-                found = _check_dataset(ds, request.sop_instance_uid, sop_class_uid, tsyntax)
-            study, series, sop, modality = found
+            study, series, sop, modality = check_instance(data, request.sop_instance_uid, sop_class_uid, tsyntax)
             self.spool.incoming_path(study, series, sop)  # a non-UID cannot name a spool folder: 0xC210
         except Exception as exc:  # noqa: BLE001 - any undecodable dataset is refused with a status, never raised
             code = SOP_CLASS_MISMATCH if isinstance(exc, SopClassMismatch) else CANNOT_UNDERSTAND
