@@ -521,7 +521,7 @@ class StowService:
             length_text = handler.headers.get("Content-Length")
             if not chunked and length_text is None:
                 raise RequestError(HTTPStatus.LENGTH_REQUIRED, "send Content-Length or a chunked body")
-            length = None if chunked else int(length_text or "0")
+            length = None if chunked else _content_length(length_text or "")
             max_body = cfg.max_request_mb << 20
             if length is not None and length > max_body:
                 raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
@@ -564,6 +564,13 @@ class StowService:
                 bytes=sum(o.size for o in result.outcomes) if result else 0,
                 seconds=round(time.monotonic() - started, 3),
             )
+
+
+def _content_length(text: str) -> int:
+    """Content-Length as a number, or RequestError(400): a malformed header is the client's error, not ours."""
+    if re.fullmatch(r"[0-9]{1,18}", text.strip()) is None:
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"Content-Length {text[:40]!r} is not a number of bytes")
+    return int(text)
 
 
 class _Bounded:

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import socket
 from io import BytesIO
 from pathlib import Path
 
 import pydicom
 
 from bench.drills.badinput import body_of, fresh_instance, with_item_overrun
-from gateway.dicomweb import InstanceSink
+from gateway.dicomweb import InstanceSink, StowService
 from gateway.scp import CANNOT_UNDERSTAND
+from gateway.settings import DicomwebSettings, Settings
 from gateway.spool import Spool
 from gateway.state import State
 
 STUDY, SERIES = "1.2.826.0.1.3680043.8.498.8.1", "1.2.826.0.1.3680043.8.498.8.2"
+TOKEN = "stow-test-token-0123456789"
 
 
 def _part10(ds: pydicom.Dataset, body: bytes) -> bytes:
@@ -37,4 +40,25 @@ def test_a_part_with_an_item_longer_than_its_sequence_is_refused(tmp_path: Path)
         well_formed = fresh_instance("stow-well-formed", STUDY, SERIES)
         assert sink.accept(_part10(well_formed, with_item_overrun(body_of(well_formed), 0)), None, "token").status == 0
     finally:
+        state.close()
+
+
+def test_a_malformed_content_length_is_answered_400(tmp_path: Path) -> None:
+    """`Content-Length: abc` raised ValueError out of the handler: no answer, a traceback on stderr."""
+    settings = Settings(var_dir=tmp_path / "var", dicomweb=DicomwebSettings(enabled=True, port=0, tokens=(TOKEN,)))
+    settings.var_dir.mkdir(parents=True)
+    state = State(settings.state_db)
+    service = StowService(settings, state, Spool(settings.spool_dir, min_free_mb=0))
+    service.start()
+    try:
+        with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+            sock.sendall(b"POST /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+                         b'Content-Type: multipart/related; type="application/dicom"; boundary=b0\r\n'
+                         b"Content-Length: abc\r\n\r\n")
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 400 "), answer
+        assert b"Content-Length" in answer
+    finally:
+        service.stop()
         state.close()
