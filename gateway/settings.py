@@ -208,7 +208,8 @@ class DicomwebSettings:
 
     Why these knobs: a STOW-RS sender is a machine with a credential, so nothing is accepted without one
     (bearer `tokens`, or HTTP Basic against the console's users whose role is in `user_roles`) unless
-    `anonymous` says so; `cert`/`key` (PEM) turn on HTTPS and a non-loopback `host` is refused without them.
+    `anonymous` says so (loopback only); `cert`/`key` (PEM) turn on HTTPS and a non-loopback `host` is refused
+    without them.
     The limits bound what a request costs: a body is refused (413) past `max_request_mb` before it is read,
     one instance is held in memory at a time and refused past `max_instance_mb`, at most `max_requests` are
     served at once (503 with Retry-After beyond), and a client that stops sending for `timeout_seconds` is cut.
@@ -722,9 +723,14 @@ def _dicomweb(raw: Any, var_dir: Path) -> DicomwebSettings:
             raise ConfigError(f"dicomweb.{name} must be true or false")
         flags[name] = value
     host = _str(raw.get("host", "127.0.0.1"), "dicomweb.host")
-    if flags["enabled"] and cert is None and host not in ("127.0.0.1", "::1", "localhost"):
+    loopback = host in ("127.0.0.1", "::1", "localhost")
+    if flags["enabled"] and cert is None and not loopback:
         raise ConfigError(f"dicomweb.host = {host!r} would receive patient data over plain HTTP beyond this"
                           " machine: set [dicomweb] cert and key (PEM) for HTTPS, or bind 127.0.0.1")
+    if flags["enabled"] and flags["anonymous"] and not loopback:
+        raise ConfigError(f"dicomweb.anonymous = true with dicomweb.host = {host!r} would let anyone on the network"
+                          " store instances: give senders dicomweb.tokens (or console users) instead, or bind"
+                          " 127.0.0.1")
     return DicomwebSettings(
         enabled=flags["enabled"],
         host=host,

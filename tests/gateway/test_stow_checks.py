@@ -7,11 +7,13 @@ from io import BytesIO
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from bench.drills.badinput import body_of, fresh_instance, with_item_overrun
 from gateway.dicomweb import InstanceSink, StowService
+from gateway.errors import ConfigError
 from gateway.scp import CANNOT_UNDERSTAND
-from gateway.settings import DicomwebSettings, Settings
+from gateway.settings import DicomwebSettings, Settings, parse
 from gateway.spool import Spool
 from gateway.state import State
 
@@ -62,3 +64,16 @@ def test_a_malformed_content_length_is_answered_400(tmp_path: Path) -> None:
     finally:
         service.stop()
         state.close()
+
+
+def test_anonymous_reception_is_refused_beyond_loopback(tmp_path: Path) -> None:
+    """config/gateway.toml says `anonymous = true` is for a loopback test setup, never on a network: enforce it."""
+    (tmp_path / "c.pem").write_text("x")
+    (tmp_path / "k.pem").write_text("x")
+    https = {"cert": str(tmp_path / "c.pem"), "key": str(tmp_path / "k.pem")}
+    doc = {"destinations": [{"name": "archive", "type": "folder", "path": "{var_dir}/archive"}]}
+    with pytest.raises(ConfigError, match="dicomweb.anonymous"):
+        parse(doc | {"dicomweb": {"enabled": True, "anonymous": True, "host": "0.0.0.0"} | https}, environ={})
+    assert parse(doc | {"dicomweb": {"enabled": True, "anonymous": True}}, environ={}).dicomweb.anonymous
+    assert parse(doc | {"dicomweb": {"enabled": True, "tokens": [TOKEN], "host": "0.0.0.0"} | https},
+                 environ={}).dicomweb.host == "0.0.0.0"
