@@ -160,6 +160,7 @@ def test_identity_derivation(name: str, tmp_path: Path) -> None:
         "series_qa": "",
         "qa_reasons": "",
         "degrade_restore_slices": "",
+        "hallucination_risk": "NO",
     }
     if str(source.get("LossyImageCompression", "")) == "01":
         assert back.LossyImageCompression == "01"
@@ -401,7 +402,7 @@ def test_wrong_shape_rejected(task: str, factor: int) -> None:
 
 def test_enhancement_validates_fields() -> None:
     with pytest.raises(ValueError, match="task"):
-        _enh("sr4x")
+        _enh("sr8x")
     with pytest.raises(ValueError, match="qa_flag"):
         _enh(qa_flag="OK")
     with pytest.raises(ValueError, match="metric_basis"):
