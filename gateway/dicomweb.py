@@ -445,9 +445,21 @@ class StowService:
         assert self.server is not None
         return int(self.server.server_address[1])
 
-    def start(self) -> None:
+    def bind(self) -> None:
+        """Take the port (and load the certificate) without serving yet; ConfigError naming the setting when
+        either fails. Why apart from `start`: the gateway binds it before the SCP listens, so a taken port stops
+        the start with the fix, not a bare `OSError: [Errno 98]` from a half-started gateway (issue 15, defect 11).
+        """
+        if self.server is not None:
+            return
         cfg = self.settings.dicomweb
-        server = _Server((cfg.host, cfg.port), _Handler)
+        try:
+            server = _Server((cfg.host, cfg.port), _Handler)
+        except OSError as exc:
+            raise ConfigError(
+                f"[dicomweb] port = {cfg.port} cannot be used on {cfg.host}: {exc.strerror or exc} (another gateway"
+                " or program listens there); give STOW-RS its own port in [dicomweb], or enabled = false"
+            ) from None
         server.app = self
         if cfg.cert is not None and cfg.key is not None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -459,6 +471,13 @@ class StowService:
                 raise ConfigError(f"[dicomweb] cert = {cfg.cert}, key = {cfg.key}: cannot load them ({exc})") from None
             server.tls = ctx
         self.server = server
+
+    def start(self) -> None:
+        """Bind (unless `bind` did already) and serve in a thread; returns once the port listens."""
+        self.bind()
+        server = self.server
+        assert server is not None
+        cfg = self.settings.dicomweb
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.25},
                                         name="dicomweb", daemon=True)
         self._thread.start()
@@ -472,7 +491,8 @@ class StowService:
         if self.server is None:
             return
         self._draining = True
-        self.server.shutdown()
+        if self._thread is not None:  # bound but never served: shutdown() would wait for ever
+            self.server.shutdown()
         deadline = time.monotonic() + grace
         taken = 0
         while taken < self.settings.dicomweb.max_requests and time.monotonic() < deadline:

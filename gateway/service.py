@@ -109,6 +109,13 @@ class Gateway:
 
     def start(self) -> None:
         self.http = self._bind_http()
+        if self.stow is not None:  # its port too, before anything listens (a clash is a ConfigError)
+            try:
+                self.stow.bind()
+            except BaseException:
+                if self.http is not None:  # bound, not serving: close it (shutdown() would wait for ever)
+                    self.http.server.server_close()
+                raise
         try:
             unclean = self.marker.begin()
         except OSError as exc:  # a full or read-only var_dir must not keep the gateway from starting

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from io import BytesIO
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from gateway.scp import CANNOT_UNDERSTAND
 from gateway.settings import DicomwebSettings, Settings, parse
 from gateway.spool import Spool
 from gateway.state import State
+from tests.gateway.harness import GatewayProcess, write_config
+from tests.peers import free_port, port_accepts
 
 STUDY, SERIES = "1.2.826.0.1.3680043.8.498.8.1", "1.2.826.0.1.3680043.8.498.8.2"
 TOKEN = "stow-test-token-0123456789"
@@ -77,3 +81,22 @@ def test_anonymous_reception_is_refused_beyond_loopback(tmp_path: Path) -> None:
     assert parse(doc | {"dicomweb": {"enabled": True, "anonymous": True}}, environ={}).dicomweb.anonymous
     assert parse(doc | {"dicomweb": {"enabled": True, "tokens": [TOKEN], "host": "0.0.0.0"} | https},
                  environ={}).dicomweb.host == "0.0.0.0"
+
+
+def test_a_taken_stow_port_stops_the_start_before_anything_listens(tmp_path: Path) -> None:
+    """As for the metrics port (issue 15, defect 11): a clash on [dicomweb] port is found before the SCP listens,
+    with one line naming the setting, not an `OSError: [Errno 98]` traceback from a half-started gateway."""
+    with socket.create_server(("127.0.0.1", 0)) as squatter:
+        taken = int(squatter.getsockname()[1])
+        scp_port = free_port()
+        config = write_config(tmp_path / "gateway.toml", var_dir=tmp_path / "var", port=scp_port, metrics_port=0,
+                              destinations=[{"name": "archive", "type": "folder", "path": "{var_dir}/archive"}],
+                              dicomweb={"enabled": True, "port": taken, "tokens": [TOKEN]})
+        run = subprocess.run([sys.executable, "-m", "gateway.cli", "--config", str(config), "serve"],
+                             capture_output=True, text=True, cwd=tmp_path, env=GatewayProcess.env(), timeout=120,
+                             check=False)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "Traceback" not in run.stderr + run.stdout
+    assert f"[dicomweb] port = {taken}" in run.stderr, run.stderr
+    assert "scp.listening" not in run.stdout
+    assert not port_accepts(scp_port)
