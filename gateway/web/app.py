@@ -322,7 +322,7 @@ class Console:
         header_token = environ.get("HTTP_X_CSRF_TOKEN")
         if header_token is not None and not secrets.compare_digest(str(header_token), session.csrf):
             _discard_small_body(environ)
-            return self._refuse(_TOKEN_ERROR, 403, wants_json)
+            return self._refuse(multipart.TOKEN_ERROR, 403, wants_json)
         if action in _ADMIN_ACTIONS and not who.admin:
             _discard_small_body(environ)
             self._audit(who.name, action, outcome="refused", role=who.role, target=f"job {m.group(1)}" if m else None,
@@ -389,7 +389,7 @@ class Console:
         if wants_json:
             return Response(json.dumps({"error": sentence(message)}), status, "application/json", headers)
         title = {401: "Log in first", 403: "Refused", 429: "Too many changes"}.get(status, "Upload refused")
-        if status == 403 and message == _TOKEN_ERROR:
+        if status == 403 and message == multipart.TOKEN_ERROR:
             title = "Form expired"
         back = "/login" if status == 401 else "/"
         label = "Log in" if status == 401 else "Back"
@@ -546,9 +546,6 @@ class Console:
         self._flash[new] = f"Queued from job {job_id}" + (f" with {enhancer}." if enhancer else ".")
         log.info("web.job_reprocessed", job_id=job_id, new_job_id=new, enhancer=enhancer or None)
         return _redirect(f"/jobs/{new}"), None
-
-
-_TOKEN_ERROR = "the form is out of date (the console restarted, or you logged in again?): reload the page and retry"
 
 
 def _wants_json(environ: Environ) -> bool:

@@ -121,13 +121,14 @@ def parse(body: bytes, content_type: str) -> dict[str, Part]:
     return read_form(io.BytesIO(body), len(body), content_type, max_file_bytes=len(body))
 
 
-_TOKEN_ERROR = "the form is out of date (the console restarted, or you logged in again?): reload the page and retry"
+#: The refusal of a missing or stale form token; `gateway.web.app` titles its page "Form expired" by it.
+TOKEN_ERROR = "the form is out of date (the console restarted, or you logged in again?): reload the page and retry"
 
 
 def _check_token(form: dict[str, Part], token_ok: Callable[[str], bool]) -> None:
     token = form.get("csrf")
     if token is None or not token_ok(token.data.decode("ascii", "replace")):
-        raise FormError(_TOKEN_ERROR, 403)
+        raise FormError(TOKEN_ERROR, 403)
 
 
 def _read_exactly(stream: BinaryIO, length: int) -> bytes:
@@ -216,4 +217,4 @@ def _check_or_stop(form: dict[str, Part], token_ok: Callable[[str], bool]) -> No
         raise _Stop(exc) from None
 
 
-__all__ = ["FORM_TYPES", "FormError", "Part", "boundary_of", "media_type", "parse", "read_form"]
+__all__ = ["FORM_TYPES", "TOKEN_ERROR", "FormError", "Part", "boundary_of", "media_type", "parse", "read_form"]
