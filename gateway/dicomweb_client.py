@@ -17,6 +17,7 @@ from typing import Any
 
 import pydicom
 import requests
+import urllib3
 
 from gateway import logs
 from gateway.dicomweb import InstanceSink, RequestError, read_stow
@@ -82,7 +83,8 @@ def wado_series(
             result = read_stow(answer.raw, None, answer.headers.get("Content-Type", ""), max_part=MAX_INSTANCE,
                                sink=sink, study_uid=study_uid, sender=f"wado:{peer.name}")
             outcomes = result.outcomes
-    except requests.RequestException as exc:
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        # reading `answer.raw` (streamed) raises urllib3's own errors, not requests': a cut-off body, a read timeout
         raise DeliveryError(f"WADO-RS of series {series_uid} from {peer.name} ({peer.url}) failed:"
                             f" {type(exc).__name__}: {str(exc)[:200]}") from exc
     except RequestError as exc:
