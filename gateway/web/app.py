@@ -49,7 +49,7 @@ from gateway.settings import Settings
 from gateway.spool import Spool
 from gateway.state import JOB_STATES, State
 from gateway.web import assets, imaging, jobs, multipart, pages
-from gateway.web.auth import Authenticator, Session, SlidingWindow, same_origin
+from gateway.web.auth import Authenticator, Session, SlidingWindow, same_origin, valid_name
 from gateway.web.command import DEFAULT_HOST, DEFAULT_PORT
 from gateway.web.enhance import Enhancer
 from gateway.web.pages import Who
@@ -248,14 +248,14 @@ class Console:
         password = form["password"].data.decode("utf-8", "replace") if "password" in form else ""
         wait = max(self.auth.failures.blocked_for("user:" + name), self.auth.address_failures.blocked_for(source))
         if wait > 0:
-            self._audit(name or "-", "login", outcome="refused", source=source, detail="too many failed logins")
+            self._audit(_audit_name(name), "login", outcome="refused", source=source, detail="too many failed logins")
             return self.login_form(environ, f"Too many failed logins: wait {math.ceil(wait / 60)} minute(s), or ask "
                                    "an admin to set a new password (enhance-gateway users passwd NAME).", name, 429)
         user = self.auth.verify(name, password)
         if user is None:
             self.auth.failures.hit("user:" + name)
             self.auth.address_failures.hit(source)
-            self._audit(name or "-", "login", outcome="refused", source=source, detail="wrong name or password")
+            self._audit(_audit_name(name), "login", outcome="refused", source=source, detail="wrong name or password")
             return self.login_form(environ, "Wrong user name or password.", name, 401)
         self.auth.failures.clear("user:" + name)
         self.state.note_login(user.name)
@@ -571,6 +571,17 @@ def _discard_small_body(environ: Environ) -> None:
 def _field(form: dict[str, multipart.Part], name: str, default: str) -> str:
     part = form.get(name)
     return part.data.decode("utf-8", "replace").strip() if part is not None else default
+
+
+def _audit_name(name: str) -> str:
+    """The actor of a refused login as logged and stored: the typed name only when it could be a user name.
+
+    A refused login's name field is unvalidated and up to a form field long; someone who types the password
+    into it must not find it in the log or the audit table.
+    """
+    if not name:
+        return "-"
+    return name if valid_name(name) else "(invalid name)"
 
 
 def _safe_next(target: str) -> str:

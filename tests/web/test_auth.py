@@ -84,6 +84,21 @@ def test_repeated_failed_logins_lock_the_name_out(console: ConsoleProcess) -> No
     assert login(requests.Session(), console.url, "vic", USERS["vic"][1]).status_code == 303  # others still can
 
 
+def test_a_refused_login_never_logs_or_stores_a_name_that_is_no_user_name(console: ConsoleProcess) -> None:
+    # a password typed into the name field: not a valid user name (space, !) so it must not reach the audit
+    typed = "my secret pass! 9271"
+    assert login(requests.Session(), console.url, typed, "whatever-1234").status_code == 401
+    assert login(requests.Session(), console.url, "x" * 5000, "whatever-1234").status_code == 401
+    assert login(requests.Session(), console.url, "nobody.else", "whatever-1234").status_code == 401
+    refused = [a for a in _state(console).audit(limit=50) if a.action == "login" and a.outcome == "refused"]
+    actors = {a.actor for a in refused}
+    assert "(invalid name)" in actors and "nobody.else" in actors  # a plausible name is still kept
+    assert all(len(a) <= 64 for a in actors)
+    log = console.log_text()
+    assert typed not in log and "x" * 65 not in log
+    assert typed not in (console.config.parent / "var" / "state.db").read_bytes().decode("latin-1")
+
+
 def test_viewer_reads_but_cannot_change_jobs_and_admin_actions_are_audited(console: ConsoleProcess) -> None:
     viewer = console.session("vic")
     token = form_token(viewer.get(console.url + "/", timeout=30).text)
