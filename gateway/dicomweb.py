@@ -529,6 +529,14 @@ class StowService:
             if self._draining:
                 raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE, "the gateway is stopping; send again later",
                                    {"Retry-After": "30"})
+            cfg = self.settings.dicomweb
+            # the slot before the credentials: HTTP Basic costs an argon2 verification (serialised), so a burst
+            # of Basic requests beyond max_requests is answered 503 at once instead of queueing threads on it
+            taken = self._slots.acquire(blocking=False)
+            if not taken:
+                raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE,
+                                   f"all dicomweb.max_requests = {cfg.max_requests} slots are busy; retry shortly",
+                                   {"Retry-After": "5"})
             who = self.credentials.check(handler.headers.get("Authorization", ""), address)
             if who is None:
                 raise RequestError(HTTPStatus.UNAUTHORIZED, "a bearer token or HTTP Basic credentials are required",
@@ -536,7 +544,6 @@ class StowService:
             sender = who
             content_type = handler.headers.get("Content-Type", "")
             related_boundary(content_type)  # 415 before a byte of the body is read
-            cfg = self.settings.dicomweb
             chunked = "chunked" in handler.headers.get("Transfer-Encoding", "").lower()
             length_text = handler.headers.get("Content-Length")
             if not chunked and length_text is None:
@@ -546,11 +553,6 @@ class StowService:
             if length is not None and length > max_body:
                 raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                    f"the body is larger than dicomweb.max_request_mb = {cfg.max_request_mb}")
-            taken = self._slots.acquire(blocking=False)
-            if not taken:
-                raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE,
-                                   f"all dicomweb.max_requests = {cfg.max_requests} slots are busy; retry shortly",
-                                   {"Retry-After": "5"})
             rfile: Any = handler.rfile
             stream: Any = _Bounded(_ChunkedReader(rfile), max_body) if chunked else rfile
             result = read_stow(stream, length, content_type, max_part=cfg.max_instance_mb << 20, sink=self.sink,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import socket
 import subprocess
 import sys
+import threading
 from io import BytesIO
 from pathlib import Path
 
@@ -100,3 +102,43 @@ def test_a_taken_stow_port_stops_the_start_before_anything_listens(tmp_path: Pat
     assert f"[dicomweb] port = {taken}" in run.stderr, run.stderr
     assert "scp.listening" not in run.stdout
     assert not port_accepts(scp_port)
+
+
+def test_basic_credentials_are_verified_only_inside_a_request_slot(tmp_path: Path) -> None:
+    """Argon2 verification ran before the max_requests slot was taken: a burst of HTTP Basic requests queued
+    one thread each on the verification lock instead of being answered 503 with Retry-After."""
+    settings = Settings(var_dir=tmp_path / "var",
+                        dicomweb=DicomwebSettings(enabled=True, port=0, user_roles=("admin",), max_requests=1))
+    settings.var_dir.mkdir(parents=True)
+    state = State(settings.state_db)
+    service = StowService(settings, state, Spool(settings.spool_dir, min_free_mb=0))
+    inside, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def slow_verify(name: str, password: str) -> None:
+        calls.append(name)
+        inside.set()
+        release.wait(30)  # then None: a refused credential
+
+    service.credentials.auth.verify = slow_verify  # type: ignore[method-assign]
+    service.start()
+    basic = "Basic " + base64.b64encode(b"ada:some-password-1").decode()
+    request = (b"POST /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: " + basic.encode() + b"\r\n"
+               b'Content-Type: multipart/related; type="application/dicom"; boundary=b0\r\nContent-Length: 0\r\n\r\n')
+    first = socket.create_connection(("127.0.0.1", service.port), timeout=10)
+    try:
+        first.sendall(request)
+        assert inside.wait(10)  # the first request holds the only slot, inside the verification
+        with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
+            sock.sendall(request)
+            answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert b"Retry-After: 5" in answer
+        assert calls == ["ada"]  # the second never reached the verification
+        release.set()
+        assert first.recv(4096).startswith(b"HTTP/1.1 401 ")
+    finally:
+        release.set()
+        first.close()
+        service.stop()
+        state.close()
