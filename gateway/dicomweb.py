@@ -151,6 +151,11 @@ class StowResult:
         return body
 
 
+#: How much of a part's head the File Meta Information is read from; a longer File Meta (real ones are a few
+#: hundred bytes) is refused as not Part 10.
+_META_HEAD = 1 << 16
+
+
 class InstanceSink:
     """Validates, spools and records one Part 10 file at a time; shared by all requests of a server."""
 
@@ -159,8 +164,12 @@ class InstanceSink:
         self.spool = spool
         self.metrics = metrics
 
-    def accept(self, data: bytes, study_uid: str | None, sender: str) -> Outcome:
-        """Store one received file and say what became of it; never raises (every failure is an outcome)."""
+    def accept(self, data: bytes | bytearray, study_uid: str | None, sender: str) -> Outcome:
+        """Store one received file and say what became of it; never raises (every failure is an outcome).
+
+        A bytearray is consumed: it is emptied as soon as the data set is copied out of it, so that a large
+        instance is not held twice while it is checked and written.
+        """
         try:
             return self._accept(data, study_uid, sender)
         except Exception as exc:  # one bad part must not cost the others their response
@@ -174,8 +183,9 @@ class InstanceSink:
             self.metrics.instances_refused.labels(f"0x{outcome.status:04X}").inc()
         return outcome
 
-    def _accept(self, data: bytes, study_filter: str | None, sender: str) -> Outcome:
-        fp = BytesIO(data)
+    def _accept(self, data: bytes | bytearray, study_filter: str | None, sender: str) -> Outcome:
+        # the File Meta is read from a bounded head: BytesIO over the whole part would copy it
+        fp = BytesIO(bytes(memoryview(data)[:_META_HEAD]))
         try:
             read_preamble(fp, False)
             meta = _read_file_meta_info(fp)
@@ -193,7 +203,10 @@ class InstanceSink:
             return self._refuse(Outcome(sop_class, sop, TRANSFER_SYNTAX_NOT_SUPPORTED,
                                         f"transfer syntax {tsyntax} is not one the gateway accepts; send it as"
                                         " Explicit VR Little Endian"))
-        body = data[offset:]
+        with memoryview(data) as view:
+            body = bytes(view[offset:])  # the one copy: the checks take bytes
+        if isinstance(data, bytearray):
+            data.clear()
         try:
             study, series, sop, modality = check_instance(body, sop, sop_class, tsyntax)
             self.spool.incoming_path(study, series, sop)  # a non-UID cannot name a spool folder
@@ -257,7 +270,7 @@ class _ChunkedReader:
 class _PartReader:
     """python-multipart callbacks: each part gathered into one bounded buffer, handed on at its end."""
 
-    def __init__(self, boundary: bytes, max_part: int, on_part: Callable[[bytes, str], None]) -> None:
+    def __init__(self, boundary: bytes, max_part: int, on_part: Callable[[bytearray, str], None]) -> None:
         self.max_part = max_part
         self.on_part = on_part
         self.parts = 0
@@ -293,8 +306,9 @@ class _PartReader:
         self._buf.extend(data[start:end])
 
     def _end(self) -> None:
-        data = bytes(self._buf)
-        self._buf = bytearray()
+        # the buffer itself is handed on, not a bytes copy of it: `InstanceSink.accept` empties it once it holds
+        # the data set, so one instance is in memory about once, not three times (docs/dicomweb.md)
+        data, self._buf = self._buf, bytearray()
         self.parts += 1
         self.on_part(data, self._headers.get("content-type", "application/dicom"))
 
@@ -328,7 +342,7 @@ def read_stow(
     instance as soon as its part is complete; RequestError when the request as a whole is refused."""
     result = StowResult(study_uid)
 
-    def on_part(data: bytes, part_type: str) -> None:
+    def on_part(data: bytearray, part_type: str) -> None:
         kind = part_type.split(";", 1)[0].strip().lower()
         if kind not in ("application/dicom", ""):
             result.outcomes.append(Outcome("", "", CANNOT_UNDERSTAND, f"a part of type {kind} is not application/dicom"))

@@ -277,16 +277,16 @@ def spool_instance(
     purged = state.instance_purged(sop)
     if purged is False:
         return None
-    data = meta + body
-    path = spool.store_incoming(study, series, sop, data)
+    size = len(meta) + len(body)
+    path = spool.store_incoming(study, series, sop, (meta, body))  # written in turn: no joined copy in memory
     if purged:
         state.mark_restored(sop, str(path))
     else:
         state.record_instance(
             sop_uid=sop, series_uid=series, study_uid=study, sop_class_uid=sop_class_uid, modality=modality,
-            path=str(path), size=len(data), calling_aet=calling_aet,
+            path=str(path), size=size, calling_aet=calling_aet,
         )
-    return len(data)
+    return size
 
 
 class Receiver:

@@ -60,7 +60,17 @@ def ensure_space(path: Path, incoming_bytes: int, min_free_mb: float) -> None:
         )
 
 
-def write_atomic(final: Path, data: bytes | memoryview, tmp_dir: Path) -> None:
+#: What a durable write takes: one buffer, or several written one after the other (File Meta + data set), so
+#: that a caller never joins them into a second in-memory copy of an instance.
+Chunks = bytes | bytearray | memoryview | tuple[bytes | bytearray | memoryview, ...]
+
+
+def chunks_size(data: Chunks) -> int:
+    """The bytes `write_atomic` will write for `data`."""
+    return sum(len(part) for part in data) if isinstance(data, tuple) else len(data)
+
+
+def write_atomic(final: Path, data: Chunks, tmp_dir: Path) -> None:
     """Write `data` to `final` durably: temp file in `tmp_dir` (same filesystem), fsync, rename, fsync dir.
 
     A full disk (ENOSPC, EDQUOT) raises OutOfSpaceError, so callers wait for space instead of failing work.
@@ -69,7 +79,7 @@ def write_atomic(final: Path, data: bytes | memoryview, tmp_dir: Path) -> None:
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            fh.writelines(data if isinstance(data, tuple) else (data,))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
@@ -138,9 +148,9 @@ class Spool:
     def incoming_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return self.incoming / _safe(study_uid) / _safe(series_uid) / f"{_safe(sop_uid)}.dcm"
 
-    def store_incoming(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes | memoryview) -> Path:
+    def store_incoming(self, study_uid: str, series_uid: str, sop_uid: str, data: Chunks) -> Path:
         """Durably store a received instance (a complete DICOM file, preamble and meta included)."""
-        self.check_space(len(data))
+        self.check_space(chunks_size(data))
         path = self.incoming_path(study_uid, series_uid, sop_uid)
         write_atomic(path, data, self.tmp)
         return path
