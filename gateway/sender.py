@@ -125,14 +125,6 @@ class Sender:
         peer = dicomnet.Peer(dest.ae_title, dest.host, dest.port, dest.calling_aet or self.settings.ae_title)
         return dicomnet.send_files(peer, files, timeout=self.settings.sender.dimse_timeout).bytes
 
-    def run_once(self) -> bool:
-        """One due delivery per destination (and one to a destination no longer configured); False when none
-        was due. The service runs `run_destination_once` in one thread per destination instead (`run_loop`)."""
-        busy = False
-        for name in [*self.destinations, None]:
-            busy = self.run_destination_once(name) or busy
-        return busy
-
     def run_destination_once(self, name: str | None) -> bool:
         """Deliver one due delivery to destination `name` (None: to any destination no longer configured).
 

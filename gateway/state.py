@@ -346,9 +346,6 @@ class State:
 
     # --- reception -------------------------------------------------------------------------------------
 
-    def has_instance(self, sop_uid: str) -> bool:
-        return bool(self._query("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)))
-
     def instance_purged(self, sop_uid: str) -> bool | None:
         """None: never received; False: recorded and in the spool; True: recorded but purged.
 
@@ -763,31 +760,6 @@ class State:
     def deliveries(self, job_id: int) -> list[Delivery]:
         rows = self._query("SELECT * FROM deliveries WHERE job_id = ? ORDER BY destination", (job_id,))
         return [Delivery(**dict(r)) for r in rows]
-
-    def claim_delivery_job(self, now: float | None = None) -> tuple[Job, list[Delivery]] | None:
-        """enhanced (or failed at sending, due) -> sending; returns the job and its due pending deliveries."""
-        now = time.time() if now is None else now
-        with self._tx() as db:
-            row = db.execute(
-                "SELECT j.id FROM jobs j JOIN deliveries d ON d.job_id = j.id AND d.state = 'pending'"
-                " WHERE (j.state = 'enhanced' OR (j.state = 'failed' AND j.failed_stage = 'enhanced'))"
-                " AND d.next_try_at <= ?" + STUDY_GROUP_READY + " ORDER BY d.next_try_at, j.id LIMIT 1",
-                (now,),
-            ).fetchone()
-            if row is None:
-                return None
-            job_id = int(row["id"])
-            db.execute(
-                "UPDATE jobs SET state = 'sending', owner = ?, updated_at = ? WHERE id = ?", (os.getpid(), now, job_id)
-            )
-            due = [
-                Delivery(**dict(r))
-                for r in db.execute(
-                    "SELECT * FROM deliveries WHERE job_id = ? AND state = 'pending' AND next_try_at <= ?",
-                    (job_id, now),
-                )
-            ]
-        return self.job(job_id), due
 
     def claim_delivery(
         self, destination: str | None, known: Sequence[str] = (), now: float | None = None

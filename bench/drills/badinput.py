@@ -383,7 +383,7 @@ def _half_an_instance(b: Bench) -> tuple[Any, str]:
 def _nothing_stored(b: Bench, sop: str) -> bool:
     state = State(b.gw.var_dir / "state.db")
     try:
-        recorded = state.has_instance(sop)
+        recorded = state.instance_purged(sop) is not None
     finally:
         state.close()
     on_disk = list((b.gw.var_dir / "spool" / "incoming").glob(f"*/*/{sop}.dcm"))

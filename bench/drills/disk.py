@@ -111,7 +111,8 @@ def _run(
         result.check(modality.broken_associations == 0, f"{name}: the association broke instead of a refusal")
         time.sleep(full_seconds)  # the acknowledged part becomes a job and meets the full disk
         for sop in acked_while_full:
-            result.check(state.has_instance(sop), f"{name}: acknowledged {sop} is not in the state store")
+            result.check(state.instance_purged(sop) is not None,
+                         f"{name}: acknowledged {sop} is not in the state store")
         stored = {p.stem: p for p in (gw.var_dir / "spool" / "incoming").rglob("*.dcm")}
         for sop in acked_while_full:
             path = stored.get(sop)

@@ -173,18 +173,18 @@ def test_a_folder_delivery_to_a_full_disk_waits_and_is_never_dead(tmp_path: Path
     small_disk.fill(leave=1_000_000)  # the archive's disk, below the watermark
     sender = Sender(cfg, state, spool)
     with capture_logs() as logs:
-        assert sender.run_once()
+        assert sender.run_destination_once("archive")
         (delivery,) = state.deliveries(job_id)
         assert delivery.state == "pending" and delivery.attempts == 0
         assert "waiting for disk space" in (delivery.last_error or "")
         while sender._disk["archive"].failures < 4:  # more tries than max_attempts = 2: still not dead
-            sender.run_once()
+            sender.run_destination_once("archive")
             time.sleep(0.1)
         assert state.deliveries(job_id)[0].attempts == 0 and state.job(job_id).state != "dead"
         assert not list((small_disk.path / "archive").rglob("*.dcm"))
         small_disk.drain()
         while state.job(job_id).state != "done":
-            sender.run_once()
+            sender.run_destination_once("archive")
             time.sleep(0.1)
     assert len(list((small_disk.path / "archive").rglob("*.dcm"))) == 2
     waiting = _events(logs, "send.waiting_for_disk")

@@ -50,13 +50,13 @@ def test_an_item_longer_than_its_sequence_is_refused_with_the_reason(receiver: R
     assert status == 0xC210
     (refused,) = [e for e in logs if e["event"] == "store.refused"]
     assert "item 1 of sequence (0008,1140) declares 54 bytes but the sequence has only 34 left" in refused["reason"]
-    assert not receiver.state.has_instance(str(ds.SOPInstanceUID))
+    assert receiver.state.instance_purged(str(ds.SOPInstanceUID)) is None
 
 
 def test_the_same_sequence_well_formed_is_stored(receiver: Receiver, tmp_path: Path) -> None:
     status, ds = _send(receiver, 0, "well-formed", tmp_path)
     assert status == 0x0000
-    assert receiver.state.has_instance(str(ds.SOPInstanceUID))
+    assert receiver.state.instance_purged(str(ds.SOPInstanceUID)) is not None
 
 
 def test_an_element_longer_than_its_item_is_named_and_real_files_pass() -> None:
@@ -85,4 +85,4 @@ def test_a_specific_character_set_that_is_not_text_is_refused(receiver: Receiver
         assert store_raw(assoc, meta, bytes(body), tmp_path) == 0xC210
     finally:
         assoc.release()
-    assert not receiver.state.has_instance(str(ds.SOPInstanceUID))
+    assert receiver.state.instance_purged(str(ds.SOPInstanceUID)) is None

@@ -164,7 +164,7 @@ def test_hold_release_reject_transitions(tmp_path: Path) -> None:
     held = QaOutcome(qa_verdict="FAIL", qa_action="hold", qa_reasons="lowpass 3 > 1", noise_sigma=2.5, strength=1.0)
     assert state.finish_enhancement(job_id, destinations=["a"], derived_count=1, psnr=None, ssim=None, seconds=0,
                                     qa=held) == "held"
-    assert state.claim_delivery_job() is None  # the sender never takes a held job
+    assert state.claim_delivery("a") is None  # the sender never takes a held job
     assert state.recover() == {"enhancing": 0, "sending": 0}
     assert state.job(job_id).state == "held"
     assert state.counts()["held"] == 1 and state.qa_verdict_counts()["FAIL"] == 1
@@ -172,8 +172,8 @@ def test_hold_release_reject_transitions(tmp_path: Path) -> None:
     assert job.state == "enhanced" and job.reviewed_at is not None and job.qa_verdict == "FAIL"
     with pytest.raises(StateError, match="not held"):
         state.release(job_id)
-    claimed = state.claim_delivery_job()
-    assert claimed is not None and [d.destination for d in claimed[1]] == ["a"]
+    claimed = state.claim_delivery("a")
+    assert claimed is not None and claimed[0].id == job_id and claimed[1].destination == "a"
 
     other = State(tmp_path / "other.db")
     job_id = _job(other)

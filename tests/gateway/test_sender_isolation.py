@@ -173,7 +173,7 @@ def test_an_unconfigured_destination_still_ends_its_deliveries(tmp_path: Path) -
         db.execute("INSERT INTO deliveries(job_id, destination, state, next_try_at) VALUES (?, 'gone', 'pending', 0)",
                    (job,))
     snd = Sender(cfg, state, spool)
-    while snd.run_once():
+    while snd.run_destination_once("archive") or snd.run_destination_once(None):  # the two workers' steps
         pass
     assert _delivery(state, job, "archive").state == "done"
     assert _delivery(state, job, "gone").state == "dead" and state.job(job).state == "dead"

@@ -42,7 +42,7 @@ def test_sigterm_mid_series_keeps_every_acknowledged_instance(tmp_path: Path) ->
     assert any(e["event"] == "gateway.stopped" for e in gw.events())
     state = gw.state()
     for sop in acknowledged:
-        assert state.has_instance(sop), f"acknowledged {sop} is missing after SIGTERM"
+        assert state.instance_purged(sop) is not None, f"acknowledged {sop} is missing after SIGTERM"
     stored = {p.stem for p in (gw.var_dir / "spool" / "incoming").rglob("*.dcm")}
     assert set(acknowledged) <= stored
     for path in (gw.var_dir / "spool" / "incoming").rglob("*.dcm"):

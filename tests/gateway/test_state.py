@@ -49,18 +49,19 @@ def test_full_life_cycle_with_retry_and_dead(tmp_path: Path) -> None:
     job = state.claim_job("queued", "enhancing")
     assert job is not None and job.state == "enhancing"
     state.finish_enhancement(job_id, destinations=["a", "b"], derived_count=3, psnr=40.0, ssim=0.9, seconds=1.0)
-    claimed = state.claim_delivery_job()
-    assert claimed is not None and {d.destination for d in claimed[1]} == {"a", "b"}
+    to_a, to_b = state.claim_delivery("a"), state.claim_delivery("b")
+    assert to_a is not None and to_b is not None and to_a[0].id == to_b[0].id == job_id
+    assert state.job(job_id).state == "sending"
     state.delivery_succeeded(job_id, "a")
     assert state.delivery_failed(job_id, "b", "refused", base=0, cap=0, max_attempts=2) == "pending"
     assert state.settle_job(job_id) == "failed"
-    claimed = state.claim_delivery_job()
-    assert claimed is not None and [d.destination for d in claimed[1]] == ["b"]  # "a" is not sent again
+    assert state.claim_delivery("a") is None  # "a" is not sent again
+    claimed = state.claim_delivery("b")
+    assert claimed is not None and claimed[1].destination == "b"
     assert state.delivery_failed(job_id, "b", "refused", base=0, cap=0, max_attempts=2) == "dead"
     assert state.settle_job(job_id) == "dead"
     assert state.retry(job_id) == "enhanced"
-    claimed = state.claim_delivery_job()
-    assert claimed is not None
+    assert state.claim_delivery("b") is not None
     state.delivery_succeeded(job_id, "b")
     assert state.settle_job(job_id) == "done"
     with pytest.raises(StateError, match="only failed or dead"):
@@ -75,7 +76,7 @@ def test_recover_requeues_jobs_caught_mid_stage(tmp_path: Path) -> None:
     a = state.claim_job("queued", "enhancing")
     assert a is not None
     state.finish_enhancement(a.id, destinations=["x"], derived_count=1, psnr=None, ssim=None, seconds=0)
-    assert state.claim_delivery_job() is not None
+    assert state.claim_delivery("x") is not None
     b = state.claim_job("queued", "enhancing")
     assert b is not None
     reopened = State(tmp_path / "s.db")  # a new process after a crash

@@ -98,8 +98,8 @@ def test_the_sender_waits_until_every_series_of_the_study_is_enhanced(tmp_path: 
         assert job is not None and job.id == expected
         state.finish_enhancement(job.id, destinations=["pacs"], derived_count=2, psnr=None, ssim=None, seconds=1)
         if expected == first:
-            assert state.claim_delivery_job() is None  # B is still to be enhanced: A waits for it
-    claimed = state.claim_delivery_job()
+            assert state.claim_delivery("pacs") is None  # B is still to be enhanced: A waits for it
+    claimed = state.claim_delivery("pacs")
     assert claimed is not None and claimed[0].id == first
 
 
