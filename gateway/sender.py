@@ -43,6 +43,15 @@ def deliver_to_folder(root: Path, files: list[Path], min_free_mb: float = 0) -> 
     return total
 
 
+class _JobFault(DeliveryError):
+    """The job cannot be sent to any destination (e.g. its derived files are gone from the spool).
+
+    Why apart: it is a failed attempt of that job like any other, but it says nothing about the destination,
+    so it must not count towards the destination's circuit breaker: a few broken jobs would otherwise stop
+    the deliveries of every sound job to a healthy PACS.
+    """
+
+
 class Circuit:
     """A destination's circuit breaker: closed (try), open (do not try until `retry_at`), then one trial.
 
@@ -160,7 +169,7 @@ class Sender:
             if dest is None:
                 raise DeliveryError(f"destination {name!r} is no longer configured")
             if not files:
-                raise DeliveryError(f"no derived files in the spool for job {job.id}; reprocess the study")
+                raise _JobFault(f"no derived files in the spool for job {job.id}; reprocess the study")
             size = self.deliver(dest, files)
         except Exception as exc:  # noqa: BLE001 - any failure is a failed attempt, retried with backoff
             if is_disk_full(exc):  # the folder's disk is full: the delivery waits, no attempt is counted
@@ -174,7 +183,7 @@ class Sender:
                     self.metrics.send_failures.labels(name).inc()
                 log.warning("send.failed", destination=name, error=str(exc)[:300], delivery_state=state,
                             seconds=round(time.monotonic() - started, 3))
-                if circuit is not None:
+                if circuit is not None and not isinstance(exc, _JobFault):
                     circuit.failed(str(exc))
         else:
             self.state.delivery_succeeded(job.id, name)

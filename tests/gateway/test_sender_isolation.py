@@ -179,3 +179,26 @@ def test_an_unconfigured_destination_still_ends_its_deliveries(tmp_path: Path) -
     assert _delivery(state, job, "gone").state == "dead" and state.job(job).state == "dead"
     shutil.rmtree(tmp_path / "a")
     state.close()
+
+
+def test_a_job_with_no_derived_files_does_not_open_the_destinations_circuit(tmp_path: Path) -> None:
+    """Only failures of the destination count towards its breaker: jobs whose derived files are gone failed
+    at a healthy folder, opened its circuit, and the sound job behind them waited for circuit_seconds."""
+    cfg = _settings(tmp_path / "var", [{"name": "archive", "type": "folder", "path": str(tmp_path / "a")}],
+                    circuit_failures=2, circuit_seconds=600)
+    cfg.var_dir.mkdir()
+    state, spool = State(cfg.state_db), Spool(cfg.spool_dir)
+    *broken, sound = _enhanced_jobs(cfg, state, spool, tmp_path, 3)
+    for job in broken:
+        spool.clear_outgoing(job)
+    snd = Sender(cfg, state, spool)
+    with capture_logs() as logs:
+        assert snd.run_destination_once("archive") and snd.run_destination_once("archive")
+        assert snd.run_destination_once("archive")  # the circuit is still closed: the sound job is tried
+    assert [_delivery(state, j, "archive").attempts for j in broken] == [1, 1]
+    assert "no derived files" in (_delivery(state, broken[0], "archive").last_error or "")
+    assert _delivery(state, sound, "archive").state == "done"
+    assert not snd.circuits["archive"].is_open
+    assert not [e for e in logs if e["event"] == "destination.circuit_open"]
+    shutil.rmtree(tmp_path / "a")
+    state.close()
