@@ -22,7 +22,7 @@ found among the study's earlier ones); a required series that never comes costs 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -35,6 +35,12 @@ from gateway.settings import Route
 from gateway.state import State
 
 log = logs.get("gateway.completion")
+
+#: Series Descriptions kept in memory (least recently used dropped first). Why a bound: the cache is read on
+#: every pass for the pending series and for the earlier series of their studies; unbounded, a gateway that
+#: runs for months holds one entry per series it ever saw. 4096 covers the pending series of a busy site many
+#: times over (an entry is a few hundred bytes); past it a description is read again from a file header.
+DESCRIPTIONS_KEPT = 4096
 
 
 @dataclass(frozen=True)
@@ -49,16 +55,20 @@ class _Series:
 class Completion:
     """One pass (`run_once`) turns what is complete into jobs; the service's completion thread calls it."""
 
-    def __init__(self, state: State, routes: Sequence[Route], stable_seconds: float) -> None:
+    def __init__(self, state: State, routes: Sequence[Route], stable_seconds: float,
+                 descriptions_kept: int = DESCRIPTIONS_KEPT) -> None:
         self.state = state
         self.routes = list(routes)
         self.stable_seconds = stable_seconds
         self._study_routes = any(r.trigger == "study" for r in self.routes)
-        self._descriptions: dict[str, str] = {}  # series UID -> Series Description (read once per series)
+        self._descriptions: OrderedDict[str, str] = OrderedDict()  # series UID -> Series Description, LRU
+        self._descriptions_kept = descriptions_kept
 
     def _description(self, series_uid: str, path: str | None) -> str:
-        """Series Description of a series, from one of its spooled files (headers only), cached."""
-        if series_uid not in self._descriptions:
+        """Series Description of a series, from one of its spooled files (headers only), cached (LRU)."""
+        if series_uid in self._descriptions:
+            self._descriptions.move_to_end(series_uid)
+        else:
             text = ""
             if path:
                 try:
@@ -67,6 +77,8 @@ class Completion:
                 except Exception:  # noqa: BLE001 - an unreadable file routes like a series without a description
                     text = ""
             self._descriptions[series_uid] = text
+            if len(self._descriptions) > self._descriptions_kept:
+                self._descriptions.popitem(last=False)
         return self._descriptions[series_uid]
 
     def run_once(self, now: float | None = None) -> list[int]:

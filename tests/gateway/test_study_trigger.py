@@ -119,3 +119,19 @@ def test_gateway_makes_the_jobs_of_a_study_together(tmp_path: Path) -> None:
         assert len(list((gw.var_dir / "archive").rglob("*.dcm"))) == 6
     finally:
         gw.stop()
+
+
+def test_the_series_description_cache_is_bounded_and_rereads_what_it_dropped(tmp_path: Path) -> None:
+    """The cache kept one entry per series ever seen: a gateway running for months grew it without end."""
+    state = State(tmp_path / "s.db")
+    studies = [generate_uid() for _ in range(3)]
+    for n, study in enumerate(studies):
+        _record(state, _series(tmp_path / str(n), CT, "A", study), now=0.0)
+    completion = Completion(state, [_route()], stable_seconds=1.0, descriptions_kept=2)
+    assert completion.run_once(now=5.0) == []  # each study waits for its series B
+    assert len(completion._descriptions) == 2
+    _record(state, _series(tmp_path / "0", CT, "B", studies[0]), now=6.0)
+    made = completion.run_once(now=10.0)  # A of the first study was dropped: read again, still routed right
+    assert len(made) == 2 and {state.job(j).study_uid for j in made} == {studies[0]}
+    assert len(completion._descriptions) == 2
+    state.close()
