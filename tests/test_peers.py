@@ -208,7 +208,7 @@ def test_orthanc_sends_to_a_registered_modality(
 
 
 def test_missing_peer_fails_with_the_install_command() -> None:
-    with pytest.raises(PeerMissingError, match="apt-get install -y dcmtk orthanc dicom3tools"):
+    with pytest.raises(PeerMissingError, match="apt-get install -y dcmtk orthanc orthanc-dicomweb dicom3tools"):
         require_binary("no-such-dicom-peer")
 
 
