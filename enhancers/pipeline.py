@@ -360,7 +360,8 @@ class Pipeline:
     ) -> FloatArray:
         """float32 (N, H, W) modality values -> float32 (N, H', W') modality values, clipped to value_range.
 
-        H' = 2H and W' = 2W for `sr2x`, else H and W. A single (H, W) slice is accepted and returned as such.
+        H' = sH and W' = sW for a task of scale s (2 for `sr2x`, 4 for `sr4x`), else H and W. A single (H, W)
+        slice is accepted and returned as such.
         `modality` is the DICOM Modality (CT, MR, CR, DX, ...); a model not trained for it is refused.
         `noise`: the series' noise (`enhancers.noise.estimate_noise` over the whole series, which the worker
         computes once); None estimates it from `slices`. Conditioned models and `nlm` use it. `strength` (see
