@@ -24,15 +24,6 @@ QA_MIN_SSIM = 0.5  # an enhanced slice this unlike its input is flagged WARN for
 MIN_METRIC_SIZE = 7  # SSIM's window: smaller slices get no metrics rather than an error
 
 
-def downsample2(values: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
-    """2x2 area mean of (..., H, W): brings a super-resolved image back to the input grid."""
-    arr = np.asarray(values, dtype=np.float32)
-    h, w = arr.shape[-2] // 2 * 2, arr.shape[-1] // 2 * 2
-    cut = arr[..., :h, :w]
-    out: npt.NDArray[np.float32] = cut.reshape(cut.shape[:-2] + (h // 2, 2, w // 2, 2)).mean(axis=(-3, -1))
-    return out.astype(np.float32)
-
-
 def to_input_grid(values: npt.NDArray[np.floating], task: str) -> npt.NDArray[np.float32]:
     """A super-resolved image area-averaged back to the received grid (2x2 for sr2x, 4x4 for sr4x); the image
     itself for same-size tasks. What input metrics and the QA gate compare with the received slice."""
