@@ -28,6 +28,7 @@ them bit for bit). Only 32-bit stored data beyond 2^20 could move by one stored 
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -501,11 +502,14 @@ class _Staging:
     On CUDA: two pinned input and two pinned output buffers (batch k uses pair k % 2, so the host fills one
     while the other is in flight), an upload stream and a download stream beside the compute stream. On CPU
     (used by the tests, to run this bookkeeping without a GPU): plain buffers, no streams, no events.
+    `lock`: held for a whole staged run, because a Pipeline (and its staging) may be called from several
+    threads and the buffers hold one run's batches until they are drained.
     """
 
     def __init__(self, device: str) -> None:
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
+        self.lock = threading.Lock()
         self._inputs: list[torch.Tensor] = []
         self._outputs: list[torch.Tensor] = []
         # torch's CUDA stream and event constructors are untyped; mypy --strict needs the ignores
@@ -589,7 +593,8 @@ def run_mapped(
     with torch.inference_mode():
         if use_staging:
             stage = staging if staging is not None and staging.device == torch.device(device) else _Staging(device)
-            _run_staged(module, values, out, batches, mapping, scale, level, stage, tile)
+            with stage.lock:  # one run at a time through the shared pinned buffers
+                _run_staged(module, values, out, batches, mapping, scale, level, stage, tile)
         else:
             _run_direct(module, values, out, whole, batches, mapping, scale, level, device)
     return out

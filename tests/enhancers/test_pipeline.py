@@ -139,6 +139,38 @@ def test_the_staged_cuda_path_equals_the_cpu_path(cr_crop: Image, tile: int, ble
     np.testing.assert_array_equal(last, direct[1:])
 
 
+def test_one_staging_shared_by_two_threads_keeps_each_run_s_pixels() -> None:
+    """A CUDA Pipeline keeps one set of pinned buffers; two threads calling `run` at once (the worker and the
+    console, or a caller's thread pool) must not read each other's batches out of them."""
+    import threading
+    import time
+
+    import torch
+
+    from enhancers.pipeline import DeviceMapping, _Staging, run_mapped
+
+    class SlowIdentity(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            time.sleep(0.02)  # long enough for the other thread to refill the shared buffers
+            return x * 1.0
+
+    staging = _Staging("cpu")
+    stacks = {k: np.full((6, 32, 32), float(k), dtype=np.float32) for k in (1, 2)}
+    results: dict[int, np.ndarray] = {}
+
+    def work(k: int) -> None:
+        results[k] = run_mapped(SlowIdentity(), stacks[k], mapping=DeviceMapping(), scale=1, tile=64, halo=0,
+                                batch_size=1, device="cpu", staging=staging, staged=True)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in stacks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    for k, stack in stacks.items():
+        np.testing.assert_array_equal(results[k], stack)
+
+
 def test_batch_from_free_memory() -> None:
     """Half the free memory, at most the configured batch (or 64 when none is configured), never below one."""
     from enhancers.pipeline import CUDA_MAX_BATCH, batch_from_memory
