@@ -132,9 +132,8 @@ class DeviceMapping:
         pred: torch.Tensor,
         x: torch.Tensor | None,
         rows: Sequence[int],
-        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Normalised module output (B, H', W') -> mapped values; overwrites `pred`, writes into `out` if given.
+        """Normalised module output (B, H', W') -> mapped values (overwrites `pred`).
 
         `x`: the normalised input (B, H, W), needed only when blending. `rows`: each batch row's slice index
         (for a per-slice `grid`).
@@ -148,9 +147,6 @@ class DeviceMapping:
             y = y.clamp_(self.clip[0], self.clip[1])
         if self.grid is not None:
             y = self._snap(y, rows)
-        if out is not None:
-            out.copy_(y)
-            return out
         return y
 
     def _snap(self, y: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
@@ -290,8 +286,6 @@ def tile_spans(length: int, tile: int, halo: int) -> list[tuple[int, int, int, i
         spans.append((start, start + tile, keep_start, keep_stop))
         keep_start = keep_stop
     return spans
-
-
 
 
 class Pipeline:
