@@ -13,8 +13,11 @@ slices/s alone ran 250 through the pipeline. Now each batch goes to the device a
 and comes back finished: normalised, enhanced, blended (`strength`), mapped back, clipped and, when the caller
 passes a `StoredGrid`, rounded to the stored integers the derived object will hold. On CUDA the host buffers
 are pinned, copies are non-blocking on their own streams, and the upload of one batch, the compute of the
-next and the download of the one before overlap. On CPU the same float32 operations run in torch, in place,
-writing straight into the output: no extra copy, no float64 pass.
+next and the download of the one before overlap. On CPU the same float32 operations run as numpy ufuncs
+(`DeviceMapping.normalise_np` / `finish_np`: torch's threaded elementwise kernels were slower on a loaded
+host), in place, writing straight into the output: no extra copy, no float64 pass. On CUDA torch divides by a
+scalar as a multiplication by its float32 reciprocal, so the device mapping may differ from the CPU's in the
+last bit before rounding to stored values (after it only where a value lies half-way between two of them).
 
 Exactness trade-off. The old path mapped in float64 but already stored the normalised image in float32, so an
 identity enhancement came back within about 2u(|v| + |offset|) of each value v (u = 2^-24, float32's unit
