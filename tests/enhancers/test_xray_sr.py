@@ -99,6 +99,16 @@ def test_tasks_scale_and_safe_defaults() -> None:
     assert out.shape == (32, 24)
 
 
+def test_dicom_utils_task_tables_agree_with_the_registry() -> None:
+    """dicom_utils may not import enhancers, so it keeps its own copy of the tasks and their scales: a task
+    added on one side only would derive objects with the wrong matrix or refuse a registered task."""
+    from dicom_utils import derive, enhancement
+
+    assert derive.TASK_SCALE == registry.TASK_SCALE
+    assert set(enhancement.TASKS) == set(registry.TASKS)
+    assert set(derive.DERIVATION_CODES) == set(registry.TASKS)
+
+
 def test_adversarial_model_flagged_never_default_and_said_where_picked() -> None:
     meta = registry.info("srgan4x-xr")
     assert meta.hallucination_risk and meta.task == "sr4x"
