@@ -5,7 +5,7 @@ not an archive, so nothing uploaded is written to disk and only the last few res
 evicted first, and after `MAX_AGE_SECONDS`). Why bounds in pixels and bytes, not only in count: one 6000 x
 6000 radiograph held about 630 MB once enhanced and peaked at 5 GB while enhancing, so eight kept uploads could
 starve the gateway beside the console. An upload is refused before its pixels are decoded when it has more
-pixels than `[web] max_upload_megapixels` (output pixels: sr2x counts four times), and admitted only when
+pixels than `[web] max_upload_megapixels` (output pixels: sr2x counts 4 times, sr4x 16), and admitted only when
 its estimated memory fits under `[web] max_kept_mb` with the uploads already kept (finished ones are evicted,
 oldest first, to make room; uploads still waiting are never evicted, so a full console says so). Once
 enhanced, an upload drops what the pages do not need (the pixel data of the source and of the derived
