@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dicom_utils.enhancement import TASKS
 from gateway.errors import ConfigError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
@@ -501,8 +502,8 @@ def _route(raw: Any, index: int, qa: QaSettings) -> Route:
     except re.error as exc:
         raise ConfigError(f"{where}.series_description = {pattern!r} is not a valid regular expression: {exc}")
     task = _str(raw.get("task", "denoise"), f"{where}.task")
-    if task not in ("denoise", "sr2x", "sr4x", "deblur"):
-        raise ConfigError(f"{where}.task = {task!r}: expected \"denoise\", \"sr2x\", \"sr4x\" or \"deblur\"")
+    if task not in TASKS:
+        raise ConfigError(f"{where}.task = {task!r}: expected one of {', '.join(TASKS)}")
     return Route(
         enhancer=_str(raw["enhancer"], f"{where}.enhancer"),
         modality=_str(raw.get("modality", ""), f"{where}.modality").upper(),
