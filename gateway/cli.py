@@ -34,6 +34,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _settings(args)
     routing.load_plugins(cfg.plugins)
     routing.validate(cfg.routes)
+    for warning in routing.hallucination_risks(cfg.routes):
+        logs.get("gateway.routing").warning("route.hallucination_risk", detail=warning)
     Gateway(cfg).serve()
     return 0
 
@@ -270,6 +272,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     routing.load_plugins(cfg.plugins)
     routing.validate(cfg.routes)
     print(json.dumps(asdict(cfg), indent=2, default=str))
+    for warning in routing.hallucination_risks(cfg.routes):
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     print(f"{args.file}: OK", file=sys.stderr)
     return 0
 

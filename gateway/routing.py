@@ -84,3 +84,19 @@ def validate(routes: Sequence[Route]) -> None:
             raise ConfigError(
                 f"routes[{i}]: enhancer {route.enhancer!r} does task {task!r} but the route says {route.task!r}"
             )
+
+
+def hallucination_risks(routes: Sequence[Route]) -> list[str]:
+    """One sentence per route that names an adversarially trained enhancer (its card's `hallucination_risk`).
+
+    Why a warning and not a refusal: a site may choose such a model knowingly (the derived series says so in
+    its Derivation Description and private block), but an admin reading the start-up log must see it too.
+    Call after `validate`: every route names a registered enhancer.
+    """
+    return [
+        f"routes[{i}] uses {route.enhancer!r}, trained with an adversarial loss: it may show plausible structure "
+        "that is not in the patient's data (hallucination risk); its derived series say so"
+        for i, route in enumerate(routes)
+        if info(route.enhancer).hallucination_risk
+    ]
+
