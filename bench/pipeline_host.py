@@ -11,7 +11,7 @@ the same slices a moment apart, so their ratio holds even where the absolute fig
    kept here only to be measured (float64 normalisation and inverse on the host, stacked tiles, pageable
    copies). Printed: ms per slice, old / new.
 2. The same two paths around a real model (`--model`, the CT default): slices/s, old / new.
-3. The worker's host steps for one 512x512 instance, as `gateway.worker` runs them: decode (read + modality
+3. The worker's host steps for one 512x512 instance, as `gateway.enhance.worker` runs them: decode (read + modality
    values), INPUT metrics (PSNR + SSIM; the old float64 scikit-image SSIM and the new `ssim_fast`), the QA gate
    (`SeriesGate.check` over a series, shipped sampling: the series average), derive (`derive_instance`, with
    the stored-value rounding), encode (`save_as`) and the durable write (`Spool.store_outgoing`: fsync,
@@ -195,10 +195,10 @@ def worker_part(args: argparse.Namespace) -> None:
     from dicom_utils.classify import skip_reason
     from dicom_utils.derive import DerivationOptions
     from dicom_utils.pixels import modality_frames, value_range
-    from gateway.derivation import build_derived
-    from gateway.qa import SeriesGate
+    from gateway.enhance.finish import build_derived
+    from gateway.enhance.qa import SeriesGate
     from gateway.settings import QaSettings
-    from gateway.spool import Spool
+    from gateway.storage.spool import Spool
     from tests.realdata import testfile
 
     path = args.dicom or str(testfile("693_UNCR.dcm"))

@@ -7,7 +7,7 @@ share is what stays true from machine to machine. The enhancers are timed on the
 
 Input: the real head CT `693_UNCR.dcm` (pydicom-data) repeated to `--slices` slices with a little noise (as
 bench/enhancers_speed.py). Per slice, the worker's per-slice QA path is timed exactly as the worker runs it
-(`gateway.qa.SeriesGate.check`, the shipped `[qa]` defaults: the full checks on every 4th slice and the last,
+(`gateway.enhance.qa.SeriesGate.check`, the shipped `[qa]` defaults: the full checks on every 4th slice and the last,
 the cheap ones on the others), plus the INPUT PSNR/SSIM the derived object carries anyway (`input_metrics`,
 listed apart because it existed before the gate). Per series: the noise estimate (12 slices), the
 DEGRADE_RESTORE score (3 slices, through the enhancer) and the SR report. Printed: ms per slice of each part,
@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.enhancers_speed import load_ct
 from enhancers.noise import estimate_noise
 from enhancers.pipeline import Pipeline
-from gateway.derivation import input_metrics
-from gateway.qa import SeriesGate
-from gateway.restore_score import degrade_restore
+from gateway.enhance.finish import input_metrics
+from gateway.enhance.qa import SeriesGate
+from gateway.enhance.restore_score import degrade_restore
 from gateway.settings import QaSettings
 
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import GATEWAY_AET, TunedStoreSCP, fmt_runs, gateway, median, push, scratch, series, split
-from gateway.spool import Spool
-from gateway.state import State
+from gateway.storage.spool import Spool
+from gateway.storage.state import State
 
 
 @dataclass

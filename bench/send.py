@@ -1,4 +1,4 @@
-"""Send benchmark: the gateway's sender path (`gateway.dicomnet.send_files`) vs dcmtk `storescu`.
+"""Send benchmark: the gateway's sender path (`gateway.dimse.scu.send_files`) vs dcmtk `storescu`.
 
 Both send the same N real 512x512 CT files on one association to the same tuned dcmtk `storescp`
 (TCP_NODELAY, 128 KiB PDUs), one after the other, repeated; medians of instances/s and the ratio
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from bench.common import LOOPBACK, TunedStoreSCP, fmt_runs, median, push, scratch, series
-from gateway.dicomnet import Peer, send_files
+from gateway.dimse.scu import Peer, send_files
 
 
 def _clear(folder: Path) -> None:

@@ -1,6 +1,6 @@
 """The `train`, `evaluate` and `models` subcommands, added to the gateway's CLI by `add_commands`.
 
-Why they live here and not in `gateway/cli.py`: they are about models, not the service, and must work on a
+Why they live here and not in `gateway/admin/cli.py`: they are about models, not the service, and must work on a
 workstation without a gateway configuration. The gateway's CLI calls `add_commands(subparsers)`; until the
 console script is wired, `python -m enhancers.cli ...` runs the same handlers. Heavy imports (torch training,
 evaluation, pydicom) happen inside the handlers so `enhance-gateway --help` stays fast.
@@ -78,6 +78,13 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         action="store_true",
         help="train on every patient of every split (the shipped denoisers; the last epoch is kept, and "
         "`evaluate --lopo` measures the recipe leave-one-patient-out)",
+    )
+    tr.add_argument(
+        "--mr-background-weight",
+        type=float,
+        default=None,
+        help="MR denoisers: loss weight of the background (1 on the anatomy; 1 = unweighted; default: the "
+        "recipe's); below 1 the epoch is also picked by validation foreground PSNR",
     )
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=_train)

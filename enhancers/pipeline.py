@@ -69,7 +69,7 @@ class StoredGrid:
     Why the pipeline knows it: rounding to stored values is then part of the device-side mapping, so the
     values the worker's metrics and QA gate judge are the pixels that will be delivered, and
     `dicom_utils.pixels.to_stored` only recovers the integers. `enhancers` never imports `dicom_utils`: the
-    worker builds this from the header (see `gateway/worker.py`).
+    worker builds this from the header (see `gateway/enhance/worker.py`).
     """
 
     slope: tuple[float, ...]

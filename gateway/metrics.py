@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway import logs
-from gateway.state import State
+from gateway.storage.state import State
 
 log = logs.get("gateway.metrics")
 

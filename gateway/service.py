@@ -14,17 +14,18 @@ import signal
 import threading
 import time
 
-from gateway import logs, sender
-from gateway.completion import Completion
-from gateway.dicomweb import StowService
+from gateway import logs
+from gateway.deliver import sender
 from gateway.errors import ConfigError
 from gateway.metrics import HttpEndpoint, Metrics, health_checks
-from gateway.reconcile import RunMarker, reconcile
-from gateway.scp import Receiver
+from gateway.receive.completion import Completion
+from gateway.receive.reconcile import RunMarker, reconcile
+from gateway.receive.scp import Receiver
+from gateway.receive.stow import StowService
 from gateway.settings import Settings
 from gateway.signals import StopSignals
-from gateway.spool import Spool
-from gateway.state import State
+from gateway.storage.spool import Spool
+from gateway.storage.state import State
 
 log = logs.get("gateway.service")
 
@@ -42,7 +43,7 @@ def _completion_loop(
     while not stop.is_set():
         wait = interval
         try:
-            # study-level routes hold their series until the study is complete (gateway.completion)
+            # study-level routes hold their series until the study is complete (gateway.receive.completion)
             made = completion.run_once() if completion else state.make_jobs_for_stable_series(stable_seconds)
             outage.ok()
             for job_id in made:
@@ -63,8 +64,7 @@ def _completion_loop(
 
 def _run_worker(settings: Settings, parent: int) -> None:
     """Spawned worker's entry: imports torch there, so the service process never loads it (~200 MiB)."""
-    from gateway import worker
-
+    from gateway.enhance import worker
     worker.run(settings, parent)
 
 

@@ -25,7 +25,7 @@ ENV_PREFIX = "ENHANCE_GW_"
 #: them equal): repeated here so that loading the settings never imports torch (`status` must answer fast).
 STRENGTH_RANGE: tuple[float, float] = (0.0, 2.0)
 
-#: The QA gate's checks (see `gateway.qa`): how each is compared with its threshold.
+#: The QA gate's checks (see `gateway.enhance.qa`): how each is compared with its threshold.
 #: "above": value > threshold is a finding; "abs": |value| > threshold; "below": value < threshold.
 QA_CHECKS: dict[str, str] = {
     "lowpass": "above",
@@ -70,7 +70,7 @@ class Destination:
 
 @dataclass(frozen=True)
 class QaSettings:
-    """The QA gate (`gateway.qa`): thresholds per check, what to do with each verdict, the report.
+    """The QA gate (`gateway.enhance.qa`): thresholds per check, what to do with each verdict, the report.
 
     `warn`/`fail`: check name -> threshold (a check absent from `fail` never fails a slice). `actions`: WARN
     and FAIL -> deliver (record only), flag (deliver, marked) or hold (deliver nothing until an admin
@@ -116,7 +116,7 @@ class Route:
 
     `strength` (see `STRENGTH_RANGE`) goes to `Pipeline.run`; `qa` holds this route's QA settings (the
     global `[qa]` with the route's `qa = {...}` overrides merged in), None when it overrides nothing.
-    `trigger = "study"` makes the series this route matches wait for their study (`gateway.completion`):
+    `trigger = "study"` makes the series this route matches wait for their study (`gateway.receive.completion`):
     until no instance came for `stable_seconds` and every `required` series is there, or `study_timeout`
     seconds after the study's first instance, when `on_timeout` says "process" (what is there) or "discard".
     """
@@ -137,7 +137,7 @@ class Route:
 class SenderSettings:
     """Exponential backoff: wait base * 2**(attempt-1) seconds, at most cap, dead after max_attempts.
 
-    Circuit breaker per destination (gateway.sender): after `circuit_failures` failed deliveries in a row the
+    Circuit breaker per destination (gateway.deliver.sender): after `circuit_failures` failed deliveries in a row the
     destination is not tried for `circuit_seconds` (doubling while it keeps failing, at most cap_seconds), so
     a hung PACS does not burn every job's attempts; 0 turns it off.
     """
@@ -205,7 +205,7 @@ class WebSettings:
 
 @dataclass(frozen=True)
 class DicomwebSettings:
-    """STOW-RS reception (`gateway.dicomweb`): `POST /dicomweb/studies[/{study}]` over HTTP(S).
+    """STOW-RS reception (`gateway.receive.stow`): `POST /dicomweb/studies[/{study}]` over HTTP(S).
 
     Why these knobs: a STOW-RS sender is a machine with a credential, so nothing is accepted without one
     (bearer `tokens`, or HTTP Basic against the console's users whose role is in `user_roles`) unless
@@ -241,7 +241,7 @@ class Settings:
     stable_seconds: float = 10.0
     allowed_calling_aets: tuple[str, ...] = ()
     peer_hosts: dict[str, tuple[str, ...]] = field(default_factory=dict)  # AE title -> allowed IP addresses
-    # Admission (gateway.admission): associations served at once, connections (associating or associated)
+    # Admission (gateway.receive.admission): associations served at once, connections (associating or associated)
     # from one IP address, and the seconds a new connection has to finish TLS and send its A-ASSOCIATE-RQ.
     max_associations: int = 32
     max_associations_per_host: int = 16

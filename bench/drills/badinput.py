@@ -56,7 +56,7 @@ from bench.drills.common import (
     stop_gateway,
     wait_until,
 )
-from gateway.state import State
+from gateway.storage.state import State
 from tests.realdata import make_series, testfile
 
 UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's root; fixed-length suffixes keep byte layouts stable

@@ -36,7 +36,7 @@ from bench.drills.common import (
     stop_gateway,
     wait_until,
 )
-from gateway.state import State
+from gateway.storage.state import State
 from tests.peers import Orthanc
 from tests.realdata import make_series
 

@@ -41,7 +41,7 @@ from bench.drills.common import (
     stop_gateway,
     wait_until,
 )
-from gateway.state import State
+from gateway.storage.state import State
 from tests.realdata import make_series
 
 MB = 1_000_000

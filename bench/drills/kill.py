@@ -45,7 +45,7 @@ from bench.drills.common import (
     stop_gateway,
     wait_until,
 )
-from gateway.state import State
+from gateway.storage.state import State
 from tests.realdata import make_series
 
 STAGES = ("receive", "enhance", "send")

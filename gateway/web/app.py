@@ -43,11 +43,11 @@ import numpy as np
 
 from enhancers import registry
 from gateway import logs
-from gateway.admin import reject, release, reprocess
+from gateway.admin.ops import reject, release, reprocess
 from gateway.errors import ConfigError, GatewayError, StateError
 from gateway.settings import Settings
-from gateway.spool import Spool
-from gateway.state import JOB_STATES, State
+from gateway.storage.spool import Spool
+from gateway.storage.state import JOB_STATES, State
 from gateway.web import assets, imaging, jobs, multipart, pages
 from gateway.web.auth import Authenticator, Session, SlidingWindow, same_origin, valid_name
 from gateway.web.command import DEFAULT_HOST, DEFAULT_PORT

@@ -30,7 +30,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from gateway.state import USER_ROLES, State, User
+from gateway.storage.state import USER_ROLES, State, User
 
 COOKIE = "egw_session"
 MIN_PASSWORD = 10

@@ -1,6 +1,6 @@
 """Enhance one uploaded image the way the worker enhances one instance of a series.
 
-Why through `gateway.derivation` and `gateway.qa`: the console must show exactly what the gateway would send to
+Why through `gateway.enhance.finish` and `gateway.enhance.qa`: the console must show exactly what the gateway would send to
 PACS (same pipeline settings, same noise estimate, same INPUT metrics, same QA gate, same derived object); the
 worker calls the same functions, so the two cannot drift. An upload is one instance: no DEGRADE_RESTORE score
 (it needs the series) and strength 1.
@@ -24,7 +24,7 @@ from enhancers import registry
 from enhancers.noise import estimate_noise
 from enhancers.pipeline import Pipeline
 from enhancers.registry import EnhancerInfo
-from gateway.derivation import (
+from gateway.enhance.finish import (
     SeriesFacts,
     build_derived,
     derivation_options,
@@ -33,7 +33,7 @@ from gateway.derivation import (
     qa_flag,
     to_input_grid,
 )
-from gateway.qa import judge_stack
+from gateway.enhance.qa import judge_stack
 from gateway.settings import Settings
 
 FloatArray = npt.NDArray[np.float32]

@@ -17,7 +17,7 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
-from gateway.derivation import to_input_grid
+from gateway.enhance.finish import to_input_grid
 
 FloatArray = npt.NDArray[np.float32]
 ByteImage = npt.NDArray[np.uint8]

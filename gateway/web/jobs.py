@@ -20,8 +20,8 @@ from dicom_utils.derive import derived_sop_uid
 from dicom_utils.errors import DicomUtilsError
 from dicom_utils.pixels import modality_frames
 from gateway.errors import GatewayError
-from gateway.spool import Spool
-from gateway.state import Delivery, Instance, Job, State
+from gateway.storage.spool import Spool
+from gateway.storage.state import Delivery, Instance, Job, State
 from gateway.web import imaging
 
 THUMBS_PER_JOB = 4

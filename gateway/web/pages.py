@@ -21,7 +21,7 @@ import numpy as np
 from dicom_utils import private_tags
 from enhancers.registry import TASKS, EnhancerInfo, default_enhancer
 from gateway import __version__
-from gateway.state import JOB_STATES, Delivery, Job
+from gateway.storage.state import JOB_STATES, Delivery, Job
 from gateway.web import imaging
 from gateway.web.jobs import JobView
 from gateway.web.uploads import IMAGE_MODALITIES, Upload, patient_fields

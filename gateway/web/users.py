@@ -82,7 +82,7 @@ def run_command(args: argparse.Namespace) -> int:
     from gateway import logs
     from gateway import settings as settings_mod
     from gateway.errors import StateError
-    from gateway.state import State
+    from gateway.storage.state import State
     from gateway.web.auth import hash_password, valid_name
 
     cfg = settings_mod.load(getattr(args, "config", None))

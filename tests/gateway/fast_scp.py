@@ -13,8 +13,8 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from gateway import netopts
-from gateway.pdata import StoreSink
+from gateway.dimse.fast import netopts
+from gateway.dimse.fast.pdata import StoreSink
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""Runs the real gateway (`python -m gateway.cli serve`) as a child process for end-to-end tests.
+"""Runs the real gateway (`python -m gateway.admin.cli serve`) as a child process for end-to-end tests.
 
 Why a process and not threads: crash tests send SIGKILL/SIGTERM to it, and the logs it prints to stdout are
 exactly what an admin's journal would hold (the PHI test reads them).
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.state import State
+from gateway.storage.state import State
 from tests.peers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,7 +114,7 @@ class GatewayProcess:
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run `enhance-gateway --config <this gateway's config> ARGS` as an admin would."""
         return subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "--config", str(self.config), *args],
+            [sys.executable, "-m", "gateway.admin.cli", "--config", str(self.config), *args],
             capture_output=True, text=True, check=check, cwd=self.root, env=self.env(), timeout=120,
         )
 
@@ -122,7 +122,7 @@ class GatewayProcess:
         env = self.env()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.cli", "--config", str(self.config), "serve"],
+                [sys.executable, "-m", "gateway.admin.cli", "--config", str(self.config), "serve"],
                 cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env,
             )
 

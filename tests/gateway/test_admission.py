@@ -20,10 +20,10 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from structlog.testing import capture_logs
 
-from gateway.scp import Receiver
+from gateway.receive.scp import Receiver
 from gateway.settings import parse
-from gateway.spool import Spool
-from gateway.state import State
+from gateway.storage.spool import Spool
+from gateway.storage.state import State
 from tests.gateway.test_tls import _ca, _signed
 from tests.peers import dcmtk_env, require_binary, storescu, wait_until
 from tests.realdata import make_series

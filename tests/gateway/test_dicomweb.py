@@ -18,10 +18,10 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 
-from gateway.dicomweb import ALREADY_STORED, STUDY_MISMATCH, StowService
+from gateway.receive.stow import ALREADY_STORED, STUDY_MISMATCH, StowService
 from gateway.settings import DicomwebSettings, Settings
-from gateway.spool import Spool
-from gateway.state import State
+from gateway.storage.spool import Spool
+from gateway.storage.state import State
 from gateway.web.auth import hash_password
 from tests.gateway.harness import GatewayProcess, wait_for
 from tests.peers import Orthanc, PeerMissingError, free_port

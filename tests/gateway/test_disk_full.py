@@ -137,7 +137,7 @@ def test_a_start_on_a_full_disk_says_so_in_one_line(tmp_path: Path, var_disk: Sm
     gw.stop()  # the state database exists; its -wal and -shm files went with the last connection
     assert var_disk.fill() < 100_000
     done = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "--config", str(gw.config), "serve"],
+        [sys.executable, "-m", "gateway.admin.cli", "--config", str(gw.config), "serve"],
         capture_output=True, text=True, cwd=tmp_path, env=gw.env(), timeout=120, check=False,
     )
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]

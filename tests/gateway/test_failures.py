@@ -18,12 +18,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway import settings
-from gateway.admin import reprocess
+from gateway.admin.ops import reprocess
+from gateway.deliver.sender import Sender
+from gateway.enhance.worker import Worker
 from gateway.errors import GatewayError
-from gateway.sender import Sender
-from gateway.spool import Spool
-from gateway.state import State
-from gateway.worker import Worker
+from gateway.storage.spool import Spool
+from gateway.storage.state import State
 from tests.realdata import make_series, testfile
 from tests.smalldisk import SmallDisk
 

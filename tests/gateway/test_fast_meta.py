@@ -19,8 +19,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPE
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
 
 from dicom_utils.part10 import FileMeta, scan_file_meta
-from gateway.dicomnet import _file_contexts
-from gateway.scp import file_meta_bytes
+from gateway.dimse.scu import _file_contexts
+from gateway.receive.scp import file_meta_bytes
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 

@@ -12,10 +12,10 @@ from structlog.testing import capture_logs
 
 from bench.drills.badinput import associate, body_of, fresh_instance, store_raw, with_item_overrun
 from dicom_utils.nesting import nesting_problem
-from gateway.scp import Receiver
+from gateway.receive.scp import Receiver
 from gateway.settings import parse
-from gateway.spool import Spool
-from gateway.state import State
+from gateway.storage.spool import Spool
+from gateway.storage.state import State
 
 STUDY, SERIES = "1.2.826.0.1.3680043.8.498.8.1", "1.2.826.0.1.3680043.8.498.8.2"
 

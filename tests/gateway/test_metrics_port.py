@@ -18,7 +18,7 @@ def test_a_taken_metrics_port_stops_the_start_before_anything_listens(tmp_path: 
         scp_port = free_port()
         config = write_config(tmp_path / "gateway.toml", var_dir=tmp_path / "var", port=scp_port, metrics_port=taken,
                               destinations=[{"name": "archive", "type": "folder", "path": "{var_dir}/archive"}])
-        run = subprocess.run([sys.executable, "-m", "gateway.cli", "--config", str(config), "serve"],
+        run = subprocess.run([sys.executable, "-m", "gateway.admin.cli", "--config", str(config), "serve"],
                              capture_output=True, text=True, cwd=tmp_path, env=GatewayProcess.env(), timeout=120,
                              check=False)
     assert run.returncode == 1, run.stdout + run.stderr

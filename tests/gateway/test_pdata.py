@@ -23,7 +23,7 @@ from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
-from gateway.pdata import PDataError, PDataRouter, StoreRequest, parse_command, store_response_pdu
+from gateway.dimse.fast.pdata import PDataError, PDataRouter, StoreRequest, parse_command, store_response_pdu
 from tests import realdata
 from tests.gateway.fast_scp import fast_scp
 

@@ -8,7 +8,7 @@ from contextlib import closing
 
 import pytest
 
-from gateway.worker import _prefetch
+from gateway.enhance.worker import _prefetch
 
 
 def test_items_arrive_in_order() -> None:

@@ -14,10 +14,10 @@ from scipy import ndimage
 from dicom_utils.pixels import modality_frames
 from enhancers.noise import estimate_noise
 from gateway import settings
+from gateway.enhance.qa import SeriesGate, full_sample, judge
 from gateway.errors import ConfigError, StateError
-from gateway.qa import SeriesGate, full_sample, judge
 from gateway.settings import QaSettings
-from gateway.state import JOB_STATES, QaOutcome, State
+from gateway.storage.state import JOB_STATES, QaOutcome, State
 from tests.realdata import testfile
 
 
@@ -216,7 +216,7 @@ def test_the_frames_of_one_multiframe_instance_are_sampled_like_slices() -> None
 
 
 def test_reprocess_strength_is_checked_and_recorded_on_the_job(tmp_path: Path) -> None:
-    from gateway.admin import reprocess
+    from gateway.admin.ops import reprocess
     from gateway.errors import GatewayError
 
     state = State(tmp_path / "state.db")
@@ -236,7 +236,7 @@ def test_a_real_head_ct_volume_denoised_by_nlm_passes_every_check_including_jump
     where Debian installs it): nlm removes noise only, so the gate, jump included, must pass it."""
     from enhancers.corpus import INVESALIUS_CRANIUM, _inv3_slices
     from enhancers.pipeline import Pipeline
-    from gateway.derivation import input_metrics
+    from gateway.enhance.finish import input_metrics
 
     vol, vrange, _ = _inv3_slices(Path(INVESALIUS_CRANIUM), {"step": 3})
     noise = estimate_noise(vol, "CT")

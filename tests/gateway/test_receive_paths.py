@@ -1,4 +1,4 @@
-"""The receiver's two C-STORE paths store the same bytes: the fast path (gateway.pdata) and pynetdicom's
+"""The receiver's two C-STORE paths store the same bytes: the fast path (gateway.dimse.fast.pdata) and pynetdicom's
 EVT_C_STORE, which serves when the fast path is off (another pynetdicom version, or an association whose
 acceptance took too long). dcmtk storescu is the peer for both.
 """
@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway import pdata
-from gateway.scp import Receiver
+from gateway.dimse.fast import pdata
+from gateway.receive.scp import Receiver
 from gateway.settings import Settings
-from gateway.spool import Spool
-from gateway.state import State
+from gateway.storage.spool import Spool
+from gateway.storage.state import State
 from tests.peers import storescu
 from tests.realdata import make_series
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pydicom
 
-from gateway.reconcile import RunMarker, reconcile
-from gateway.spool import Spool
-from gateway.state import State
+from gateway.receive.reconcile import RunMarker, reconcile
+from gateway.storage.spool import Spool
+from gateway.storage.state import State
 from tests.gateway.harness import GatewayProcess
 from tests.peers import storescu
 from tests.realdata import make_series

@@ -8,7 +8,7 @@ import pydicom
 from dicom_utils.pixels import modality_frames, value_range
 from enhancers.metrics import score
 from enhancers.pipeline import Pipeline
-from gateway.restore_score import CT_NOISE_HU, degrade_restore, degrade_slice
+from gateway.enhance.restore_score import CT_NOISE_HU, degrade_restore, degrade_slice
 from tests.realdata import testfile
 
 

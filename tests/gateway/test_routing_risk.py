@@ -32,7 +32,7 @@ def _check(tmp_path: Path, xray: str) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "gateway.toml"
     path.write_text(CONFIG.format(var=tmp_path / "var", xray=xray))
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "config", "check", str(path)],
+        [sys.executable, "-m", "gateway.admin.cli", "config", "check", str(path)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pydicom.uid import UID, ImplicitVRLittleEndian
 from pynetdicom.dsutils import decode, encode
 
-from gateway.scp import InvalidInstance, SopClassMismatch, _check_dataset, _quick_check
+from gateway.receive.scp import InvalidInstance, SopClassMismatch, _check_dataset, _quick_check
 from tests import realdata
 
 

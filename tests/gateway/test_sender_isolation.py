@@ -18,13 +18,13 @@ import pydicom
 import pytest
 from structlog.testing import capture_logs
 
-from gateway import sender as sender_mod
-from gateway.dicomnet import Peer, send_files
+from gateway.deliver import sender as sender_mod
+from gateway.deliver.sender import Circuit, Sender
+from gateway.dimse.scu import Peer, send_files
 from gateway.errors import DeliveryError
-from gateway.sender import Circuit, Sender
 from gateway.settings import Settings, parse
-from gateway.spool import Spool
-from gateway.state import State
+from gateway.storage.spool import Spool
+from gateway.storage.state import State
 from tests.peers import StoreSCP, free_port, wait_until
 from tests.realdata import make_series
 

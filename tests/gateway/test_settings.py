@@ -95,7 +95,7 @@ def test_tls_settings_are_checked(tmp_path: Path) -> None:
 
 
 def test_routes_are_checked_against_the_registry() -> None:
-    from gateway import routing
+    from gateway.enhance import routing
     from gateway.settings import Route
 
     routing.validate([Route(enhancer="nlm", modality="CT"), Route(enhancer="bicubic", task="sr2x")])

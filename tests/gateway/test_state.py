@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import StateError
-from gateway.state import State, backoff_delay
+from gateway.storage.state import State, backoff_delay
 
 
 def _receive(state: State, series: str, n: int, now: float, start: int = 0) -> None:

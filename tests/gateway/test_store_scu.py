@@ -20,10 +20,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
 
 from dicom_utils.part10 import scan_file_meta
-from gateway.dicomnet import Peer, send_files
+from gateway.dimse.fast.pdata import StoreRequest, store_request_pdus
+from gateway.dimse.fast.store_scu import FastStoreSCU
+from gateway.dimse.scu import Peer, send_files
 from gateway.errors import DeliveryError
-from gateway.pdata import StoreRequest, store_request_pdus
-from gateway.store_scu import FastStoreSCU
 from tests.gateway.fast_scp import fast_scp
 from tests.peers import StoreSCP, recompress
 from tests.realdata import make_series

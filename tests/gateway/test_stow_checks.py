@@ -15,12 +15,12 @@ import pydicom
 import pytest
 
 from bench.drills.badinput import body_of, fresh_instance, with_item_overrun
-from gateway.dicomweb import InstanceSink, StowService, read_stow
 from gateway.errors import ConfigError
-from gateway.scp import CANNOT_UNDERSTAND
+from gateway.receive.scp import CANNOT_UNDERSTAND
+from gateway.receive.stow import InstanceSink, StowService, read_stow
 from gateway.settings import DicomwebSettings, Settings, parse
-from gateway.spool import Spool
-from gateway.state import State
+from gateway.storage.spool import Spool
+from gateway.storage.state import State
 from tests.gateway.harness import GatewayProcess, write_config
 from tests.peers import free_port, port_accepts
 
@@ -95,7 +95,7 @@ def test_a_taken_stow_port_stops_the_start_before_anything_listens(tmp_path: Pat
         config = write_config(tmp_path / "gateway.toml", var_dir=tmp_path / "var", port=scp_port, metrics_port=0,
                               destinations=[{"name": "archive", "type": "folder", "path": "{var_dir}/archive"}],
                               dicomweb={"enabled": True, "port": taken, "tokens": [TOKEN]})
-        run = subprocess.run([sys.executable, "-m", "gateway.cli", "--config", str(config), "serve"],
+        run = subprocess.run([sys.executable, "-m", "gateway.admin.cli", "--config", str(config), "serve"],
                              capture_output=True, text=True, cwd=tmp_path, env=GatewayProcess.env(), timeout=120,
                              check=False)
     assert run.returncode == 1, run.stdout + run.stderr

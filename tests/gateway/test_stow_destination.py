@@ -13,12 +13,12 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from gateway.dicomweb import StowService
-from gateway.dicomweb_client import stow_files
+from gateway.deliver.dicomweb import stow_files
 from gateway.errors import DeliveryError
+from gateway.receive.stow import StowService
 from gateway.settings import Destination, DicomwebSettings, Settings
-from gateway.spool import Spool
-from gateway.state import State
+from gateway.storage.spool import Spool
+from gateway.storage.state import State
 from tests.gateway.harness import GatewayProcess, wait_for
 from tests.gateway.test_dicomweb import ORTHANC_DICOMWEB
 from tests.gateway.test_tls import _ca, _signed

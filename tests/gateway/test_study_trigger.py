@@ -13,9 +13,9 @@ import pydicom
 from pydicom.uid import generate_uid
 from structlog.testing import capture_logs
 
-from gateway.completion import Completion
+from gateway.receive.completion import Completion
 from gateway.settings import Route, SeriesMatch
-from gateway.state import State
+from gateway.storage.state import State
 from tests.gateway.harness import GatewayProcess
 from tests.peers import storescu
 from tests.realdata import make_series

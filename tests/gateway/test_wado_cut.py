@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.dicomweb import InstanceSink
-from gateway.dicomweb_client import wado_series
+from gateway.deliver.dicomweb import wado_series
 from gateway.errors import DeliveryError
+from gateway.receive.stow import InstanceSink
 from gateway.settings import Destination
-from gateway.spool import Spool
-from gateway.state import State
+from gateway.storage.spool import Spool
+from gateway.storage.state import State
 
 
 def _cutting_server() -> tuple[socket.socket, threading.Thread]:

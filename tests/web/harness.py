@@ -47,7 +47,7 @@ def add_user(config: Path, name: str, role: str, password: str) -> subprocess.Co
     """`enhance-gateway users add NAME --role ROLE --password-stdin`, as an admin would run it."""
     env = os.environ | {"PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "--config", str(config), "users", "add", name, "--role", role,
+        [sys.executable, "-m", "gateway.admin.cli", "--config", str(config), "users", "add", name, "--role", role,
          "--password-stdin"],
         input=password + "\n", capture_output=True, text=True, env=env, timeout=120, check=False,
     )

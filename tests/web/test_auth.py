@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from gateway.state import State
+from gateway.storage.state import State
 from tests.peers import free_port
 from tests.web.harness import REPO, USERS, ConsoleProcess, add_user, form_token, login, write_config
 
@@ -39,7 +39,7 @@ def _state(console: ConsoleProcess) -> State:
 
 
 def _cli(console: ConsoleProcess, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", "--config", str(console.config), "users", *args],
+    return subprocess.run([sys.executable, "-m", "gateway.admin.cli", "--config", str(console.config), "users", *args],
                           input=stdin, capture_output=True, text=True, timeout=120, check=False,
                           env=os.environ | {"PYTHONPATH": str(REPO)})
 

@@ -58,7 +58,7 @@ def test_pick_spreads_thumbnails_over_the_series() -> None:
 
 
 def test_web_subcommand_registers_on_the_cli_parser() -> None:
-    """What the lead wires into `gateway.cli.build_parser`: `add_command(sub)` gives `web --host --port`."""
+    """What the lead wires into `gateway.admin.cli.build_parser`: `add_command(sub)` gives `web --host --port`."""
     import argparse
     from pathlib import Path
 

@@ -374,7 +374,7 @@ class State:
         has already made the spool file durable (fsync, rename, fsync of its folder), and that file is the
         record of what was acknowledged; this row indexes it. Syncing the row too cost ~0.3 ms per received
         instance. A process crash loses nothing (the WAL write is in the OS's cache); a power loss can lose
-        the last rows, and `gateway.reconcile` records them again from the spool at the next start after an
+        the last rows, and `gateway.receive.reconcile` records them again from the spool at the next start after an
         unclean stop. Every other transaction stays synchronous=FULL, and so does this one when no run marker
         could be written (`fast_instance_rows` False).
         """
@@ -408,7 +408,7 @@ class State:
 
         Late instances of a series that already has a job get a job of their own: their derived UIDs are
         deterministic, so they join the same derived series at the destination. Series in `exclude` wait
-        (`gateway.completion` holds the series of a study-level route until their study is complete).
+        (`gateway.receive.completion` holds the series of a study-level route until their study is complete).
         """
         now = time.time() if now is None else now
         with self._tx() as db:

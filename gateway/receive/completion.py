@@ -12,7 +12,7 @@ series of a study to arrive together) must wait until the study is complete, whi
   skipped with the reason (log `study.discarded`; `reprocess` can still run them).
 
 The jobs of a complete study are made in one transaction with one `study_group`; the sender delivers none of
-them until none of them is still to be enhanced (`gateway.state.STUDY_GROUP_READY`), so the derived series
+them until none of them is still to be enhanced (`gateway.storage.state.STUDY_GROUP_READY`), so the derived series
 arrive together. Failure modes (the README's "Completion rules"): a slow modality that pauses longer than
 `stable_seconds` mid-study splits it (the later series form a new group, delivered after the first); a series
 sent after its study was processed is a group of its own, processed once quiet (its required series are
@@ -30,9 +30,9 @@ import pydicom
 from structlog.contextvars import bound_contextvars
 
 from gateway import logs
-from gateway.routing import route_for
+from gateway.enhance.routing import route_for
 from gateway.settings import Route
-from gateway.state import State
+from gateway.storage.state import State
 
 log = logs.get("gateway.completion")
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import pydicom
 
 from gateway import logs
-from gateway.spool import Spool, fsync_dir
-from gateway.state import State
+from gateway.storage.spool import Spool, fsync_dir
+from gateway.storage.state import State
 
 log = logs.get("gateway.reconcile")
 

@@ -45,15 +45,16 @@ from structlog.contextvars import bound_contextvars
 
 from dicom_utils import header_scan
 from dicom_utils.nesting import nesting_problem
-from gateway import logs, netopts
-from gateway.admission import GuardedServer, Limits
+from gateway import logs
+from gateway.dimse.fast import netopts
+from gateway.dimse.fast.pdata import StoreRequest
+from gateway.dimse.tls import server_context
 from gateway.errors import OutOfSpaceError, SpoolError
 from gateway.metrics import Metrics
-from gateway.pdata import StoreRequest
+from gateway.receive.admission import GuardedServer, Limits
 from gateway.settings import Settings
-from gateway.spool import Spool
-from gateway.state import State
-from gateway.tls import server_context
+from gateway.storage.spool import Spool
+from gateway.storage.state import State
 
 ACCEPTED_TRANSFER_SYNTAXES: list[UID] = [
     ExplicitVRLittleEndian,
@@ -247,7 +248,7 @@ def check_instance(data: bytes, sop_uid: str, sop_class_uid: str, tsyntax: UID) 
     """(study, series, sop, modality) of a received data set, or InvalidInstance (SopClassMismatch) saying why not.
 
     Why a function of its own: every way an instance comes in (C-STORE here, STOW-RS and WADO-RS in
-    `gateway.dicomweb`) must be judged by the same checks; a check added to one path only is a way around it.
+    `gateway.receive.stow`) must be judged by the same checks; a check added to one path only is a way around it.
     """
     found = _quick_check(data, sop_uid, sop_class_uid, tsyntax)
     if found is not None:
@@ -268,7 +269,7 @@ def spool_instance(
 ) -> int | None:
     """Store one validated instance durably, then record it; the bytes stored, or None for a duplicate.
 
-    Why a function of its own: every way an instance comes in (C-STORE here, STOW-RS in `gateway.dicomweb`,
+    Why a function of its own: every way an instance comes in (C-STORE here, STOW-RS in `gateway.receive.stow`,
     a WADO-RS retrieval for `reprocess`) must take this one path, in this order: spool write (temp + fsync +
     rename), then the state row, and only then may the caller acknowledge. An instance that was purged and
     arrives again (a C-MOVE or WADO-RS retrieval) is stored and its row restored instead of being dropped
@@ -405,7 +406,7 @@ class Receiver:
             return self._assocs.get(id(assoc))
 
     def _screen(self, calling_aet: str, host: str) -> str | None:
-        """`gateway.admission.Screen`: an AE title bound to other hosts in `peer_hosts` is rejected before it
+        """`gateway.receive.admission.Screen`: an AE title bound to other hosts in `peer_hosts` is rejected before it
         takes a slot (A-ASSOCIATE-RJ), so no association, statistics entry or abort thread ever exists for it."""
         hosts = self.settings.peer_hosts.get(calling_aet.strip())
         if hosts is not None and host not in hosts:
@@ -467,7 +468,7 @@ class Receiver:
         return self.store(event.assoc, fields, str(event.context.transfer_syntax), request.DataSet.getvalue())
 
     def store(self, assoc: Any, request: StoreRequest, transfer_syntax: str, data: bytes) -> int:
-        """Store one received data set and return its DIMSE status; never raises (`gateway.pdata.StoreSink`)."""
+        """Store one received data set and return its DIMSE status; never raises (`gateway.dimse.fast.pdata.StoreSink`)."""
         with self._lock:
             if self._draining:
                 return OUT_OF_RESOURCES  # shutting down: not stored, the peer keeps the instance

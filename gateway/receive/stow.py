@@ -1,8 +1,8 @@
 """STOW-RS reception: `POST /dicomweb/studies` (and `/dicomweb/studies/{study}`) stores instances like a C-STORE.
 
 Why the handler is shaped this way: an instance sent over DICOMweb must be exactly as safe as one sent over
-DIMSE. Each part of the multipart/related body goes through the SCP's own checks (`gateway.scp.check_instance`),
-the SCP's own durable path (`gateway.scp.spool_instance`: temp file + fsync + rename into the spool, then the
+DIMSE. Each part of the multipart/related body goes through the SCP's own checks (`gateway.receive.scp.check_instance`),
+the SCP's own durable path (`gateway.receive.scp.spool_instance`: temp file + fsync + rename into the spool, then the
 state row), and only then is it listed as stored in the PS3.18 response.
 The body is parsed as it streams in (python-multipart's push parser, the library the console already uses):
 one instance is held in memory at a time, never the whole request. A request cut off halfway (client gone,
@@ -45,7 +45,7 @@ from structlog.contextvars import bound_contextvars
 from gateway import logs
 from gateway.errors import ConfigError, OutOfSpaceError, SpoolError
 from gateway.metrics import Metrics
-from gateway.scp import (
+from gateway.receive.scp import (
     ACCEPTED_TRANSFER_SYNTAXES,
     CANNOT_UNDERSTAND,
     OUT_OF_RESOURCES,
@@ -56,8 +56,8 @@ from gateway.scp import (
     spool_instance,
 )
 from gateway.settings import DicomwebSettings, Settings
-from gateway.spool import Spool
-from gateway.state import State
+from gateway.storage.spool import Spool
+from gateway.storage.state import State
 
 log = logs.get("gateway.dicomweb")
 logging.getLogger("python_multipart").setLevel(logging.CRITICAL)  # its parse warnings would bypass structlog

@@ -41,7 +41,7 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AddressInformation, AssociationSocket, RequestHandler
 
-from gateway.pdata import PDataRouter, StoreSink
+from gateway.dimse.fast.pdata import PDataRouter, StoreSink
 
 try:
     import ssl
@@ -124,7 +124,7 @@ class EventDrivenDUL(DULServiceProvider):
         # Set after every state-machine action: a DIMSE message or an ACSE primitive may be waiting.
         self.user_ready = threading.Event()
         # Set on accepted associations whose AE has a store sink (C-STORE requests) and on the sender's
-        # associations (C-STORE responses): those messages bypass the state machine (gateway.pdata).
+        # associations (C-STORE responses): those messages bypass the state machine (gateway.dimse.fast.pdata).
         self.pdata_router: PDataRouter | None = None
 
     def send_pdu(self, primitive: Any) -> None:
@@ -159,7 +159,7 @@ class EventDrivenDUL(DULServiceProvider):
         waitables: list[Any] = [self._wakeup]
         sock = self.socket
         if isinstance(sock, TunedSocket) and sock.buffered:
-            return  # the A-ASSOCIATE-RQ read during admission is waiting (gateway.admission)
+            return  # the A-ASSOCIATE-RQ read during admission is waiting (gateway.receive.admission)
         raw = getattr(sock, "socket", None) if sock is not None else None
         if raw is not None and getattr(sock, "_is_connected", False):
             if _SSLSocket is not None and isinstance(raw, _SSLSocket) and raw.pending():
@@ -367,7 +367,7 @@ class TunedSocket(AssociationSocket):
             tune_socket(client_socket)
             # A peer silent in the middle of a PDU must not hold this thread (and an association slot) forever.
             client_socket.settimeout(assoc.network_timeout)
-        # Bytes already read from the connection (the A-ASSOCIATE-RQ, by gateway.admission): served first.
+        # Bytes already read from the connection (the A-ASSOCIATE-RQ, by gateway.receive.admission): served first.
         self._prefix = bytearray(prefix)
         super().__init__(assoc, client_socket=client_socket, address=address)
 
@@ -470,21 +470,21 @@ class TunedAE(AE):
     """AE whose servers and outgoing associations use the event-driven reactors and tuned sockets.
 
     `store_sink`, when set before `start_server()`, receives the C-STORE requests of accepted associations
-    through `gateway.pdata` instead of pynetdicom's EVT_C_STORE (see that module for why and what differs).
+    through `gateway.dimse.fast.pdata` instead of pynetdicom's EVT_C_STORE (see that module for why and what differs).
     """
 
     store_sink: StoreSink | None = None
-    #: `gateway.admission.Limits`: when set, servers are `gateway.admission.GuardedServer`s (TLS handshake and
+    #: `gateway.receive.admission.Limits`: when set, servers are `gateway.receive.admission.GuardedServer`s (TLS handshake and
     #: A-ASSOCIATE-RQ read in each connection's own thread, with a deadline; slots for associations only).
     admission: Any = None
-    #: `gateway.admission.Screen` applied to each complete A-ASSOCIATE-RQ before it takes a slot.
+    #: `gateway.receive.admission.Screen` applied to each complete A-ASSOCIATE-RQ before it takes a slot.
     screen: Any = None
 
     def make_server(self, *args: Any, **kwargs: Any) -> Any:
         if ENABLED or self.admission is not None:
             kwargs.setdefault("request_handler", TunedRequestHandler)
         if self.admission is not None:
-            from gateway.admission import GuardedServer  # imports this module
+            from gateway.receive.admission import GuardedServer  # imports this module
 
             kwargs["server_class"] = GuardedServer
         return super().make_server(*args, **kwargs)

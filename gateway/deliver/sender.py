@@ -14,12 +14,13 @@ from pathlib import Path
 import pydicom
 from structlog.contextvars import bound_contextvars
 
-from gateway import dicomnet, logs
+from gateway import logs
+from gateway.dimse import scu as dicomnet
 from gateway.errors import DeliveryError, SpoolError, describe, is_disk_full
 from gateway.metrics import Metrics
 from gateway.settings import Destination, Settings
-from gateway.spool import Spool, ensure_space, write_atomic
-from gateway.state import Job, State
+from gateway.storage.spool import Spool, ensure_space, write_atomic
+from gateway.storage.state import Job, State
 
 log = logs.get("gateway.sender")
 
@@ -128,7 +129,7 @@ class Sender:
             except (OSError, SpoolError) as exc:
                 raise DeliveryError(f"folder {dest.path}: {exc}") from exc
         if dest.type == "dicomweb":  # STOW-RS: same retry, backoff, dead state and health as a DICOM destination
-            from gateway.dicomweb_client import stow_files
+            from gateway.deliver.dicomweb import stow_files
 
             return stow_files(dest, files, timeout=self.settings.sender.dimse_timeout)
         peer = dicomnet.Peer(dest.ae_title, dest.host, dest.port, dest.calling_aet or self.settings.ae_title)

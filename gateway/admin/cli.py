@@ -27,7 +27,8 @@ def _settings(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gateway import logs, routing
+    from gateway import logs
+    from gateway.enhance import routing
     from gateway.service import Gateway
 
     logs.configure()
@@ -48,8 +49,8 @@ def _age(ts: float | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from gateway.spool import Spool
-    from gateway.state import State
+    from gateway.storage.spool import Spool
+    from gateway.storage.state import State
 
     cfg = _settings(args)
     state = State(cfg.state_db)
@@ -86,7 +87,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
-    from gateway.state import State
+    from gateway.storage.state import State
 
     cfg = _settings(args)
     state = State(cfg.state_db)
@@ -113,7 +114,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_held(args: argparse.Namespace) -> int:
-    from gateway.state import State
+    from gateway.storage.state import State
 
     cfg = _settings(args)
     jobs = State(cfg.state_db).jobs(state="held", limit=100000)
@@ -133,8 +134,8 @@ def cmd_held(args: argparse.Namespace) -> int:
 
 def cmd_release(args: argparse.Namespace) -> int:
     from gateway import logs
-    from gateway.admin import release
-    from gateway.state import State
+    from gateway.admin.ops import release
+    from gateway.storage.state import State
 
     logs.configure(json=True)
     cfg = _settings(args)
@@ -145,8 +146,8 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 def cmd_reject(args: argparse.Namespace) -> int:
     from gateway import logs
-    from gateway.admin import reject
-    from gateway.state import State
+    from gateway.admin.ops import reject
+    from gateway.storage.state import State
 
     logs.configure(json=True)
     cfg = _settings(args)
@@ -156,7 +157,7 @@ def cmd_reject(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from gateway.state import State
+    from gateway.storage.state import State
 
     cfg = _settings(args)
     state = State(cfg.state_db)
@@ -170,7 +171,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def _peer_of(cfg: Any, name: str) -> Any:
-    from gateway.dicomnet import Peer
+    from gateway.dimse.scu import Peer
 
     for dest in cfg.destinations:
         if dest.name == name:
@@ -181,8 +182,7 @@ def _peer_of(cfg: Any, name: str) -> Any:
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
-    from gateway import dicomnet
-
+    from gateway.dimse import scu as dicomnet
     cfg = _settings(args)
     peer = _peer_of(cfg, args.destination)
     seconds = dicomnet.echo(peer)
@@ -203,8 +203,8 @@ def _dicom_files(paths: Sequence[Path]) -> list[Path]:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from gateway import dicomnet, logs
-
+    from gateway import logs
+    from gateway.dimse import scu as dicomnet
     logs.quiet_pynetdicom()
 
     host, _, port = args.to.rpartition(":")
@@ -221,7 +221,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_studies(args: argparse.Namespace) -> int:
-    from gateway.state import State
+    from gateway.storage.state import State
 
     cfg = _settings(args)
     since = time.time() - args.since * 3600 if args.since else 0.0
@@ -242,8 +242,8 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
-    from gateway.admin import reprocess
-    from gateway.state import State
+    from gateway.admin.ops import reprocess
+    from gateway.storage.state import State
 
     cfg = _settings(args)
     for r in reprocess(cfg, State(cfg.state_db), args.study_uid, series_uid=args.series, enhancer=args.enhancer,
@@ -255,8 +255,8 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    from gateway.admin import purge
-    from gateway.state import State
+    from gateway.admin.ops import purge
+    from gateway.storage.state import State
 
     cfg = _settings(args)
     done = purge(cfg, State(cfg.state_db), args.older_than, dry_run=args.dry_run)
@@ -266,8 +266,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from gateway import routing, settings
-
+    from gateway import settings
+    from gateway.enhance import routing
     cfg = settings.load(args.file)
     routing.load_plugins(cfg.plugins)
     routing.validate(cfg.routes)

@@ -35,8 +35,9 @@ from enhancers.noise import NoiseEstimate, estimate_noise
 from enhancers.pipeline import Pipeline, StoredGrid
 from enhancers.registry import EnhancerInfo, modality_group
 from enhancers.registry import info as enhancer_info
-from gateway import logs, routing
-from gateway.derivation import (
+from gateway import logs
+from gateway.enhance import routing
+from gateway.enhance.finish import (
     SeriesFacts,
     build_derived,
     derivation_options,
@@ -44,6 +45,9 @@ from gateway.derivation import (
     make_pipeline,
     to_input_grid,
 )
+from gateway.enhance.qa import SeriesGate, SeriesVerdict, worst
+from gateway.enhance.report import ReportFacts, build_report
+from gateway.enhance.restore_score import RestoreScore, degrade_restore
 from gateway.errors import (
     EnhancerMismatchError,
     UndecodableSeriesError,
@@ -51,13 +55,10 @@ from gateway.errors import (
     is_disk_full,
     is_permanent,
 )
-from gateway.qa import SeriesGate, SeriesVerdict, worst
-from gateway.report import ReportFacts, build_report
-from gateway.restore_score import RestoreScore, degrade_restore
 from gateway.settings import QaSettings, Settings
 from gateway.signals import StopSignals
-from gateway.spool import Spool
-from gateway.state import Instance, Job, JobTakenOver, QaOutcome, State
+from gateway.storage.spool import Spool
+from gateway.storage.state import Instance, Job, JobTakenOver, QaOutcome, State
 
 #: How many instances, evenly spaced over the series, are decoded before the batch loop to estimate its noise
 #: (`enhancers.noise` pools the blocks of up to 12 slices) and to pick the DEGRADE_RESTORE slices from.

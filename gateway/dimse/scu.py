@@ -8,7 +8,7 @@ compressed files travel unchanged; a file whose exact pair the peer rejected is 
 may still convert it to an accepted uncompressed syntax as it always did.
 
 Why `netopts.TunedAE`: TCP_NODELAY on the outgoing socket and event-driven reactors instead of pynetdicom's
-1 ms polling loops (see gateway/netopts.py); together these took `send_files` from ~0.1x to ~0.4x of dcmtk
+1 ms polling loops (see gateway/dimse/fast/netopts.py); together these took `send_files` from ~0.1x to ~0.4x of dcmtk
 storescu on the benchmark machine (bench/send.py).
 """
 
@@ -27,9 +27,9 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_utils.part10 import scan_file_meta
-from gateway import netopts
+from gateway.dimse.fast import netopts
+from gateway.dimse.fast.store_scu import FastStoreSCU
 from gateway.errors import DeliveryError
-from gateway.store_scu import FastStoreSCU
 
 MAX_CONTEXTS = 128
 
@@ -119,7 +119,7 @@ def _store(
     accepted: dict[tuple[str, str], int],
     timeout: float,
 ) -> int | None:
-    """One C-STORE; its status, or None without a response. The fast path (`gateway.store_scu`) for files
+    """One C-STORE; its status, or None without a response. The fast path (`gateway.dimse.fast.store_scu`) for files
     sent as stored; pynetdicom's `send_c_store` for the rest (module docstring)."""
     context_id = accepted.get(pair)
     if context_id is None:

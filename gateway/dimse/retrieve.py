@@ -18,12 +18,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from gateway import logs, netopts
-from gateway.dicomnet import Peer
+from gateway import logs
+from gateway.dimse.fast import netopts
+from gateway.dimse.scu import Peer
 from gateway.errors import DeliveryError
-from gateway.scp import ACCEPTED_TRANSFER_SYNTAXES, OUT_OF_RESOURCES, SUCCESS
-from gateway.spool import Spool
-from gateway.state import State
+from gateway.receive.scp import ACCEPTED_TRANSFER_SYNTAXES, OUT_OF_RESOURCES, SUCCESS
+from gateway.storage.spool import Spool
+from gateway.storage.state import State
 
 log = logs.get("gateway.retrieve")
 

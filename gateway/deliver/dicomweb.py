@@ -1,6 +1,6 @@
 """DICOMweb out of the gateway: WADO-RS retrieval of purged originals for `reprocess`, STOW-RS delivery.
 
-Why the retrieved instances go through `gateway.dicomweb.InstanceSink`: an original fetched again must be as
+Why the retrieved instances go through `gateway.receive.stow.InstanceSink`: an original fetched again must be as
 safe as one received (the SCP's checks, spool write with fsync + rename, the purged row restored), and the
 STOW-RS receiver already has that path for Part 10 files in a multipart/related body, which is exactly what
 a WADO-RS series retrieval returns. The body is streamed (requests with `stream=True`, parsed by
@@ -20,8 +20,8 @@ import requests
 import urllib3
 
 from gateway import logs
-from gateway.dicomweb import InstanceSink, RequestError, read_stow
 from gateway.errors import DeliveryError
+from gateway.receive.stow import InstanceSink, RequestError, read_stow
 from gateway.settings import Destination
 
 log = logs.get("gateway.dicomweb_client")

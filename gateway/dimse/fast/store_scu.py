@@ -5,7 +5,7 @@ it read the file meta with pydicom, encoded the command set with pydicom, queued
 DUL thread, which ran the state machine and encoded each PDU, and the response crossed the same layers and two
 thread hand-offs back. Here the file's bytes are cut into P-DATA-TF PDUs and sent with one `sendall` from the
 sending thread, and the DUL thread's `PDataRouter` takes the awaited C-STORE response out of the incoming PDU
-(`gateway.pdata`) and wakes the sender. Association set-up, release, abort and every other message stay
+(`gateway.dimse.fast.pdata`) and wakes the sender. Association set-up, release, abort and every other message stay
 pynetdicom's.
 
 Where pynetdicom's own `send_c_store` is still used (`dicomnet.send_files` decides): files whose File Meta the
@@ -20,8 +20,8 @@ import time
 from typing import Any
 
 from dicom_utils.part10 import FileMeta
-from gateway.netopts import EventDrivenDUL, TunedSocket
-from gateway.pdata import PDataRouter, StoreRequest, store_request_pdus
+from gateway.dimse.fast.netopts import EventDrivenDUL, TunedSocket
+from gateway.dimse.fast.pdata import PDataRouter, StoreRequest, store_request_pdus
 
 
 class FastStoreSCU:

@@ -36,7 +36,7 @@ from typing import Any
 from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway import logs
-from gateway.netopts import tune_socket
+from gateway.dimse.fast.netopts import tune_socket
 
 log = logs.get("gateway.admission")
 

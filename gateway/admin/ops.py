@@ -14,13 +14,13 @@ from structlog.contextvars import bound_contextvars
 
 from enhancers.registry import names
 from gateway import logs
-from gateway.dicomnet import Peer
+from gateway.dimse.retrieve import move_series, retrieve_series
+from gateway.dimse.scu import Peer
+from gateway.enhance.routing import modality_mismatch
 from gateway.errors import GatewayError
-from gateway.retrieve import move_series, retrieve_series
-from gateway.routing import modality_mismatch
 from gateway.settings import STRENGTH_RANGE, Settings
-from gateway.spool import Spool
-from gateway.state import Job, State
+from gateway.storage.spool import Spool
+from gateway.storage.state import Job, State
 
 log = logs.get("gateway.admin")
 
@@ -97,8 +97,8 @@ def reprocess(
             src = settings.sources[0]
             peer = Peer(src.ae_title, src.host, src.port, src.calling_aet or settings.ae_title)
             if src.type == "dicomweb":  # WADO-RS, stored through the STOW-RS receiver's checks and durable path
-                from gateway.dicomweb import InstanceSink
-                from gateway.dicomweb_client import wado_series
+                from gateway.deliver.dicomweb import wado_series
+                from gateway.receive.stow import InstanceSink
 
                 got = wado_series(src, InstanceSink(state, spool), study_uid, series,
                                   [str(r["sop_uid"]) for r in missing])

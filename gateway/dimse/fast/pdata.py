@@ -1,5 +1,5 @@
 """C-STORE requests assembled and answered in the association's DUL thread, beside pynetdicom's state machine
-(and, on the sender's associations, C-STORE responses handed back from it: see `gateway.store_scu`).
+(and, on the sender's associations, C-STORE responses handed back from it: see `gateway.dimse.fast.store_scu`).
 
 Why: profiling the receive path (bench/README.md) put 3.4 of the 5.4 ms of CPU per received 512x512 CT
 instance in pynetdicom's per-PDU path: each P-DATA-TF PDU is decoded into objects, passes the state machine
@@ -181,7 +181,7 @@ class PDataRouter:
 
     As acceptor, `sink` stores each C-STORE request's data set and returns its status, and the response goes
     out through `send` (bytes to the association's socket). As requestor, `on_response` takes the C-STORE
-    responses it awaits (see `gateway.store_scu`). `contexts()` returns the accepted presentation contexts
+    responses it awaits (see `gateway.dimse.fast.store_scu`). `contexts()` returns the accepted presentation contexts
     ({id: pynetdicom PresentationContext, whose `.transfer_syntax` list holds the one accepted}).
     """
 

@@ -1,0 +1,1 @@
+"""Administration: the command line and the operations it shares with the web console."""

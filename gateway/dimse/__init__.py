@@ -1,0 +1,1 @@
+"""DICOM networking shared by the stages: SCU associations, C-GET/C-MOVE retrieval, TLS."""

@@ -1,0 +1,1 @@
+"""Reception: DICOM associations (C-STORE), STOW-RS, reconciliation after a crash, series completion."""
