@@ -17,9 +17,15 @@ from typing import Any
 from dicom_utils.enhancement import TASKS
 from gateway.errors import ConfigError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "gateway.toml"
+#: The configuration shipped inside the package (package data): what runs when no file is found. Kept
+#: byte-equal to the documented example `config/gateway.toml` by tests/gateway/test_settings.py.
+PACKAGED_CONFIG = Path(__file__).resolve().parent / "default_config.toml"
+#: Where `discover` looks, in order, after `--config` and $ENHANCE_GW_CONFIG.
+LOCAL_CONFIG = Path("config") / "gateway.toml"
+SYSTEM_CONFIG = Path("/etc/enhance-gateway/gateway.toml")
 _AET_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
 ENV_PREFIX = "ENHANCE_GW_"
+ENV_CONFIG = ENV_PREFIX + "CONFIG"  # names the file; not a [gateway] key override
 
 #: The range of a route's `strength`. The same numbers as `enhancers.pipeline.STRENGTH_RANGE` (a test keeps
 #: them equal): repeated here so that loading the settings never imports torch (`status` must answer fast).
@@ -34,6 +40,7 @@ QA_CHECKS: dict[str, str] = {
     "bias": "abs",
     "ssim": "below",
     "jump": "above",
+    "gain": "above",
 }
 QA_VERDICTS = ("PASS", "WARN", "FAIL")
 QA_ACTIONS = ("deliver", "flag", "hold")
@@ -43,6 +50,24 @@ QA_WARN_DEFAULT: dict[str, float] = {
 }
 QA_FAIL_DEFAULT: dict[str, float] = {"lowpass": 1.0, "voids": 0.01, "grid": 0.2, "bias": 1.0, "ssim": 0.5}
 QA_ACTIONS_DEFAULT: dict[str, str] = {"WARN": "flag", "FAIL": "hold"}
+
+
+@dataclass(frozen=True)
+class TaskQaRule:
+    """How the QA gate's thresholds change for one task: checks that say nothing about it, checks added."""
+
+    ignore: frozenset[str] = frozenset()
+    warn: Mapping[str, float] = field(default_factory=dict)
+    fail: Mapping[str, float] = field(default_factory=dict)
+
+
+#: Per-task rules on top of `[qa]` (a route's own `qa = {...}` still overrides them). Why deblur differs:
+#: sharpening changes edges by design, so the low-pass residual (which asks "was what was removed only
+#: noise?") is not a measure of harm there; what is, is noise amplification (`gain`, enhancers.qa): about 2
+#: on a blurred radiograph, 5.5-6.7 when a deblur model is given a real CR that was not blurred (RG1 crops).
+QA_TASK_RULES: dict[str, TaskQaRule] = {
+    "deblur": TaskQaRule(ignore=frozenset({"lowpass"}), warn={"gain": 3.0}, fail={"gain": 4.0}),
+}
 
 
 @dataclass(frozen=True)
@@ -92,6 +117,15 @@ class QaSettings:
     def action(self, verdict: str) -> str:
         """What the gate does with a series of this verdict."""
         return "deliver" if verdict == "PASS" else self.actions.get(verdict, "deliver")
+
+    def for_task(self, task: str) -> QaSettings:
+        """These settings with the task's rule (`QA_TASK_RULES`) applied; unchanged for a task without one."""
+        rule = QA_TASK_RULES.get(task)
+        if rule is None:
+            return self
+        warn = {k: v for k, v in self.warn.items() if k not in rule.ignore} | dict(rule.warn)
+        fail = {k: v for k, v in self.fail.items() if k not in rule.ignore} | dict(rule.fail)
+        return replace(self, warn=warn, fail=fail)
 
 
 @dataclass(frozen=True)
@@ -510,7 +544,7 @@ def _route(raw: Any, index: int, qa: QaSettings) -> Route:
         series_description=pattern,
         task=task,
         strength=_strength(raw.get("strength", 1.0), f"{where}.strength"),
-        qa=_qa(raw["qa"], f"{where}.qa", qa) if "qa" in raw else None,
+        qa=_qa(raw["qa"], f"{where}.qa", qa.for_task(task)) if "qa" in raw else None,
         **_study_trigger(raw, where),
     )
 
@@ -550,7 +584,7 @@ def _env_overrides(gw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any
     """ENHANCE_GW_<KEY> overrides [gateway] keys, parsed as TOML values (strings may be bare)."""
     out = dict(gw)
     for name, text in environ.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG:
             continue
         key = name[len(ENV_PREFIX):].lower()
         try:
@@ -748,9 +782,64 @@ def _dicomweb(raw: Any, var_dir: Path) -> DicomwebSettings:
     )
 
 
+@dataclass(frozen=True)
+class ConfigChoice:
+    """The file `discover` picked, why (`origin`), and the places it looked at first and found empty."""
+
+    path: Path
+    origin: str
+    missing: tuple[Path, ...] = ()
+
+    @property
+    def packaged(self) -> bool:
+        return self.origin == "packaged default"
+
+    def describe(self) -> str:
+        """One line for stderr: which file, and why; loud when no file was found and the package's is used."""
+        if not self.packaged:
+            return f"config: {self.path} (from {self.origin})"
+        return (
+            f"WARNING: no configuration file found ({ENV_CONFIG} unset, none of "
+            f"{', '.join(str(p) for p in self.missing)} exists): running on the defaults shipped in the package"
+            f" ({self.path}, var_dir \"var\" under {Path.cwd()}); pass --config FILE or set {ENV_CONFIG}"
+        )
+
+
+def discover(
+    explicit: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    system: Path = SYSTEM_CONFIG,
+) -> ConfigChoice:
+    """Which configuration file a command uses: `--config`, then $ENHANCE_GW_CONFIG, then
+    ./config/gateway.toml, then /etc/enhance-gateway/gateway.toml, then the copy shipped in the package.
+
+    Why this order: an explicit choice wins over the environment (a systemd unit's Environment=), which wins
+    over the files found by place (a checkout's own config, then the system-wide one). A file that was named
+    (flag or variable) but is absent is an error, never a silent fall-through to another file: a typo would
+    otherwise run the gateway on a different var_dir.
+    """
+    env = os.environ if environ is None else environ
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file {explicit} (--config) not found; pass --config with an existing file")
+        return ConfigChoice(explicit, "--config")
+    named = env.get(ENV_CONFIG, "")
+    if named:
+        if not Path(named).is_file():
+            raise ConfigError(f"config file {named} (from ${ENV_CONFIG}) not found; fix or unset {ENV_CONFIG}")
+        return ConfigChoice(Path(named), f"${ENV_CONFIG}")
+    local = (cwd or Path.cwd()) / LOCAL_CONFIG
+    for candidate, origin in ((local, f"./{LOCAL_CONFIG}"), (system, str(system))):
+        if candidate.is_file():
+            return ConfigChoice(candidate, origin)
+    return ConfigChoice(PACKAGED_CONFIG, "packaged default", (local, system))
+
+
 def load(path: Path | None = None, *, environ: dict[str, str] | None = None) -> Settings:
-    """Load and validate a TOML file (the shipped default when `path` is None)."""
-    path = path or DEFAULT_CONFIG
+    """Load and validate a TOML file (the one `discover` picks when `path` is None)."""
+    path = path or discover(environ=environ).path
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

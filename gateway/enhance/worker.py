@@ -313,7 +313,9 @@ class Worker:
         if mismatch is not None:  # queued before `reprocess` checked it, or routed by a rule without modality
             raise EnhancerMismatchError(mismatch)
         strength = job.strength if job.strength is not None else route.strength if route else 1.0
-        qa = route.qa if route is not None and route.qa is not None else self.settings.qa
+        # a route's own `qa = {...}` was built for its task (settings.QA_TASK_RULES); otherwise apply the rule
+        routed = route is not None and route.qa is not None and route.task == task
+        qa = route.qa if routed and route is not None and route.qa is not None else self.settings.qa.for_task(task)
         pipe = self.pipeline(name)
         info = pipe.info
         self.state.set_job_enhancer(

@@ -123,7 +123,7 @@ class Enhancer:
         p, s = input_metrics(values, out, task)
         verdict = judge_stack(
             values, to_input_grid(out, task),
-            settings=self.settings.qa, group=group, sigma=noise.sigma, ssim=s,
+            settings=self.settings.qa.for_task(task), group=group, sigma=noise.sigma, ssim=s,
         )
         qa = verdict.verdict if verdict is not None else qa_flag(s)
         facts = SeriesFacts(

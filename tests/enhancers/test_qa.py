@@ -57,3 +57,14 @@ def test_zeroing_dark_tissue_is_a_void(mr: tuple[np.ndarray, float, tuple[float,
 def test_too_little_anatomy_gives_nan_not_an_error() -> None:
     flat = np.zeros((32, 32), dtype=np.float32)
     assert np.isnan(slice_checks(flat, flat, sigma=1.0, group="MR").lowpass)
+
+
+def test_gain_is_one_for_identity_below_one_for_a_denoiser_and_above_for_sharpening(
+    ct: tuple[np.ndarray, float],
+) -> None:
+    img, sigma = ct
+    assert slice_checks(img, img.copy(), sigma=sigma, group="CT").gain == pytest.approx(1.0)
+    nlm = Pipeline("nlm", device="cpu").run(img, modality="CT", value_range=(-1024.0, 3071.0))
+    assert slice_checks(img, nlm, sigma=sigma, group="CT").gain < 0.9
+    sharpened = img + 2.0 * (img - ndimage.gaussian_filter(img, 1.0))
+    assert slice_checks(img, sharpened, sigma=sigma, group="CT").gain > 2.5

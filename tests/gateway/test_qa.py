@@ -248,3 +248,39 @@ def test_a_real_head_ct_volume_denoised_by_nlm_passes_every_check_including_jump
     jumps = [r.values["jump"] for r in gate.slices() if not math.isnan(r.values["jump"])]
     assert verdict.verdict == "PASS", verdict.text
     assert len(jumps) > len(vol) // 2 and max(jumps) < 1.0  # measured, not skipped
+
+
+def test_deblur_is_judged_on_noise_gain_not_lowpass_on_a_real_radiograph() -> None:
+    """Sharpening a blurred CR passes; "deblurring" a CR that was not blurred amplifies its noise and fails."""
+    from enhancers.pipeline import Pipeline
+
+    ds = pydicom.dcmread(testfile("RG1_UNCR.dcm"))
+    full = modality_frames(ds)[0].astype(np.float32)
+    cy, cx = full.shape[0] // 2, full.shape[1] // 2
+    native = full[cy - 192 : cy + 192, cx - 192 : cx + 192]
+    blurred = ndimage.gaussian_filter(native, 1.5)
+    vrange = (float(full.min()), float(full.max()))
+    deblur = Pipeline("unsharp-deblur", device="cpu")
+    rule = QaSettings().for_task("deblur")
+    assert "lowpass" not in rule.warn and "lowpass" not in rule.fail and rule.fail["gain"] == 4.0
+    assert QaSettings().for_task("denoise") == QaSettings()
+
+    def verdict(before: np.ndarray, qa: QaSettings) -> tuple[str, list[str]]:
+        after = deblur.run(before, modality="CR", value_range=vrange)
+        gate = SeriesGate(qa, group="XR", sigma=estimate_noise(before, "XR").sigma, count=1)
+        result = gate.check(0, 1, before, after, ssim=None)
+        return result.verdict, result.reasons
+
+    ok, reasons = verdict(blurred, rule)
+    assert ok == "PASS", reasons
+    assert verdict(blurred, QaSettings())[0] == "FAIL"  # the denoise thresholds would hold every deblur
+    bad, reasons = verdict(native, rule)
+    assert bad == "FAIL" and any(r.startswith("gain") for r in reasons), reasons
+
+
+def test_a_deblur_route_gets_its_task_rule_under_its_own_overrides() -> None:
+    doc = _doc(routes=[{"modality": "CR", "enhancer": "unsharp-deblur", "task": "deblur",
+                        "qa": {"warn": {"gain": 2.5}}}])
+    (route,) = settings.parse(doc, environ={}).routes
+    assert route.qa is not None and route.qa.warn["gain"] == 2.5 and route.qa.fail["gain"] == 4.0
+    assert "lowpass" not in route.qa.fail
