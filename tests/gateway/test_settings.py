@@ -146,3 +146,44 @@ def test_study_trigger_routes_are_checked() -> None:
         settings.parse(doc | {"routes": [{"enhancer": "gaussian", "on_timeout": "process"}]}, environ={})
     with pytest.raises(ConfigError, match="on_timeout = 'drop'"):
         settings.parse(doc | {"routes": [route | {"on_timeout": "drop"}]}, environ={})
+
+
+def test_config_discovery_order(tmp_path: Path) -> None:
+    """--config, then $ENHANCE_GW_CONFIG, then ./config/gateway.toml, then the system file, then the package's."""
+    explicit, named, system = tmp_path / "explicit.toml", tmp_path / "named.toml", tmp_path / "etc.toml"
+    local = tmp_path / "site" / "config" / "gateway.toml"
+    for path in (explicit, named, system, local):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    cwd = local.parent.parent
+    env = {settings.ENV_CONFIG: str(named)}
+
+    def pick(flag: Path | None, environ: dict[str, str], where: Path) -> tuple[Path, str]:
+        found = settings.discover(flag, environ=environ, cwd=where, system=system)
+        return found.path, found.origin
+
+    assert pick(explicit, env, cwd) == (explicit, "--config")
+    assert pick(None, env, cwd) == (named, "$ENHANCE_GW_CONFIG")
+    assert pick(None, {}, cwd) == (local, "./config/gateway.toml")
+    assert pick(None, {}, tmp_path) == (system, str(system))
+    system.unlink()
+    fallback = settings.discover(None, environ={}, cwd=tmp_path, system=system)
+    assert fallback.packaged and fallback.path == settings.PACKAGED_CONFIG
+    assert fallback.describe().startswith("WARNING: no configuration file found")
+    assert str(system) in fallback.describe() and str(tmp_path / "config" / "gateway.toml") in fallback.describe()
+    with pytest.raises(ConfigError, match=r"nope\.toml \(--config\) not found"):
+        settings.discover(tmp_path / "nope.toml", environ=env, cwd=cwd)
+    with pytest.raises(ConfigError, match=r"from \$ENHANCE_GW_CONFIG\) not found"):
+        settings.discover(None, environ={settings.ENV_CONFIG: str(tmp_path / "gone.toml")}, cwd=cwd)
+
+
+def test_the_config_variable_is_not_a_gateway_key_override(tmp_path: Path) -> None:
+    cfg = settings.parse(_doc(), environ={settings.ENV_CONFIG: str(tmp_path / "x.toml"), "ENHANCE_GW_PORT": "4001"})
+    assert cfg.port == 4001
+
+
+def test_the_packaged_default_is_the_documented_example() -> None:
+    """The copy inside the package (what runs when no file is found) never drifts from config/gateway.toml."""
+    example = Path(__file__).resolve().parents[2] / "config" / "gateway.toml"
+    assert settings.PACKAGED_CONFIG.read_bytes() == example.read_bytes()
+    assert settings.load(settings.PACKAGED_CONFIG, environ={}).var_dir == Path("var")
