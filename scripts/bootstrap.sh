@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: system peers (for tests), .venv, pinned CPU torch, the project.
-# Usage: scripts/bootstrap.sh [run|test]   (run: Python only; test: also dcmtk, Orthanc, dicom3tools)
+# Usage: scripts/bootstrap.sh [run|test]   (run: Python only; test: also dcmtk, Orthanc, dicom3tools,
+#   PostgreSQL, HAProxy)
 # Why pinned torch first: an unpinned torch pulls a multi-GB CUDA build; 2.13.0 CPU satisfies torch>=2.2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,9 @@ if [ "$mode" = test ]; then
   [ -f /usr/share/doc/invesalius-examples/examples/Cranium.inv3 ] || need_apt+=(invesalius-examples)
   [ -d /usr/share/doc/insighttoolkit5-examples/examples/Data ] || need_apt+=(insighttoolkit5-examples)
   [ -d /usr/lib/python3/dist-packages/heudiconv/tests/data ] || need_apt+=(heudiconv)
+  # scale-out tests: a real PostgreSQL (tests/servers.py runs its own cluster) and HAProxy in front of receivers
+  compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need_apt+=(postgresql)
+  command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
   command -v chromium >/dev/null || need_apt+=(chromium)          # web console tests (headless)
   [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 fi
@@ -27,7 +31,8 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
   # The Debian package starts a system Orthanc on 4242/8042; tests start their own on free ports.
-  ($SUDO service orthanc stop || true) >/dev/null 2>&1
+  # Likewise the packages' own PostgreSQL cluster and HAProxy: tests run theirs on free ports.
+  for service in orthanc postgresql haproxy; do ($SUDO service "$service" stop || true) >/dev/null 2>&1; done
 fi
 
 stamp=.venv/.installed-$mode
