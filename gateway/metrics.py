@@ -19,13 +19,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway import logs
-from gateway.storage.state import State
+from gateway.storage.state import JobState, StateStore
 
 log = logs.get("gateway.metrics")
 
 
 class _JobsCollector(Collector):
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: StateStore) -> None:
         self.state = state
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -35,7 +35,7 @@ class _JobsCollector(Collector):
             jobs.add_metric([name], count)
         yield jobs
         held = GaugeMetricFamily("enhance_gw_held", "Jobs the QA gate held, waiting for `release` or `reject`")
-        held.add_metric([], counts.get("held", 0))
+        held.add_metric([], counts.get(JobState.HELD, 0))
         yield held
         # Workers are other processes: the series each verdict was given are counted from the state store
         verdicts = CounterMetricFamily(
@@ -83,7 +83,7 @@ class Metrics:
         self.send_attempts = Counter("enhance_gw_send_attempts", "Delivery attempts", ["destination"], registry=r)
         self.send_failures = Counter("enhance_gw_send_failures", "Failed delivery attempts", ["destination"], registry=r)
 
-    def watch_state(self, state: State) -> None:
+    def watch_state(self, state: StateStore) -> None:
         self.registry.register(_JobsCollector(state))
 
     def watch_disk(self, free_bytes: Callable[[], float], min_free_mb: float) -> None:
@@ -95,7 +95,7 @@ class Metrics:
         self.registry.register(_DiskCollector(free_bytes, min_free_mb))
 
 
-def health_checks(state: State, scp_port: Callable[[], int | None], spool_check: Callable[[], None]) -> dict[str, str]:
+def health_checks(state: StateStore, scp_port: Callable[[], int | None], spool_check: Callable[[], None]) -> dict[str, str]:
     """Each check: "ok" or what is wrong. Healthy only when the SCP accepts, the store writes, disk is fine."""
     out: dict[str, str] = {}
     port = scp_port()

@@ -25,13 +25,14 @@ from gateway.receive.stow import StowService
 from gateway.settings import Settings
 from gateway.signals import StopSignals
 from gateway.storage.spool import Spool
-from gateway.storage.state import State
+from gateway.storage.sqlite_state import SqliteState
+from gateway.storage.state import StateStore
 
 log = logs.get("gateway.service")
 
 
 def _completion_loop(
-    state: State, stable_seconds: float, stop: threading.Event, metrics: Metrics, completion: Completion | None = None
+    state: StateStore, stable_seconds: float, stop: threading.Event, metrics: Metrics, completion: Completion | None = None
 ) -> None:
     """Series quiet for `stable_seconds` become queued jobs (checked every 0.5 s, or sooner for short waits).
 
@@ -74,7 +75,7 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.var_dir.mkdir(parents=True, exist_ok=True)
-        self.state = State(settings.state_db)
+        self.state = SqliteState(settings.state_db)
         self.spool = Spool(settings.spool_dir, min_free_mb=settings.min_free_mb)
         self.metrics = Metrics()
         self.metrics.watch_state(self.state)

@@ -483,7 +483,7 @@ def finish_good_traffic(result: DrillResult, gw: DrillGateway, archive: Path, go
     try:
         def finished() -> bool:
             # pending first: once instances are in a job, that job is in jobs() (one transaction makes both)
-            pending = [r for r in state.pending_series() if r["series_uid"] in wanted]
+            pending = [r for r in state.pending_series() if r.series_uid in wanted]
             jobs = [j for j in state.jobs() if j.series_uid in wanted]
             return len({j.series_uid for j in jobs}) == len(wanted) and not pending and all(
                 j.state in ("done", "dead") for j in jobs)

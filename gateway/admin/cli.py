@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import GatewayError
+from gateway.storage.state import JOB_STATES, JobState
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -56,7 +57,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     state = State(cfg.state_db)
     counts = state.counts()
     oldest = state.oldest_waiting()
-    health = [dict(r) for r in state.destination_health()]
+    health = [asdict(r) for r in state.destination_health()]
     spool = Spool(cfg.spool_dir)
     report = {
         "counts": counts,
@@ -117,7 +118,7 @@ def cmd_held(args: argparse.Namespace) -> int:
     from gateway.storage.state import State
 
     cfg = _settings(args)
-    jobs = State(cfg.state_db).jobs(state="held", limit=100000)
+    jobs = State(cfg.state_db).jobs(state=JobState.HELD, limit=100000)
     if args.json:
         print(json.dumps([asdict(j) for j in jobs], indent=2))
         return 0
@@ -161,7 +162,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
     cfg = _settings(args)
     state = State(cfg.state_db)
-    ids = [j.id for j in state.jobs(state="dead", limit=100000)] if args.dead else [args.job]
+    ids = [j.id for j in state.jobs(state=JobState.DEAD, limit=100000)] if args.dead else [args.job]
     if not ids or ids == [None]:
         print("nothing to retry", file=sys.stderr)
         return 1 if not args.dead else 0
@@ -225,19 +226,14 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
     cfg = _settings(args)
     since = time.time() - args.since * 3600 if args.since else 0.0
-    rows = [dict(r) for r in State(cfg.state_db).studies(since)]
-    for row in rows:
-        row["jobs"] = [
-            dict(zip(("state", "job", "enhancer", "derived_series_uid"), j.split(":"), strict=True))
-            for j in (row["jobs"] or "").split()
-        ]
+    rows = [asdict(s) for s in State(cfg.state_db).studies(since)]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
         print(f"{row['study_uid']}  series={row['series']} instances={row['instances']} last={_age(row['last_at'])} ago")
         for j in row["jobs"]:
-            print(f"    job {j['job']:>5} {j['state']:9} {j['enhancer']:12} -> {j['derived_series_uid']}")
+            print(f"    job {j['id']:>5} {j['state']:9} {j['enhancer'] or '-':12} -> {j['derived_series_uid'] or '-'}")
     return 0
 
 
@@ -300,8 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--var-dir", type=Path, help="override gateway.var_dir")
     p.add_argument("action", nargs="?", choices=["show"], help="show one job")
     p.add_argument("job", nargs="?", type=int, help="job id (with show)")
-    p.add_argument("--state", choices=["queued", "enhancing", "enhanced", "sending", "done", "skipped", "failed", "dead",
-                                       "held", "rejected"])
+    p.add_argument("--state", choices=[str(s) for s in JOB_STATES])
     p.add_argument("--study", help="StudyInstanceUID")
     p.add_argument("--show", type=int, metavar="JOB")
     p.add_argument("--limit", type=int, default=50)

@@ -20,7 +20,7 @@ from gateway.enhance.routing import modality_mismatch
 from gateway.errors import GatewayError
 from gateway.settings import STRENGTH_RANGE, Settings
 from gateway.storage.spool import Spool
-from gateway.storage.state import Job, State
+from gateway.storage.state import Instance, Job, StateStore
 
 log = logs.get("gateway.admin")
 
@@ -36,7 +36,7 @@ class Reprocessed:
 
 def reprocess(
     settings: Settings,
-    state: State,
+    state: StateStore,
     study_uid: str,
     *,
     series_uid: str | None = None,
@@ -65,14 +65,14 @@ def reprocess(
             f"the gateway has received no instance of study {study_uid}"
             + (f" series {series_uid}" if series_uid else "")
         )
-    by_series: dict[str, list[dict[str, object]]] = {}
+    by_series: dict[str, list[Instance]] = {}
     for row in rows:
-        by_series.setdefault(str(row["series_uid"]), []).append(dict(row))
+        by_series.setdefault(row.series_uid, []).append(row)
     if enhancer:  # refuse before queueing anything: a job that can never run would only fail in the worker
         wrong = {
             series: reason
             for series, members in by_series.items()
-            if (reason := modality_mismatch(enhancer, str(members[0]["modality"]))) is not None
+            if (reason := modality_mismatch(enhancer, str(members[0].modality))) is not None
         }
         if wrong:
             series, reason = next(iter(wrong.items()))
@@ -86,7 +86,7 @@ def reprocess(
     spool = Spool(settings.spool_dir, min_free_mb=settings.min_free_mb)
     done: list[Reprocessed] = []
     for series, members in by_series.items():
-        missing = [r for r in members if r["purged_at"] is not None or not Path(str(r["path"])).exists()]
+        missing = [r for r in members if r.purged_at is not None or not Path(r.path).exists()]
         got, source = 0, None
         if missing:
             if not settings.sources:
@@ -95,19 +95,19 @@ def reprocess(
                     " configured to retrieve them from"
                 )
             src = settings.sources[0]
-            peer = Peer(src.ae_title, src.host, src.port, src.calling_aet or settings.ae_title)
+            peer = Peer.for_destination(src, settings.ae_title)
             if src.type == "dicomweb":  # WADO-RS, stored through the STOW-RS receiver's checks and durable path
                 from gateway.deliver.dicomweb import wado_series
                 from gateway.receive.stow import InstanceSink
 
                 got = wado_series(src, InstanceSink(state, spool), study_uid, series,
-                                  [str(r["sop_uid"]) for r in missing])
+                                  [r.sop_uid for r in missing])
             elif src.retrieve == "move":  # the source sends them to the running gateway's SCP
-                got = move_series(peer, state, study_uid, series, [str(r["sop_uid"]) for r in missing],
+                got = move_series(peer, state, study_uid, series, [r.sop_uid for r in missing],
                                   settings.ae_title)
             else:
                 got = retrieve_series(peer, state, spool, study_uid, series,
-                                      [str(r["sop_class_uid"]) for r in missing])
+                                      [r.sop_class_uid for r in missing])
             source = src.name
         job_id = state.make_reprocess_job(
             series, enhancer=enhancer, only_destination=destination, strength=strength
@@ -123,20 +123,20 @@ class Purged:
     jobs: int
 
 
-def purge(settings: Settings, state: State, older_than_days: float, *, dry_run: bool) -> Purged:
+def purge(settings: Settings, state: StateStore, older_than_days: float, *, dry_run: bool) -> Purged:
     """Remove originals and outputs of finished work older than the retention; never an unfinished job's."""
     instances, jobs = state.purgeable(time.time() - older_than_days * 86400)
     if not dry_run:
         spool = Spool(settings.spool_dir)
         for row in instances:
-            Path(row["path"]).unlink(missing_ok=True)
-        state.mark_purged([r["sop_uid"] for r in instances])
+            Path(row.path).unlink(missing_ok=True)
+        state.mark_purged([r.sop_uid for r in instances])
         for job_id in jobs:
             spool.clear_outgoing(job_id)
-    return Purged(len(instances), sum(int(r["size"]) for r in instances), len(jobs))
+    return Purged(len(instances), sum(r.size for r in instances), len(jobs))
 
 
-def release(settings: Settings, state: State, job_id: int) -> Job:
+def release(settings: Settings, state: StateStore, job_id: int) -> Job:
     """Deliver a held job as it is (its QA verdict and marker stay in the files); logs `job.released`."""
     job = state.release(job_id)
     with bound_contextvars(job_id=job.id, study_uid=job.study_uid, series_uid=job.series_uid):
@@ -145,7 +145,7 @@ def release(settings: Settings, state: State, job_id: int) -> Job:
     return job
 
 
-def reject(settings: Settings, state: State, job_id: int) -> Job:
+def reject(settings: Settings, state: StateStore, job_id: int) -> Job:
     """Drop a held job's outputs (the originals are never touched); the job ends rejected. Logs `job.rejected`."""
     job = state.reject(job_id)
     Spool(settings.spool_dir).clear_outgoing(job.id)

@@ -20,7 +20,7 @@ from gateway.errors import DeliveryError, SpoolError, describe, is_disk_full
 from gateway.metrics import Metrics
 from gateway.settings import Destination, Settings
 from gateway.storage.spool import Spool, ensure_space, write_atomic
-from gateway.storage.state import Job, State
+from gateway.storage.state import Job, JobState, StateStore
 
 log = logs.get("gateway.sender")
 
@@ -104,7 +104,7 @@ class Circuit:
 class Sender:
     """Claims due deliveries, one destination at a time per worker, and delivers them."""
 
-    def __init__(self, settings: Settings, state: State, spool: Spool, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, state: StateStore, spool: Spool, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.state = state
@@ -132,7 +132,7 @@ class Sender:
             from gateway.deliver.dicomweb import stow_files
 
             return stow_files(dest, files, timeout=self.settings.sender.dimse_timeout)
-        peer = dicomnet.Peer(dest.ae_title, dest.host, dest.port, dest.calling_aet or self.settings.ae_title)
+        peer = dicomnet.Peer.for_destination(dest, self.settings.ae_title)
         return dicomnet.send_files(peer, files, timeout=self.settings.sender.dimse_timeout).bytes
 
     def run_destination_once(self, name: str | None) -> bool:
@@ -200,11 +200,11 @@ class Sender:
                 seconds=round(time.monotonic() - started, 3),
             )
         final = self.state.settle_job(job.id)
-        if waited or final == "sending":
+        if waited or final == JobState.SENDING:
             return  # waiting for disk space (`send.waiting_for_disk` said it once), or another destination's
             # worker is still sending this job and will report it
         done = self.state.job(job.id)
-        event = {"done": "job.done", "dead": "job.dead"}.get(final, "job.retry_scheduled")
+        event = {JobState.DONE: "job.done", JobState.DEAD: "job.dead"}.get(final, "job.retry_scheduled")
         log.info(
             event,
             state=final,
@@ -214,7 +214,7 @@ class Sender:
             attempts=done.attempts,
             psnr=done.psnr,
             ssim=done.ssim,
-            next_try_in=round(done.next_try_at - time.time(), 1) if final == "failed" and done.next_try_at else None,
+            next_try_in=round(done.next_try_at - time.time(), 1) if final == JobState.FAILED and done.next_try_at else None,
             total_seconds=round(time.time() - done.created_at, 3),
             enhance_seconds=round(done.enhance_seconds or 0.0, 3),
         )

@@ -24,13 +24,13 @@ from gateway.dimse.scu import Peer
 from gateway.errors import DeliveryError
 from gateway.receive.scp import ACCEPTED_TRANSFER_SYNTAXES, OUT_OF_RESOURCES, SUCCESS
 from gateway.storage.spool import Spool
-from gateway.storage.state import State
+from gateway.storage.state import StateStore
 
 log = logs.get("gateway.retrieve")
 
 
 def retrieve_series(
-    peer: Peer, state: State, spool: Spool, study_uid: str, series_uid: str, sop_classes: Sequence[str],
+    peer: Peer, state: StateStore, spool: Spool, study_uid: str, series_uid: str, sop_classes: Sequence[str],
     *, timeout: float = 60.0,
 ) -> int:
     """C-GET one series from `peer` into the spool; returns the number of instances restored."""
@@ -84,7 +84,7 @@ def retrieve_series(
 
 
 def move_series(
-    peer: Peer, state: State, study_uid: str, series_uid: str, sop_uids: Sequence[str], move_destination: str,
+    peer: Peer, state: StateStore, study_uid: str, series_uid: str, sop_uids: Sequence[str], move_destination: str,
     *, timeout: float = 60.0, settle: float = 10.0,
 ) -> int:
     """C-MOVE one series from `peer` to the gateway's own AE title; returns how many of `sop_uids` came back.

@@ -58,7 +58,17 @@ from gateway.errors import (
 from gateway.settings import QaSettings, Settings
 from gateway.signals import StopSignals
 from gateway.storage.spool import Spool
-from gateway.storage.state import Instance, Job, JobTakenOver, QaOutcome, State
+from gateway.storage.sqlite_state import SqliteState
+from gateway.storage.state import (
+    Instance,
+    Job,
+    JobState,
+    JobTakenOver,
+    QaAction,
+    QaOutcome,
+    QaVerdict,
+    StateStore,
+)
 
 #: How many instances, evenly spaced over the series, are decoded before the batch loop to estimate its noise
 #: (`enhancers.noise` pools the blocks of up to 12 slices) and to pick the DEGRADE_RESTORE slices from.
@@ -190,7 +200,7 @@ class ServiceGone(Exception):
 class Worker:
     """Processes queued jobs one at a time; pipelines are built once per enhancer and kept."""
 
-    def __init__(self, settings: Settings, state: State, spool: Spool, parent: int | None = None) -> None:
+    def __init__(self, settings: Settings, state: StateStore, spool: Spool, parent: int | None = None) -> None:
         self.parent = parent
         self.settings = settings
         self.state = state
@@ -217,7 +227,7 @@ class Worker:
         """
         if not self._space_to_write():
             return False
-        job = self.state.claim_job("queued", "enhancing")
+        job = self.state.claim_job(JobState.QUEUED, JobState.ENHANCING)
         if job is None:
             self._disk_ok()  # nothing waits for space any more
             return False
@@ -235,7 +245,7 @@ class Worker:
                 permanent = is_permanent(exc)
                 new_state = self.state.fail_job(
                     job.id,
-                    "enhancing",
+                    JobState.ENHANCING,
                     describe(exc),
                     base=snd.base_seconds,
                     cap=snd.cap_seconds,
@@ -411,8 +421,8 @@ class Worker:
             strength=strength,
             noise_sigma=noise.sigma,
             noise_method=noise.method,
-            qa_verdict=verdict.verdict if verdict else None,
-            qa_action=verdict.action if verdict else None,
+            qa_verdict=QaVerdict(verdict.verdict) if verdict else None,
+            qa_action=QaAction(verdict.action) if verdict else None,
             qa_reasons=verdict.text if verdict else None,
             dr_psnr=facts.dr_psnr,
             dr_ssim=facts.dr_ssim,
@@ -457,7 +467,7 @@ class Worker:
             compute_seconds=round(compute, 3),
             seconds=round(seconds, 3),
         )
-        if new_state == "held":
+        if new_state == JobState.HELD:
             assert verdict is not None
             log.warning(
                 "job.held",
@@ -633,7 +643,7 @@ def run(settings: Settings, parent: int, poll_seconds: float = 0.5) -> None:
         return  # the service died while this process was still importing
     logs.configure()
     routing.load_plugins(settings.plugins)
-    state = State(settings.state_db)
+    state = SqliteState(settings.state_db)
     worker = Worker(settings, state, Spool(settings.spool_dir, min_free_mb=settings.min_free_mb), parent=parent)
     log.info("worker.started")
     # A failure outside any job (SQLite cannot claim: a full disk) must neither kill the process (the service

@@ -32,7 +32,7 @@ from structlog.contextvars import bound_contextvars
 from gateway import logs
 from gateway.enhance.routing import route_for
 from gateway.settings import Route
-from gateway.storage.state import State
+from gateway.storage.state import StateStore
 
 log = logs.get("gateway.completion")
 
@@ -55,7 +55,7 @@ class _Series:
 class Completion:
     """One pass (`run_once`) turns what is complete into jobs; the service's completion thread calls it."""
 
-    def __init__(self, state: State, routes: Sequence[Route], stable_seconds: float,
+    def __init__(self, state: StateStore, routes: Sequence[Route], stable_seconds: float,
                  descriptions_kept: int = DESCRIPTIONS_KEPT) -> None:
         self.state = state
         self.routes = list(routes)
@@ -89,12 +89,11 @@ class Completion:
         if self._study_routes:
             groups: dict[tuple[str, int], list[_Series]] = defaultdict(list)
             for row in self.state.pending_series():
-                series = _Series(str(row["series_uid"]), str(row["modality"]),
-                                 self._description(str(row["series_uid"]), row["sample_path"]),
-                                 float(row["first_at"]), float(row["last_at"]))
+                series = _Series(row.series_uid, row.modality, self._description(row.series_uid, row.sample_path),
+                                 row.first_at, row.last_at)
                 route = route_for(self.routes, series.modality, series.description)
                 if route is not None and route.trigger == "study":
-                    groups[(str(row["study_uid"]), self.routes.index(route))].append(series)
+                    groups[(row.study_uid, self.routes.index(route))].append(series)
             for (study_uid, index), members in groups.items():
                 jobs = self._decide(study_uid, index, members, now)
                 if jobs is None:
@@ -111,7 +110,7 @@ class Completion:
         if not quiet:
             return None
         study = [
-            (str(r["modality"]), self._description(str(r["series_uid"]), r["sample_path"]), float(r["first_at"]))
+            (r.modality, self._description(r.series_uid, r.sample_path), r.first_at)
             for r in self.state.study_series(study_uid)
         ]
         missing = [str(m) for m in route.required if not any(m.matches(mod, desc) for mod, desc, _ in study)]

@@ -24,7 +24,7 @@ import pydicom
 
 from gateway import logs
 from gateway.storage.spool import Spool, fsync_dir
-from gateway.storage.state import State
+from gateway.storage.state import StateStore
 
 log = logs.get("gateway.reconcile")
 
@@ -37,7 +37,7 @@ class Reconciled:
     unreadable: int = 0
 
 
-def reconcile(spool: Spool, state: State) -> Reconciled:
+def reconcile(spool: Spool, state: StateStore) -> Reconciled:
     """Record every incoming spool file whose SOP Instance UID the state store does not know."""
     out = Reconciled()
     for study_uid, series_uid, files in spool.incoming_series():

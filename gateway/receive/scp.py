@@ -54,7 +54,7 @@ from gateway.metrics import Metrics
 from gateway.receive.admission import GuardedServer, Limits
 from gateway.settings import Settings
 from gateway.storage.spool import Spool
-from gateway.storage.state import State
+from gateway.storage.state import StateStore
 
 ACCEPTED_TRANSFER_SYNTAXES: list[UID] = [
     ExplicitVRLittleEndian,
@@ -264,7 +264,7 @@ def check_instance(data: bytes, sop_uid: str, sop_class_uid: str, tsyntax: UID) 
 
 
 def spool_instance(
-    state: State, spool: Spool, *, study: str, series: str, sop: str, sop_class_uid: str, modality: str,
+    state: StateStore, spool: Spool, *, study: str, series: str, sop: str, sop_class_uid: str, modality: str,
     meta: bytes, body: bytes | memoryview, calling_aet: str,
 ) -> int | None:
     """Store one validated instance durably, then record it; the bytes stored, or None for a duplicate.
@@ -293,7 +293,7 @@ def spool_instance(
 class Receiver:
     """Owns the AE and the event handlers; `start()` returns once the port is listening."""
 
-    def __init__(self, settings: Settings, state: State, spool: Spool, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, state: StateStore, spool: Spool, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.state = state

@@ -57,7 +57,7 @@ from gateway.receive.scp import (
 )
 from gateway.settings import DicomwebSettings, Settings
 from gateway.storage.spool import Spool
-from gateway.storage.state import State
+from gateway.storage.state import StateStore
 
 log = logs.get("gateway.dicomweb")
 logging.getLogger("python_multipart").setLevel(logging.CRITICAL)  # its parse warnings would bypass structlog
@@ -159,7 +159,7 @@ _META_HEAD = 1 << 16
 class InstanceSink:
     """Validates, spools and records one Part 10 file at a time; shared by all requests of a server."""
 
-    def __init__(self, state: State, spool: Spool, metrics: Metrics | None = None) -> None:
+    def __init__(self, state: StateStore, spool: Spool, metrics: Metrics | None = None) -> None:
         self.state = state
         self.spool = spool
         self.metrics = metrics
@@ -374,7 +374,7 @@ def read_stow(
 class Credentials:
     """Bearer tokens from `[dicomweb] tokens`, HTTP Basic against the console's users (argon2id hashes)."""
 
-    def __init__(self, settings: DicomwebSettings, state: State) -> None:
+    def __init__(self, settings: DicomwebSettings, state: StateStore) -> None:
         # argon2 and the console's throttling, loaded only when a receiver is built
         from gateway.web.auth import Authenticator
 
@@ -445,7 +445,7 @@ class _Handler(BaseHTTPRequestHandler):
 class StowService:
     """The STOW-RS endpoint of a running gateway: `start()` returns once the port listens."""
 
-    def __init__(self, settings: Settings, state: State, spool: Spool, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, state: StateStore, spool: Spool, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.sink = InstanceSink(state, spool, metrics)
         self.credentials = Credentials(settings.dicomweb, state)

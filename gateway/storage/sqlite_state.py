@@ -1,14 +1,9 @@
-"""The state store: the only code that touches instance, job and delivery state (SQLite, WAL).
+"""The embedded state store: SQLite in WAL mode, one file under var_dir, shared by the service's threads and
+its worker processes (`StateStore` in `gateway.storage.state` says what it must do).
 
-Why one module: sites that outgrow one machine swap this for PostgreSQL behind the same methods. Every
-state transition is one short transaction; a restart resumes from the last committed state
-(`recover()` puts jobs that were mid-flight back in the queue they came from).
-
-Job states: queued -> enhancing -> enhanced -> sending -> done, plus skipped (not an image to enhance),
-failed (retryable; `failed_stage` says which stage re-runs at `next_try_at`) and dead (needs an admin).
-The QA gate adds held (enhancing -> held: outputs kept, nothing delivered until an admin decides), which
-`release` turns into enhanced (delivered as usual) and `reject` into rejected (outputs dropped, final).
-"received" is not a job state: it is a series whose instances are not yet in a job.
+Why SQLite: one node needs no server; WAL and busy_timeout let the service and its workers write the same
+file, and every transition is one short BEGIN IMMEDIATE transaction. A restart resumes from the last committed
+state (`recover()` puts jobs that were mid-flight back in the queue they came from).
 """
 
 from __future__ import annotations
@@ -20,17 +15,32 @@ import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import StateError, is_disk_full
-
-JOB_STATES = (
-    "queued", "enhancing", "enhanced", "sending", "done", "skipped", "failed", "dead", "held", "rejected",
+from gateway.storage.state import (
+    FINISHED_STATES,
+    JOB_STATES,
+    QA_VERDICTS,
+    USER_ROLES,
+    AuditEntry,
+    Delivery,
+    DeliveryState,
+    DestinationHealth,
+    Instance,
+    Job,
+    JobState,
+    JobTakenOver,
+    QaAction,
+    QaOutcome,
+    QaVerdict,
+    SeriesSummary,
+    StudyJob,
+    StudySummary,
+    User,
+    UserRole,
+    backoff_delay,
 )
-#: States in which a job's work is over: its originals and outputs may be purged after the retention.
-FINISHED_STATES = ("done", "skipped", "rejected")
-QA_VERDICTS = ("PASS", "WARN", "FAIL")
 
 #: Columns added after the first release: (name, SQL type). `State` adds the missing ones to an existing
 #: database at start-up (ALTER TABLE ADD COLUMN keeps every row; the new columns start NULL).
@@ -55,10 +65,6 @@ STUDY_GROUP_READY = (
     " AND (g.state IN ('queued', 'enhancing') OR (g.state = 'failed' AND g.failed_stage = 'queued'"
     " AND g.next_try_at IS NOT NULL))))"
 )
-
-#: Roles of the web console's users: `viewer` reads jobs and tries enhancers; `admin` also retries,
-#: reprocesses, releases and rejects jobs.
-USER_ROLES = ("viewer", "admin")
 
 #: Tables added after the first release (console users and the audit log of their actions), created on an
 #: existing database at start-up like the added job columns (IF NOT EXISTS: idempotent, keeps every row).
@@ -159,120 +165,6 @@ CREATE TABLE IF NOT EXISTS destination_health (
 """
 
 
-@dataclass(frozen=True)
-class Job:
-    id: int
-    study_uid: str
-    series_uid: str
-    modality: str
-    state: str
-    failed_stage: str | None
-    enhancer: str | None
-    enhancer_version: str | None
-    device: str | None
-    only_destination: str | None
-    reprocess: int
-    derived_series_uid: str | None
-    instance_count: int
-    derived_count: int | None
-    attempts: int
-    next_try_at: float | None
-    error: str | None
-    skip_reason: str | None
-    psnr: float | None
-    ssim: float | None
-    enhance_seconds: float | None
-    owner: int | None
-    created_at: float
-    updated_at: float
-    finished_at: float | None
-    strength: float | None = None
-    noise_sigma: float | None = None
-    noise_method: str | None = None
-    qa_verdict: str | None = None
-    qa_action: str | None = None
-    qa_reasons: str | None = None
-    dr_psnr: float | None = None
-    dr_ssim: float | None = None
-    reviewed_at: float | None = None
-    study_group: str | None = None
-
-
-@dataclass(frozen=True)
-class QaOutcome:
-    """What the enhancement stage records besides its counts: noise, strength, QA gate and DEGRADE_RESTORE."""
-
-    strength: float | None = None
-    noise_sigma: float | None = None
-    noise_method: str | None = None
-    qa_verdict: str | None = None
-    qa_action: str | None = None
-    qa_reasons: str | None = None
-    dr_psnr: float | None = None
-    dr_ssim: float | None = None
-
-    @property
-    def hold(self) -> bool:
-        return self.qa_action == "hold"
-
-
-@dataclass(frozen=True)
-class Instance:
-    sop_uid: str
-    series_uid: str
-    study_uid: str
-    sop_class_uid: str
-    path: str
-    size: int
-
-
-@dataclass(frozen=True)
-class User:
-    """A console user: the hash is argon2id (see gateway.web.auth); the password itself is never stored."""
-
-    name: str
-    role: str
-    password_hash: str
-    created_at: float
-    updated_at: float
-    last_login_at: float | None
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    """One admin action: who (actor, role), what (action, target, outcome, detail), when (at), from where."""
-
-    id: int
-    at: float
-    actor: str
-    role: str | None
-    action: str
-    target: str | None
-    outcome: str
-    source: str | None
-    detail: str | None
-
-
-@dataclass(frozen=True)
-class Delivery:
-    job_id: int
-    destination: str
-    state: str
-    attempts: int
-    next_try_at: float
-    last_error: str | None
-    delivered_at: float | None
-
-
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Seconds to wait after failed attempt number `attempt` (1-based): base * 2**(attempt-1), at most cap."""
-    return float(min(cap, base * (2 ** max(0, attempt - 1))))
-
-
-class JobTakenOver(StateError):
-    """This process no longer owns the job (a restarted service re-queued it and another worker claimed it)."""
-
-
 def _open_failure(path: Path, exc: sqlite3.OperationalError) -> str:
     """What an admin reads when the database cannot be opened; a full disk is told apart (SQLite says only
     `disk I/O error` when it cannot create its -shm file)."""
@@ -285,7 +177,54 @@ def _open_failure(path: Path, exc: sqlite3.OperationalError) -> str:
     return f"cannot open the state database {path}: {exc}; var_dir must be on a local, writable file system"
 
 
-class State:
+def _opt(kind: type[JobState | QaVerdict | QaAction], value: object) -> object:
+    return None if value is None else kind(str(value))
+
+
+def _job(row: sqlite3.Row) -> Job:
+    """A job row as the dataclass: coded columns become their enums (an unknown value is a corrupt row: raise)."""
+    d = dict(row)
+    d["state"] = JobState(d["state"])
+    d["failed_stage"] = _opt(JobState, d["failed_stage"])
+    d["qa_verdict"] = _opt(QaVerdict, d["qa_verdict"])
+    d["qa_action"] = _opt(QaAction, d["qa_action"])
+    d["owner"] = None if d["owner"] is None else str(d["owner"])
+    return Job(**d)
+
+
+def _delivery(row: sqlite3.Row) -> Delivery:
+    d = dict(row)
+    d["state"] = DeliveryState(d["state"])
+    return Delivery(**d)
+
+
+def _series(row: sqlite3.Row, study_uid: str | None = None) -> SeriesSummary:
+    return SeriesSummary(
+        series_uid=str(row["series_uid"]), study_uid=study_uid or str(row["study_uid"]), modality=str(row["modality"]),
+        first_at=float(row["first_at"]), last_at=float(row["last_at"]), instances=int(row["n"]),
+        sample_path=str(row["sample_path"]),
+    )
+
+
+def _instance(row: sqlite3.Row) -> Instance:
+    keys = row.keys()
+    return Instance(
+        sop_uid=str(row["sop_uid"]), series_uid=str(row["series_uid"]), study_uid=str(row["study_uid"]),
+        sop_class_uid=str(row["sop_class_uid"]), path=str(row["path"]), size=int(row["size"]),
+        modality=str(row["modality"]) if "modality" in keys else None,
+        purged_at=row["purged_at"] if "purged_at" in keys else None,
+        calling_aet=row["calling_aet"] if "calling_aet" in keys else None,
+        received_at=row["received_at"] if "received_at" in keys else None,
+    )
+
+
+def _user(row: sqlite3.Row) -> User:
+    d = dict(row)
+    d["role"] = UserRole(d["role"])
+    return User(**d)
+
+
+class SqliteState:
     """SQLite-backed state, safe to share between the threads of one process (one connection, one lock).
 
     Other processes open their own `State` on the same file; WAL and busy_timeout let them coexist.
@@ -466,22 +405,23 @@ class State:
             made.append(job_id)
         return made
 
-    def pending_series(self) -> list[sqlite3.Row]:
+    def pending_series(self) -> list[SeriesSummary]:
         """Series still receiving (instances not yet in a job): the `received` stage."""
-        return self._query(
+        return [_series(r) for r in self._query(
             "SELECT s.series_uid, s.study_uid, s.modality, s.last_at, COUNT(i.sop_uid) AS n, s.first_at,"
             " MIN(i.path) AS sample_path FROM series s"
             " JOIN instances i ON i.series_uid = s.series_uid AND i.job_id IS NULL GROUP BY s.series_uid"
-        )
+        )]
 
-    def study_series(self, study_uid: str) -> list[sqlite3.Row]:
+    def study_series(self, study_uid: str) -> list[SeriesSummary]:
         """Every series of a study, received before or still receiving, with one instance's path (to read its
         Series Description) and when it started and last grew: what a study-level route's completion reads."""
-        return self._query(
-            "SELECT s.series_uid, s.modality, s.first_at, s.last_at, MIN(i.path) AS sample_path FROM series s"
+        return [_series(r, study_uid) for r in self._query(
+            "SELECT s.series_uid, s.modality, s.first_at, s.last_at, COUNT(i.sop_uid) AS n,"
+            " MIN(i.path) AS sample_path FROM series s"
             " JOIN instances i ON i.series_uid = s.series_uid WHERE s.study_uid = ? GROUP BY s.series_uid",
             (study_uid,),
-        )
+        )]
 
     # --- jobs ------------------------------------------------------------------------------------------
 
@@ -489,7 +429,7 @@ class State:
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         if not rows:
             raise StateError(f"no job {job_id}; `enhance-gateway status` lists jobs")
-        return Job(**dict(rows[0]))
+        return _job(rows[0])
 
     def jobs(self, state: str | None = None, study_uid: str | None = None, limit: int = 1000) -> list[Job]:
         sql, args = "SELECT * FROM jobs WHERE 1=1", list[object]()
@@ -501,7 +441,7 @@ class State:
             args.append(study_uid)
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
-        return [Job(**dict(r)) for r in self._query(sql, args)]
+        return [_job(r) for r in self._query(sql, args)]
 
     def job_instances(self, job_id: int) -> list[Instance]:
         rows = self._query(
@@ -509,13 +449,13 @@ class State:
             " JOIN job_members m ON m.sop_uid = i.sop_uid WHERE m.job_id = ? ORDER BY i.received_at, i.sop_uid",
             (job_id,),
         )
-        return [Instance(**dict(r)) for r in rows]
+        return [_instance(r) for r in rows]
 
     def recorded_sop_uids(self, series_uid: str) -> set[str]:
         """SOP Instance UIDs recorded for a series (reconciliation compares them with the spool's files)."""
         return {str(r[0]) for r in self._query("SELECT sop_uid FROM instances WHERE series_uid = ?", (series_uid,))}
 
-    def series_instances(self, study_uid: str, series_uid: str | None = None) -> list[sqlite3.Row]:
+    def series_instances(self, study_uid: str, series_uid: str | None = None) -> list[Instance]:
         """Every instance of a study (or one series) with its purge mark and its series' modality: what
         `reprocess` starts from (and checks an enhancer against)."""
         sql = ("SELECT i.*, s.modality FROM instances i JOIN series s ON s.series_uid = i.series_uid"
@@ -524,7 +464,7 @@ class State:
         if series_uid:
             sql += " AND i.series_uid = ?"
             args.append(series_uid)
-        return self._query(sql + " ORDER BY i.series_uid, i.received_at", args)
+        return [_instance(r) for r in self._query(sql + " ORDER BY i.series_uid, i.received_at", args)]
 
     def make_reprocess_job(
         self, series_uid: str, *, enhancer: str | None, only_destination: str | None, strength: float | None = None
@@ -558,19 +498,19 @@ class State:
         with self._tx() as db:
             db.execute("UPDATE instances SET path = ?, purged_at = NULL WHERE sop_uid = ?", (path, sop_uid))
 
-    def purgeable(self, older_than: float) -> tuple[list[sqlite3.Row], list[int]]:
+    def purgeable(self, older_than: float) -> tuple[list[Instance], list[int]]:
         """Originals and job outputs past retention: only of series whose every job is finished.
 
         A series with a job still queued, running, failed or dead keeps everything: `purge` never takes
         the files a job may still need.
         """
-        finished = FINISHED_STATES
+        finished = tuple(str(s) for s in FINISHED_STATES)
         busy = self._query(
             f"SELECT DISTINCT series_uid FROM jobs WHERE state NOT IN {finished!r}"
         )
         busy_series = {r["series_uid"] for r in busy}
         instances = [
-            r
+            _instance(r)
             for r in self._query(
                 "SELECT * FROM instances WHERE purged_at IS NULL AND job_id IS NOT NULL AND received_at < ?",
                 (older_than,),
@@ -590,19 +530,34 @@ class State:
         with self._tx() as db:
             db.executemany("UPDATE instances SET purged_at = ? WHERE sop_uid = ?", [(now, u) for u in sop_uids])
 
-    def studies(self, since: float = 0.0) -> list[sqlite3.Row]:
-        """One row per study seen since `since`: series, instances, jobs by state, derived series."""
-        return self._query(
+    def studies(self, since: float = 0.0) -> list[StudySummary]:
+        """One summary per study seen since `since` (the newest first): series, instances, its jobs."""
+        rows = self._query(
             "SELECT s.study_uid, COUNT(DISTINCT s.series_uid) AS series, MIN(s.first_at) AS first_at,"
             " MAX(s.last_at) AS last_at,"
-            " (SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid) AS instances,"
-            " (SELECT GROUP_CONCAT(j.state || ':' || j.id || ':' || COALESCE(j.enhancer, '-') || ':' ||"
-            "   COALESCE(j.derived_series_uid, '-'), ' ') FROM jobs j WHERE j.study_uid = s.study_uid) AS jobs"
+            " (SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid) AS instances"
             " FROM series s WHERE s.last_at >= ? GROUP BY s.study_uid ORDER BY last_at DESC",
             (since,),
         )
+        jobs: dict[str, list[StudyJob]] = {}
+        for j in self._query(
+            "SELECT j.study_uid, j.id, j.state, j.enhancer, j.derived_series_uid FROM jobs j"
+            " JOIN (SELECT DISTINCT study_uid FROM series WHERE last_at >= ?) s ON s.study_uid = j.study_uid"
+            " ORDER BY j.id",
+            (since,),
+        ):
+            jobs.setdefault(str(j["study_uid"]), []).append(
+                StudyJob(int(j["id"]), JobState(j["state"]), j["enhancer"], j["derived_series_uid"])
+            )
+        return [
+            StudySummary(
+                study_uid=str(r["study_uid"]), series=int(r["series"]), instances=int(r["instances"]),
+                first_at=float(r["first_at"]), last_at=float(r["last_at"]), jobs=jobs.get(str(r["study_uid"]), []),
+            )
+            for r in rows
+        ]
 
-    def claim_job(self, from_state: str, to_state: str, now: float | None = None) -> Job | None:
+    def claim_job(self, from_state: JobState, to_state: JobState, now: float | None = None) -> Job | None:
         """Atomically move the oldest job in `from_state` (or failed at that stage and due) to `to_state`."""
         now = time.time() if now is None else now
         with self._tx() as db:
@@ -640,7 +595,7 @@ class State:
         seconds: float,
         error: str | None = None,
         qa: QaOutcome | None = None,
-    ) -> str:
+    ) -> JobState:
         """enhancing -> enhanced (or held when the QA gate says hold), one pending delivery per destination.
 
         Deliveries of a held job are recorded too (done ones stay done), so `release` only has to move the
@@ -648,7 +603,7 @@ class State:
         """
         now = time.time()
         qa = qa or QaOutcome()
-        new_state = "held" if qa.hold else "enhanced"
+        new_state = JobState.HELD if qa.hold else JobState.ENHANCED
         with self._tx() as db:
             row = db.execute("SELECT state, owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or row["state"] != "enhancing" or row["owner"] != os.getpid():
@@ -719,9 +674,9 @@ class State:
             )
 
     def fail_job(
-        self, job_id: int, stage: str, error: str, *, base: float, cap: float, max_attempts: int,
+        self, job_id: int, stage: JobState, error: str, *, base: float, cap: float, max_attempts: int,
         permanent: bool = False,
-    ) -> str:
+    ) -> JobState:
         """Record a failure at `stage` ('enhancing' or 'sending'); returns the new state (failed or dead).
 
         `permanent` (retrying cannot help, e.g. an undecodable series): failed at once with no next try
@@ -731,10 +686,10 @@ class State:
         with self._tx() as db:
             row = db.execute("SELECT attempts, state, owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if stage == "enhancing" and (row["state"] != "enhancing" or row["owner"] != os.getpid()):
-                return str(row["state"])  # someone else owns it now: not ours to fail
+                return JobState(row["state"])  # someone else owns it now: not ours to fail
             attempts = int(row["attempts"]) + 1
-            state = "failed" if permanent else "dead" if attempts >= max_attempts else "failed"
-            retry_stage = "queued" if stage == "enhancing" else "enhanced"
+            state = JobState.FAILED if permanent or attempts < max_attempts else JobState.DEAD
+            retry_stage = JobState.QUEUED if stage == JobState.ENHANCING else JobState.ENHANCED
             next_try = None if permanent else now + backoff_delay(attempts, base, cap)
             db.execute(
                 "UPDATE jobs SET state = ?, failed_stage = ?, attempts = ?, next_try_at = ?, error = ?,"
@@ -759,7 +714,7 @@ class State:
 
     def deliveries(self, job_id: int) -> list[Delivery]:
         rows = self._query("SELECT * FROM deliveries WHERE job_id = ? ORDER BY destination", (job_id,))
-        return [Delivery(**dict(r)) for r in rows]
+        return [_delivery(r) for r in rows]
 
     def claim_delivery(
         self, destination: str | None, known: Sequence[str] = (), now: float | None = None
@@ -792,9 +747,9 @@ class State:
             db.execute(
                 "UPDATE deliveries SET state = 'sending' WHERE job_id = ? AND destination = ?", (job_id, name)
             )
-            delivery = Delivery(**dict(db.execute(
+            delivery = _delivery(db.execute(
                 "SELECT * FROM deliveries WHERE job_id = ? AND destination = ?", (job_id, name)
-            ).fetchone()))
+            ).fetchone())
         return self.job(job_id), delivery
 
     def delivery_succeeded(self, job_id: int, destination: str) -> None:
@@ -813,7 +768,7 @@ class State:
 
     def delivery_failed(
         self, job_id: int, destination: str, error: str, *, base: float, cap: float, max_attempts: int
-    ) -> str:
+    ) -> DeliveryState:
         """Count a failed attempt; returns 'pending' (will retry) or 'dead' (attempts exhausted)."""
         now = time.time()
         with self._tx() as db:
@@ -822,7 +777,7 @@ class State:
                     "SELECT attempts FROM deliveries WHERE job_id = ? AND destination = ?", (job_id, destination)
                 ).fetchone()[0]
             ) + 1
-            state = "dead" if attempts >= max_attempts else "pending"
+            state = DeliveryState.DEAD if attempts >= max_attempts else DeliveryState.PENDING
             db.execute(
                 "UPDATE deliveries SET state = ?, attempts = ?, next_try_at = ?, last_error = ?"
                 " WHERE job_id = ? AND destination = ?",
@@ -848,14 +803,14 @@ class State:
                 (time.time() + retry_in, reason[:2000], job_id, destination),
             )
 
-    def settle_job(self, job_id: int) -> str:
+    def settle_job(self, job_id: int) -> JobState:
         """sending -> done (all delivered), dead (a delivery is dead) or failed (retry at the next due time)."""
         now = time.time()
         with self._tx() as db:
             rows = list(db.execute("SELECT * FROM deliveries WHERE job_id = ?", (job_id,)))
             states = {r["state"] for r in rows}
             if "sending" in states:  # another destination's worker is still at it: it settles the job
-                return "sending"
+                return JobState.SENDING
             attempts = max((int(r["attempts"]) for r in rows), default=0)
             errors = "; ".join(f"{r['destination']}: {r['last_error']}" for r in rows if r["last_error"])
             if states <= {"done"}:
@@ -864,23 +819,23 @@ class State:
                     " updated_at = ?, finished_at = ? WHERE id = ?",
                     (attempts, now, now, job_id),
                 )
-                return "done"
+                return JobState.DONE
             if "dead" in states:
                 db.execute(
                     "UPDATE jobs SET state = 'dead', failed_stage = 'enhanced', attempts = ?, error = ?,"
                     " updated_at = ? WHERE id = ?",
                     (attempts, errors[:2000], now, job_id),
                 )
-                return "dead"
+                return JobState.DEAD
             next_try = min(float(r["next_try_at"]) for r in rows if r["state"] == "pending")
             db.execute(
                 "UPDATE jobs SET state = 'failed', failed_stage = 'enhanced', attempts = ?, next_try_at = ?,"
                 " error = ?, updated_at = ? WHERE id = ?",
                 (attempts, next_try, errors[:2000] or None, now, job_id),
             )
-            return "failed"
+            return JobState.FAILED
 
-    def retry(self, job_id: int) -> str:
+    def retry(self, job_id: int) -> JobState:
         """An admin re-queues a failed or dead job: enhancement again if it never finished, else sending."""
         now = time.time()
         with self._tx() as db:
@@ -889,7 +844,7 @@ class State:
                 raise StateError(f"no job {job_id}; `enhance-gateway status` lists jobs")
             if row["state"] not in ("failed", "dead"):
                 raise StateError(f"job {job_id} is {row['state']}: only failed or dead jobs can be retried")
-            target = "queued" if row["failed_stage"] in (None, "queued") else "enhanced"
+            target = JobState.QUEUED if row["failed_stage"] in (None, JobState.QUEUED) else JobState.ENHANCED
             db.execute(
                 "UPDATE jobs SET state = ?, failed_stage = NULL, attempts = 0, next_try_at = NULL, updated_at = ?"
                 " WHERE id = ?",
@@ -927,16 +882,16 @@ class State:
 
     def qa_verdict_counts(self) -> dict[str, int]:
         """Series gated per QA verdict, over every job ever enhanced (jobs are never deleted)."""
-        out = {v: 0 for v in QA_VERDICTS}
+        out: dict[str, int] = {str(v): 0 for v in QA_VERDICTS}
         for row in self._query("SELECT qa_verdict, COUNT(*) AS n FROM jobs WHERE qa_verdict IS NOT NULL GROUP BY 1"):
             out[str(row["qa_verdict"])] = int(row["n"])
         return out
 
     def counts(self) -> dict[str, int]:
-        out = {s: 0 for s in ("received",) + JOB_STATES}
+        out: dict[str, int] = {str(s): 0 for s in (JobState.RECEIVED, *JOB_STATES)}
         for row in self._query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
             out[row["state"]] = int(row["n"])
-        out["received"] = len(self.pending_series())
+        out[JobState.RECEIVED] = len(self.pending_series())
         return out
 
     def oldest_waiting(self) -> Job | None:
@@ -945,10 +900,12 @@ class State:
             " AND NOT (state = 'failed' AND next_try_at IS NULL)"  # failed for good: waits for an admin, not a try
             " ORDER BY created_at LIMIT 1"
         )
-        return Job(**dict(rows[0])) if rows else None
+        return _job(rows[0]) if rows else None
 
-    def destination_health(self) -> list[sqlite3.Row]:
-        return self._query("SELECT * FROM destination_health ORDER BY destination")
+    def destination_health(self) -> list[DestinationHealth]:
+        return [
+            DestinationHealth(**dict(r)) for r in self._query("SELECT * FROM destination_health ORDER BY destination")
+        ]
 
     def instance_count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM instances")[0][0])
@@ -956,11 +913,11 @@ class State:
     # --- console users and audit log ------------------------------------------------------------------
 
     def users(self) -> list[User]:
-        return [User(**dict(r)) for r in self._query("SELECT * FROM users ORDER BY name")]
+        return [_user(r) for r in self._query("SELECT * FROM users ORDER BY name")]
 
     def user(self, name: str) -> User | None:
         rows = self._query("SELECT * FROM users WHERE name = ?", (name,))
-        return User(**dict(rows[0])) if rows else None
+        return _user(rows[0]) if rows else None
 
     def add_user(self, name: str, role: str, password_hash: str) -> User:
         """A new user; StateError when the name is taken (change a password with `set_password`)."""

@@ -487,7 +487,7 @@ class Console:
                                     400, who, back="/jobs", back_label="All jobs")
         listed = self.state.jobs(state=state, limit=200)
         deliveries = {j.id: self.state.deliveries(j.id) for j in listed}
-        pending = [dict(r) for r in self.state.pending_series()]
+        pending = self.state.pending_series()
         html = pages.jobs_page(self.state.counts(), pending, listed, deliveries, state=state, listen=self.listen,
                                who=who)
         return Response(html)

@@ -30,7 +30,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from gateway.storage.state import USER_ROLES, State, User
+from gateway.storage.state import USER_ROLES, StateStore, User
 
 COOKIE = "egw_session"
 MIN_PASSWORD = 10
@@ -111,7 +111,7 @@ class SlidingWindow:
 class Authenticator:
     """Users from the state database, sessions in memory, login throttling."""
 
-    def __init__(self, state: State, *, session_hours: float, login_failures: int, secure: bool) -> None:
+    def __init__(self, state: StateStore, *, session_hours: float, login_failures: int, secure: bool) -> None:
         self.state = state
         self.max_age = int(session_hours * 3600)
         self.secure = secure

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -218,8 +219,8 @@ def test_orthanc_pushes_a_study_over_stow_rs(tmp_path: Path) -> None:
             assert job is not None
             wait_for(lambda: gw.state().instance_count() == 3, 60, "3 instances received over STOW-RS")
         rows = gw.state().series_instances(study)
-        assert {r["calling_aet"] for r in rows} == {"token"}
-        assert json.dumps([dict(r) for r in rows])  # plain values, recorded like C-STOREs
+        assert {r.calling_aet for r in rows} == {"token"}
+        assert json.dumps([asdict(r) for r in rows])  # plain values, recorded like C-STOREs
         assert not [e for e in gw.events() if e.get("event") == "stow.refused"]
         assert any(e.get("event") == "stow.request" and e.get("stored") == 3 for e in gw.events())
         assert not any(phi in gw.log_text() for phi in ("Stowtest", "PHI-STOW-4711", "ACC-STOW-99"))

@@ -49,10 +49,10 @@ def test_reconcile_records_spool_files_without_rows_and_skips_the_rest(tmp_path:
     found = reconcile(spool, state)
     assert (found.recorded, found.unreadable) == (2, 1)
     assert state.recorded_sop_uids(str(ds.SeriesInstanceUID)) == set(sops)
-    rows = {r["sop_uid"]: r for r in state.series_instances(str(ds.StudyInstanceUID))}
-    assert rows[sops[0]]["path"] == str(spool.incoming_path(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
+    rows = {r.sop_uid: r for r in state.series_instances(str(ds.StudyInstanceUID))}
+    assert rows[sops[0]].path == str(spool.incoming_path(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
                                                             sops[0]))
-    assert rows[sops[2]]["calling_aet"] == "CT01"  # the surviving row is untouched
+    assert rows[sops[2]].calling_aet == "CT01"  # the surviving row is untouched
     assert reconcile(spool, state).recorded == 0
 
 
