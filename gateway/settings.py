@@ -797,7 +797,7 @@ class ConfigChoice:
     def describe(self) -> str:
         """One line for stderr: which file, and why; loud when no file was found and the package's is used."""
         if not self.packaged:
-            return f"config: {self.path} (from {self.origin})"
+            return f"config: {self.path.absolute()} (from {self.origin})"
         return (
             f"WARNING: no configuration file found ({ENV_CONFIG} unset, none of "
             f"{', '.join(str(p) for p in self.missing)} exists): running on the defaults shipped in the package"
