@@ -91,6 +91,8 @@ class Destination:
     password: str = ""
     verify: bool = True
     ca: Path | None = None
+    # the PACS viewer's URL of a study, `{study}` standing for its Study Instance UID: the console links to it
+    viewer_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -369,7 +371,19 @@ def _destination(raw: Any, index: int, var_dir: Path, section: str = "destinatio
     where = f"{section}[{index}]"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a table ([[{section}]])")
-    _reject_unknown(raw, {"name", "type", "path", "ae_title", "host", "port", "calling_aet", *_DICOMWEB_KEYS}, where)
+    _reject_unknown(raw, {"name", "type", "path", "ae_title", "host", "port", "calling_aet", "viewer_url",
+                          *_DICOMWEB_KEYS}, where)
+    dest = _destination_kind(raw, where, var_dir)
+    if "viewer_url" not in raw:
+        return dest
+    viewer = _str(raw["viewer_url"], f"{where}.viewer_url")
+    if not viewer.startswith(("http://", "https://")) or "{study}" not in viewer:
+        raise ConfigError(f"{where}.viewer_url = {viewer!r}: give an http(s) URL with {{study}} where the Study "
+                          "Instance UID goes, e.g. \"http://pacs/viewer?StudyInstanceUID={study}\"")
+    return replace(dest, viewer_url=viewer)
+
+
+def _destination_kind(raw: dict[str, Any], where: str, var_dir: Path) -> Destination:
     name = _str(raw.get("name", ""), f"{where}.name")
     if not name:
         raise ConfigError(f"{where}.name is missing: give each destination a unique name, e.g. name = \"pacs\"")

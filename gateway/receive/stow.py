@@ -1,10 +1,10 @@
 """STOW-RS reception: `POST /dicomweb/studies` (and `/dicomweb/studies/{study}`) stores instances like a C-STORE.
 
 Why the handler is shaped this way: an instance sent over DICOMweb must be exactly as safe as one sent over
-DIMSE. Each part of the multipart/related body goes through the SCP's own checks (`gateway.receive.scp.check_instance`),
+DIMSE. Each part of the multipart/related body goes through the SCP's own checks (`dicom_utils.validate.check_instance`),
 the SCP's own durable path (`gateway.receive.scp.spool_instance`: temp file + fsync + rename into the spool, then the
 state row), and only then is it listed as stored in the PS3.18 response.
-The body is parsed as it streams in (python-multipart's push parser, the library the console already uses):
+The body is parsed as it streams in (`gateway.multipart`: python-multipart's push parser, shared with the console):
 one instance is held in memory at a time, never the whole request. A request cut off halfway (client gone,
 gateway killed) leaves the instances that were complete stored and recorded, and nothing of the one in flight
 but a `.part` file in `spool/tmp`, which the next start removes; the client, having no response, sends the
@@ -21,14 +21,12 @@ import base64
 import binascii
 import hmac
 import json
-import logging
 import re
 import socket
 import sqlite3
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,29 +36,19 @@ from typing import Any, BinaryIO
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import UID
 from pynetdicom.presentation import AllStoragePresentationContexts
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
 from structlog.contextvars import bound_contextvars
 
-from gateway import logs
+from dicom_utils.validate import SopClassMismatch, check_instance
+from gateway import logs, multipart
+from gateway.dimse.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SOP_CLASS_MISMATCH, WARNING
 from gateway.errors import ConfigError, OutOfSpaceError, SpoolError
 from gateway.metrics import Metrics
-from gateway.receive.scp import (
-    ACCEPTED_TRANSFER_SYNTAXES,
-    CANNOT_UNDERSTAND,
-    OUT_OF_RESOURCES,
-    SOP_CLASS_MISMATCH,
-    SopClassMismatch,
-    check_instance,
-    file_meta_bytes,
-    spool_instance,
-)
+from gateway.receive.scp import ACCEPTED_TRANSFER_SYNTAXES, file_meta_bytes, spool_instance
 from gateway.settings import DicomwebSettings, Settings
 from gateway.storage.spool import Spool
 from gateway.storage.state import StateStore
 
 log = logs.get("gateway.dicomweb")
-logging.getLogger("python_multipart").setLevel(logging.CRITICAL)  # its parse warnings would bypass structlog
 
 #: PS3.18 failure reasons (Failure Reason (0008,1197)) beside the SCP's DIMSE codes.
 SOP_CLASS_NOT_SUPPORTED = 0x0122
@@ -68,12 +56,11 @@ TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 #: The instance belongs to another study than the one named in the URL (`/studies/{study}`).
 STUDY_MISMATCH = 0xA901
 #: A duplicate that was already stored: success, with this warning reason, as a C-STORE duplicate is a success.
-ALREADY_STORED = 0xB000
+ALREADY_STORED = WARNING
 
 _STORAGE_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 _ACCEPTED_SYNTAXES = frozenset(str(uid) for uid in ACCEPTED_TRANSFER_SYNTAXES)
 _PATH_RE = re.compile(r"^/dicomweb/studies(?:/([0-9.]{1,64}))?/?$")
-CHUNK = 64 * 1024
 #: Bytes of one part's headers and of the body outside the parts (boundaries, preamble of the multipart).
 _SLACK = 1 << 20
 
@@ -267,107 +254,55 @@ class _ChunkedReader:
         return data
 
 
-class _PartReader:
-    """python-multipart callbacks: each part gathered into one bounded buffer, handed on at its end."""
-
-    def __init__(self, boundary: bytes, max_part: int, on_part: Callable[[bytearray, str], None]) -> None:
-        self.max_part = max_part
-        self.on_part = on_part
-        self.parts = 0
-        self.done = False
-        self._buf = bytearray()
-        self._headers: dict[str, str] = {}
-        self._name = bytearray()
-        self._value = bytearray()
-        self.parser = MultipartParser(boundary, {
-            "on_part_begin": self._begin,
-            "on_header_field": lambda d, s, e: self._name.extend(d[s:e]),
-            "on_header_value": lambda d, s, e: self._value.extend(d[s:e]),
-            "on_header_end": self._header_end,
-            "on_part_data": self._data,
-            "on_part_end": self._end,
-            "on_end": self._finish,
-        })
-
-    def _begin(self) -> None:
-        self._headers = {}
-        self._buf = bytearray()
-
-    def _header_end(self) -> None:
-        self._headers[self._name.decode("latin-1").strip().lower()] = self._value.decode("latin-1").strip()
-        self._name.clear()
-        self._value.clear()
-
-    def _data(self, data: bytes, start: int, end: int) -> None:
-        if len(self._buf) + end - start > self.max_part:
-            raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                               f"an instance is larger than dicomweb.max_instance_mb = {self.max_part >> 20}; the"
-                               " instances before it were stored")
-        self._buf.extend(data[start:end])
-
-    def _end(self) -> None:
-        # the buffer itself is handed on, not a bytes copy of it: `InstanceSink.accept` empties it once it holds
-        # the data set, so one instance is in memory about once, not three times (docs/dicomweb.md)
-        data, self._buf = self._buf, bytearray()
-        self.parts += 1
-        self.on_part(data, self._headers.get("content-type", "application/dicom"))
-
-    def _finish(self) -> None:
-        self.done = True
-
-
 def related_boundary(content_type: str) -> bytes:
     """The boundary of `multipart/related; type="application/dicom"; boundary=...`, or RequestError(415)."""
-    kind, params = parse_options_header(content_type)
-    if kind.lower() != b"multipart/related":
+    kind, params, mark = multipart.boundary(content_type)
+    if kind != "multipart/related":
         raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                            'STOW-RS takes multipart/related; type="application/dicom" bodies, got '
-                           f"{kind.decode('latin-1') or 'none'}")
-    part_type = params.get(b"type", b"application/dicom").lower()
-    if part_type != b"application/dicom":
+                           f"{kind or 'none'}")
+    part_type = params.get("type", "application/dicom").lower()
+    if part_type != "application/dicom":
         raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                           f"parts of type {part_type.decode('latin-1')} are not supported: send Part 10 files as"
+                           f"parts of type {part_type} are not supported: send Part 10 files as"
                            " application/dicom (the metadata + bulk data form is not accepted)")
-    boundary = params.get(b"boundary")
-    if not boundary or len(boundary) > 200:
+    if mark is None:
         raise RequestError(HTTPStatus.BAD_REQUEST, "multipart/related body without a usable boundary")
-    return boundary
+    return mark
 
 
 def read_stow(
-    stream: BinaryIO, length: int | None, content_type: str, *, max_part: int, sink: InstanceSink,
+    stream: multipart.Readable, length: int | None, content_type: str, *, max_part: int, sink: InstanceSink,
     study_uid: str | None, sender: str,
 ) -> StowResult:
     """Stream a STOW-RS body from `stream` (`length` bytes, or until its end for a chunked body), storing each
     instance as soon as its part is complete; RequestError when the request as a whole is refused."""
     result = StowResult(study_uid)
 
-    def on_part(data: bytearray, part_type: str) -> None:
-        kind = part_type.split(";", 1)[0].strip().lower()
+    def on_part(headers: multipart.Headers, data: bytearray) -> None:
+        # the buffer itself is handed on, not a bytes copy of it: `InstanceSink.accept` empties it once it holds
+        # the data set, so one instance is in memory about once, not three times (docs/dicomweb.md)
+        kind = headers.get("content-type", "application/dicom").split(";", 1)[0].strip().lower()
         if kind not in ("application/dicom", ""):
             result.outcomes.append(Outcome("", "", CANNOT_UNDERSTAND, f"a part of type {kind} is not application/dicom"))
             return
         result.outcomes.append(sink.accept(data, study_uid, sender))
 
-    reader = _PartReader(related_boundary(content_type), max_part, on_part)
-    remaining = length
+    reader = multipart.PartReader(related_boundary(content_type), budget=lambda _headers: max_part, on_part=on_part)
     try:
-        while remaining is None or remaining > 0:
-            chunk = stream.read(CHUNK if remaining is None else min(CHUNK, remaining))
-            if not chunk:
-                if remaining is None:
-                    break
-                raise RequestError(HTTPStatus.BAD_REQUEST, "the request body ended early (was the upload cut off?)")
-            if remaining is not None:
-                remaining -= len(chunk)
-            reader.parser.write(chunk)
-        reader.parser.finalize()
-    except MultipartParseError:
-        raise RequestError(HTTPStatus.BAD_REQUEST, "malformed multipart/related body") from None
-    if not reader.done:
-        raise RequestError(HTTPStatus.BAD_REQUEST,
-                           "the multipart body has no closing boundary (was the upload cut off?); the complete"
-                           f" instances before the cut ({len(result.stored)}) were stored")
+        reader.read(stream, length)
+    except multipart.PartTooLarge:
+        raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                           f"an instance is larger than dicomweb.max_instance_mb = {max_part >> 20}; the"
+                           " instances before it were stored") from None
+    except multipart.BodyError as exc:
+        message = {
+            multipart.BodyFault.ENDED_EARLY: "the request body ended early (was the upload cut off?)",
+            multipart.BodyFault.MALFORMED: "malformed multipart/related body",
+            multipart.BodyFault.UNTERMINATED: "the multipart body has no closing boundary (was the upload cut off?);"
+                                              f" the complete instances before the cut ({len(result.stored)}) were stored",
+        }[exc.fault]
+        raise RequestError(HTTPStatus.BAD_REQUEST, message) from None
     return result
 
 

@@ -14,7 +14,7 @@ Why these rules:
   `key`) and at least one user, or the console refuses to start.
 - A POST is judged before its body is read: session, role, rate limit, Origin (when the browser sends one),
   content type, Content-Length, and the session's form token when it comes as a header. The body is then
-  streamed into bounded buffers (`gateway.web.multipart`), and a form whose file comes before a valid token
+  streamed into bounded buffers (`gateway.web.forms`), and a form whose file comes before a valid token
   is dropped there. A refused request costs at most 64 KB of memory, whatever it claims to carry.
 - No PHI in URLs or logs: uploads are known by a random token, jobs by their number; the request log line
   holds method, path (no query string), status, user and duration, never a file name or a header value.
@@ -34,6 +34,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -48,7 +49,7 @@ from gateway.errors import ConfigError, GatewayError, StateError
 from gateway.settings import Settings
 from gateway.storage.spool import Spool
 from gateway.storage.state import JOB_STATES, State
-from gateway.web import assets, imaging, jobs, multipart, pages
+from gateway.web import forms, imaging, jobs, pages
 from gateway.web.auth import Authenticator, Session, SlidingWindow, same_origin, valid_name
 from gateway.web.command import DEFAULT_HOST, DEFAULT_PORT
 from gateway.web.enhance import Enhancer
@@ -67,7 +68,13 @@ Environ = dict[str, Any]
 
 _UPLOAD_RE = re.compile(r"^/uploads/([A-Za-z0-9_-]{8,64})(?:/(original|enhanced|difference|comparison)\.png"
                         r"|/(enhanced\.dcm|enhanced\.png))?$")
-_JOB_RE = re.compile(r"^/jobs/(\d{1,12})(?:/thumbs/(\d{1,6})/(original|derived)\.png|/(retry|reprocess|release|reject))?$")
+_JOB_RE = re.compile(r"^/jobs/(\d{1,12})(?:/slices/(\d{1,6})/(original|derived)\.f32|/(retry|reprocess|release|reject))?$")
+_JOB_API_RE = re.compile(r"^/api/jobs/(\d{1,12})(?:/slices/(\d{1,6}))?$")
+#: The console's stylesheet and script: package data (gateway/web/static/), read once at import.
+_STATIC = {
+    f"/static/{name}": (files("gateway.web").joinpath("static", name).read_bytes(), ctype)
+    for name, ctype in (("console.css", "text/css; charset=utf-8"), ("console.js", "text/javascript; charset=utf-8"))
+}
 
 
 class Response:
@@ -173,10 +180,9 @@ class Console:
             host = str(environ.get("HTTP_HOST", "")).rsplit(":", 1)[0].strip("[]")
             if host and not _is_loopback(host):
                 return Response("this console answers only to loopback host names", 421, "text/plain")
-        if path == "/static/console.css":
-            return Response(assets.CSS, content_type="text/css; charset=utf-8")
-        if path == "/static/console.js":
-            return Response(assets.JS, content_type="text/javascript; charset=utf-8")
+        if path in _STATIC:
+            body, ctype = _STATIC[path]
+            return Response(body, content_type=ctype)
         if path == "/healthz":
             return Response("ok\n", content_type="text/plain")
         if method not in ("GET", "HEAD", "POST"):
@@ -210,6 +216,9 @@ class Console:
             return self.upload_view(m.group(1), m.group(2) or m.group(3), query, who)
         if path == "/jobs":
             return self.jobs_list(query, who)
+        m = _JOB_API_RE.match(path)
+        if m:
+            return self.job_api(int(m.group(1)), None if m.group(2) is None else int(m.group(2)))
         m = _JOB_RE.match(path)
         if m and not m.group(4):
             return self.job_view(int(m.group(1)), m.group(2), m.group(3), who)
@@ -239,10 +248,10 @@ class Console:
         if refused is not None:
             return refused
         try:
-            form = multipart.read_form(environ["wsgi.input"], _length(environ), str(environ.get("CONTENT_TYPE", "")),
+            form = forms.read_form(environ["wsgi.input"], _length(environ), str(environ.get("CONTENT_TYPE", "")),
                                        max_file_bytes=0,
                                        token_ok=lambda t: secrets.compare_digest(t, self.login_csrf))
-        except multipart.FormError as exc:
+        except forms.FormError as exc:
             return self.login_form(environ, sentence(str(exc)), status=exc.status)
         name = _field(form, "name", "")
         password = form["password"].data.decode("utf-8", "replace") if "password" in form else ""
@@ -279,7 +288,7 @@ class Console:
     # --- POST ------------------------------------------------------------------------------------------
 
     def _precheck(self, environ: Environ, *, urlencoded_only: bool = False,
-                  max_body: int = multipart.MAX_FIELD_BYTES) -> Response | None:
+                  max_body: int = forms.MAX_FIELD_BYTES) -> Response | None:
         """What can be refused from the headers alone: cross-site origin, content type, length."""
         wants_json = _wants_json(environ)
         origin = str(environ.get("HTTP_ORIGIN", ""))
@@ -291,8 +300,8 @@ class Console:
             _discard_small_body(environ)
             return self._refuse("this form was posted from another web site: the console takes forms only from its "
                                 "own pages", 403, wants_json)
-        kind = multipart.media_type(str(environ.get("CONTENT_TYPE", "")))
-        allowed = ("application/x-www-form-urlencoded",) if urlencoded_only else multipart.FORM_TYPES
+        kind = forms.media_type(str(environ.get("CONTENT_TYPE", "")))
+        allowed = ("application/x-www-form-urlencoded",) if urlencoded_only else forms.FORM_TYPES
         if kind not in allowed:
             _discard_small_body(environ)
             return self._refuse(f"expected a form ({' or '.join(allowed)}), got {kind or 'no content type'}", 415,
@@ -316,13 +325,13 @@ class Console:
         is_upload = action == "upload"
         refused = self._precheck(environ, urlencoded_only=not is_upload,
                                  max_body=self.max_upload_bytes + FORM_OVERHEAD if is_upload else
-                                 multipart.MAX_FIELD_BYTES)
+                                 forms.MAX_FIELD_BYTES)
         if refused is not None:
             return refused
         header_token = environ.get("HTTP_X_CSRF_TOKEN")
         if header_token is not None and not secrets.compare_digest(str(header_token), session.csrf):
             _discard_small_body(environ)
-            return self._refuse(multipart.TOKEN_ERROR, 403, wants_json)
+            return self._refuse(forms.TOKEN_ERROR, 403, wants_json)
         if action in _ADMIN_ACTIONS and not who.admin:
             _discard_small_body(environ)
             self._audit(who.name, action, outcome="refused", role=who.role, target=f"job {m.group(1)}" if m else None,
@@ -339,12 +348,12 @@ class Console:
                                     f"{math.ceil(wait)} s and retry", 429, wants_json, who,
                                     [("Retry-After", str(math.ceil(wait)))])
         try:
-            form = multipart.read_form(
+            form = forms.read_form(
                 environ["wsgi.input"], _length(environ), str(environ.get("CONTENT_TYPE", "")),
                 max_file_bytes=self.max_upload_bytes if is_upload else 0,
                 token_ok=None if header_token is not None else (lambda t: secrets.compare_digest(t, session.csrf)),
             )
-        except multipart.FormError as exc:
+        except forms.FormError as exc:
             return self._refuse(str(exc), exc.status, wants_json, who)
         if action == "logout":
             self.auth.end(session.sid)
@@ -363,7 +372,7 @@ class Console:
             return response
         return self.upload(form, wants_json, who, source)
 
-    def upload(self, form: dict[str, multipart.Part], wants_json: bool, who: Who, source: str) -> Response:
+    def upload(self, form: dict[str, forms.Part], wants_json: bool, who: Who, source: str) -> Response:
         """Keep and queue one uploaded file (the refusals say what to do)."""
         file = form.pop("file", None)
         if file is None or not file.data:
@@ -389,7 +398,7 @@ class Console:
         if wants_json:
             return Response(json.dumps({"error": sentence(message)}), status, "application/json", headers)
         title = {401: "Log in first", 403: "Refused", 429: "Too many changes"}.get(status, "Upload refused")
-        if status == 403 and message == multipart.TOKEN_ERROR:
+        if status == 403 and message == forms.TOKEN_ERROR:
             title = "Form expired"
         back = "/login" if status == 401 else "/"
         label = "Log in" if status == 401 else "Back"
@@ -495,16 +504,30 @@ class Console:
     def job_view(self, job_id: int, index: str | None, kind: str | None, who: Who) -> Response:
         try:
             if index is not None and kind is not None:
-                png = jobs.thumbnail_png(self.state, self.spool, job_id, int(index), kind)
-                if png is None:
+                values = jobs.slice_values(self.state, self.spool, job_id, int(index), kind)
+                if values is None:
                     return Response("no such image in the spool", 404, "text/plain")
-                return Response(png, content_type="image/png")
+                # little-endian float32, row-major: what the page's Float32Array reads (shape in the slice info)
+                return Response(values.astype("<f4", copy=False).tobytes(), content_type="application/octet-stream")
             view = jobs.job_view(self.state, self.spool, job_id)
         except StateError as exc:
             return self._page_error("Job not found", str(exc), 404, who, back="/jobs", back_label="All jobs")
+        viewers = [(d.name, d.viewer_url) for d in self.settings.destinations]
         return Response(pages.job_page(view, csrf=who.csrf, flash=self._flash.pop(job_id, None), listen=self.listen,
-                                       who=who,
-                                       enhancer_names=registry.names()))
+                                       who=who, enhancer_names=registry.names(), viewers=viewers))
+
+    def job_api(self, job_id: int, index: int | None) -> Response:
+        """GET /api/jobs/N: the job's state (what a running job's page polls); /api/jobs/N/slices/I: one slice's
+        sizes, window, unit and metrics (what the slice viewer reads before the values)."""
+        try:
+            if index is None:
+                job = self.state.job(job_id)
+                return _json({"id": job.id, "state": str(job.state), "updated_at": job.updated_at,
+                              "running": job.state in pages.RUNNING_STATES})
+            info = jobs.slice_info(self.state, self.spool, job_id, index)
+        except StateError as exc:
+            return _json({"error": str(exc)}, 404)
+        return _json(info) if info is not None else _json({"error": f"job {job_id} has no slice {index}"}, 404)
 
     def retry(self, job_id: int) -> tuple[Response, str | None]:
         """Re-queue a failed or dead job (what `enhance-gateway retry JOB` does), then show the job.
@@ -564,11 +587,11 @@ def _discard_small_body(environ: Environ) -> None:
     """Read and drop a refused body of at most 64 KB, so the browser reads the answer instead of a reset; a
     larger one is left unread (the server closes the connection after every answer)."""
     length = _length(environ)
-    if 0 < length <= multipart.MAX_FIELD_BYTES:
+    if 0 < length <= forms.MAX_FIELD_BYTES:
         environ["wsgi.input"].read(length)
 
 
-def _field(form: dict[str, multipart.Part], name: str, default: str) -> str:
+def _field(form: dict[str, forms.Part], name: str, default: str) -> str:
     part = form.get(name)
     return part.data.decode("utf-8", "replace").strip() if part is not None else default
 

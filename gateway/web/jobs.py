@@ -1,9 +1,11 @@
-"""What the jobs pages show: jobs from the state store, files from the spool, thumbnails of a few slices.
+"""What the job pages show: jobs from the state store, files from the spool, the values of any slice.
 
 Why through `State` and `Spool` only: they are the seams that let the gateway move to PostgreSQL and an object
 store; the console must keep working then, so it never opens the database or walks spool folders itself.
-Thumbnails pair an original (`Instance.path`) with its derived instance, found by the deterministic derived
-SOP Instance UID that the worker gave it, and are drawn with the original's window so the two compare.
+A slice pairs an original with its derived instance, found by the deterministic derived SOP Instance UID that
+the worker gave it. Why the page gets modality values (float32, HU for CT) rather than rendered PNGs: a
+radiologist judges denoising by the value under the cursor and the mean/std of a region, which grey levels of a
+windowed PNG cannot give; the page windows the values itself, so window/level costs no request.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
 
@@ -21,40 +24,22 @@ from dicom_utils.errors import DicomUtilsError
 from dicom_utils.pixels import modality_frames
 from gateway.errors import GatewayError
 from gateway.storage.spool import Spool
-from gateway.storage.state import Delivery, Instance, Job, State
+from gateway.storage.state import Delivery, Instance, Job, StateStore
 from gateway.web import imaging
 
-THUMBS_PER_JOB = 4
-THUMB_SIDE = 256
-
-
-@dataclass(frozen=True)
-class Thumb:
-    """One slice shown on the job page: which instance, whether both files are still there, its metrics."""
-
-    index: int
-    instance_number: str
-    has_original: bool
-    has_derived: bool
-    block: dict[str, object] | None
+#: The largest slice whose values the page may fetch (float32 bytes: 8k x 8k radiograph = 256 MB is refused).
+MAX_SLICE_PIXELS = 6000 * 6000
 
 
 @dataclass(frozen=True)
 class JobView:
-    """Everything the job page shows about one job."""
+    """Everything the job page shows about one job (the slices themselves are fetched one by one)."""
 
     job: Job
     deliveries: list[Delivery]
-    thumbs: list[Thumb]
+    count: int
     derived_files: int
     header: Dataset | None
-
-
-def pick(count: int, wanted: int = THUMBS_PER_JOB) -> list[int]:
-    """Up to `wanted` indexes spread evenly over `count` items, first and last included."""
-    if count <= wanted:
-        return list(range(count))
-    return sorted({round(i * (count - 1) / (wanted - 1)) for i in range(wanted)})
 
 
 def _read(spool: Spool, path: str | None, *, pixels: bool) -> Dataset | None:
@@ -67,7 +52,7 @@ def _read(spool: Spool, path: str | None, *, pixels: bool) -> Dataset | None:
         return None
 
 
-def _derived_path(spool: Spool, job: Job, inst: Instance, outgoing: dict[str, str]) -> str | None:
+def _derived_path(job: Job, inst: Instance, outgoing: dict[str, str]) -> str | None:
     if not job.enhancer or not job.enhancer_version:
         return None
     return outgoing.get(derived_sop_uid(inst.sop_uid, job.enhancer, job.enhancer_version) + ".dcm")
@@ -77,60 +62,63 @@ def _outgoing(spool: Spool, job_id: int) -> dict[str, str]:
     return {p.name: str(p) for p in spool.outgoing_files(job_id)}
 
 
-def job_view(state: State, spool: Spool, job_id: int) -> JobView:
-    """Gather a job, its deliveries and a few slices (StateError when there is no such job)."""
+def job_view(state: StateStore, spool: Spool, job_id: int) -> JobView:
+    """Gather a job, its deliveries and the header of its first original (StateError when there is no such job)."""
     job = state.job(job_id)
     instances = state.job_instances(job_id)
-    outgoing = _outgoing(spool, job_id)
-    thumbs: list[Thumb] = []
-    header: Dataset | None = None
-    for index in pick(len(instances)):
-        inst = instances[index]
-        original = _read(spool, inst.path, pixels=False)
-        derived_path = _derived_path(spool, job, inst, outgoing)
-        derived = _read(spool, derived_path, pixels=False)
-        header = header or original
-        block: dict[str, object] | None = None
-        if derived is not None:
-            try:
-                block = private_tags.read_block(derived)
-            except KeyError:
-                block = None
-        number = original.get("InstanceNumber", "") if original is not None else ""
-        thumbs.append(Thumb(index, str(number or "?"), original is not None, derived is not None, block))
-    return JobView(job, state.deliveries(job_id), thumbs, len(outgoing), header)
+    header = next((ds for ds in (_read(spool, i.path, pixels=False) for i in instances[:3]) if ds is not None), None)
+    return JobView(job, state.deliveries(job_id), len(instances), len(_outgoing(spool, job_id)), header)
 
 
-def thumbnail_png(state: State, spool: Spool, job_id: int, index: int, kind: str) -> bytes | None:
-    """PNG thumbnail of instance `index` of a job, `kind` "original" or "derived"; None when not available.
-
-    Both are drawn with the original's window (its own Window Center/Width, else its percentiles), so a
-    difference in brightness on the page is a difference in the pixels.
-    """
-    job = state.job(job_id)
-    instances = state.job_instances(job_id)
-    if not 0 <= index < len(instances):
-        return None
-    inst = instances[index]
-    original = _read(spool, inst.path, pixels=True)
-    if original is None:
+def _values(ds: Dataset | None) -> npt.NDArray[np.float32] | None:
+    """The middle frame's modality values (HU for CT), or None when the pixels cannot be decoded or are too big."""
+    if ds is None or int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) > MAX_SLICE_PIXELS:
         return None
     try:
-        before = modality_frames(original)
-    except DicomUtilsError:
+        frames = modality_frames(ds)
+    except (DicomUtilsError, ValueError):
         return None
-    middle = before.shape[0] // 2
-    center, width = imaging.dicom_window(original, before[middle])
-    invert = imaging.is_inverted(original)
-    if kind == "original":
-        values = before[middle]
-    else:
-        derived = _read(spool, _derived_path(spool, job, inst, _outgoing(spool, job_id)), pixels=True)
-        if derived is None:
-            return None
+    return np.ascontiguousarray(frames[frames.shape[0] // 2], dtype=np.float32)
+
+
+def _instance(state: StateStore, job_id: int, index: int) -> tuple[Job, Instance] | None:
+    job = state.job(job_id)
+    instances = state.job_instances(job_id)
+    return (job, instances[index]) if 0 <= index < len(instances) else None
+
+
+def slice_info(state: StateStore, spool: Spool, job_id: int, index: int) -> dict[str, object] | None:
+    """What the viewer needs to show slice `index`: its size per kind, the original's window and unit, and the
+    derived instance's per-slice metrics; None when there is no such slice."""
+    found = _instance(state, job_id, index)
+    if found is None:
+        return None
+    job, inst = found
+    original = _read(spool, inst.path, pixels=True)
+    derived = _read(spool, _derived_path(job, inst, _outgoing(spool, job_id)), pixels=False)
+    info: dict[str, object] = {"index": index, "instance_number": None, "original": None, "derived": None,
+                               "unit": "HU" if job.modality == "CT" else "", "metrics": None}
+    values = _values(original)
+    if original is not None and values is not None:
+        center, width = imaging.dicom_window(original, values)
+        info.update(instance_number=str(original.get("InstanceNumber", "") or ""),
+                    original={"rows": values.shape[0], "columns": values.shape[1]},
+                    window={"center": center, "width": width, "invert": imaging.is_inverted(original)})
+    if derived is not None:
+        info["derived"] = {"rows": int(derived.Rows), "columns": int(derived.Columns)}
         try:
-            values = modality_frames(derived)[middle]
-        except (DicomUtilsError, IndexError):
-            return None
-    image = imaging.window(np.asarray(values), center, width, invert=invert)
-    return imaging.png(imaging.thumbnail(image, THUMB_SIDE))
+            block = private_tags.read_block(derived)
+            info["metrics"] = {k: block.get(k) for k in ("psnr", "ssim", "qa_flag")}
+        except KeyError:
+            pass
+    return info
+
+
+def slice_values(state: StateStore, spool: Spool, job_id: int, index: int, kind: str) -> npt.NDArray[np.float32] | None:
+    """The modality values of slice `index`, `kind` "original" or "derived"; None when not available."""
+    found = _instance(state, job_id, index)
+    if found is None:
+        return None
+    job, inst = found
+    path = inst.path if kind == "original" else _derived_path(job, inst, _outgoing(spool, job_id))
+    return _values(_read(spool, path, pixels=True))

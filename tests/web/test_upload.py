@@ -161,7 +161,11 @@ def test_png_upload_gives_a_quick_look_without_a_dicom_object(
     _upload(browser, console, path, enhancer="gaussian")
     _wait_result(browser)
     assert browser.find_elements(By.ID, "download-png") and not browser.find_elements(By.ID, "download-dicom")
-    assert "no DICOM object" in browser.find_element(By.TAG_NAME, "main").text
+    main = browser.find_element(By.TAG_NAME, "main").text
+    assert "no DICOM object" in main
+    # a PNG has no derived object, so no private tags to talk about: its numbers are measurements
+    assert "private tag" not in main.lower() and not browser.find_elements(By.ID, "private-tags")
+    assert "PSNR vs the uploaded image" in browser.find_element(By.ID, "measurements").text
     href = browser.find_element(By.ID, "download-png").get_attribute("href")
     session = requests.Session()  # the browser's session cookie: downloads need the login too
     for cookie in browser.get_cookies():
