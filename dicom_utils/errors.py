@@ -27,3 +27,11 @@ class PixelEncodeError(DicomUtilsError):
 
 class DerivationError(DicomUtilsError):
     """A derived instance cannot be built from the given source and enhanced values (e.g. shape mismatch)."""
+
+
+class InvalidInstance(DicomUtilsError, ValueError):
+    """An encoded data set cannot be stored as an instance: the message says which element or attribute is wrong."""
+
+
+class SopClassMismatch(InvalidInstance):
+    """The data set's SOP Class UID is not the one its C-STORE request (or STOW-RS part) announced."""

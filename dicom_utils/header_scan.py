@@ -23,12 +23,12 @@ import struct
 
 from pydicom.charset import python_encoding
 
+from dicom_utils.part10 import LONG_VRS, SHORT_VRS
+
 _TAG_LENGTH = struct.Struct("<HHI")  # item and delimiter headers: group, element, 4-byte length
 _SHORT = struct.Struct("<HH2sH")  # group, element, VR, 2-byte length
 _LONG_LENGTH = struct.Struct("<I")
 
-_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
-_SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
 _VALUE_SIZE = {b"US": 2, b"SS": 2, b"UL": 4, b"SL": 4, b"FL": 4, b"AT": 4, b"FD": 8, b"SV": 8, b"UV": 8}
 
 SPECIFIC_CHARACTER_SET = 0x00080005
@@ -88,12 +88,12 @@ class _Walker:
             tag = group << 16 | element
             if tag == ITEM_END:
                 return pos
-            if vr in _LONG_VRS:
+            if vr in LONG_VRS:
                 if end - pos < 12:
                     raise _Unsure
                 (length,) = _LONG_LENGTH.unpack_from(buf, pos + 8)
                 pos += 12
-            elif vr in _SHORT_VRS:
+            elif vr in SHORT_VRS:
                 pos += 8
             else:
                 raise _Unsure  # unknown VR, an implicit VR stream, or a delimiter where an element belongs

@@ -17,12 +17,13 @@ import zlib
 
 from pydicom.datadict import dictionary_VR
 
+from dicom_utils.part10 import LONG_VRS
+
 ITEM = 0xFFFEE000
 ITEM_END = 0xFFFEE00D
 SEQUENCE_END = 0xFFFEE0DD
 PIXEL_DATA = 0x7FE00010
 UNDEFINED = 0xFFFFFFFF
-_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _MAX_DEPTH = 64
 
 
@@ -75,7 +76,7 @@ class _Walker:
                 sequence = length == UNDEFINED and tag != PIXEL_DATA or _is_sequence(tag)
             else:
                 _, _, vr, short_length = self.short.unpack_from(buf, pos)
-                if vr in _LONG_VRS:
+                if vr in LONG_VRS:
                     if len(buf) - pos < 12:
                         raise _GiveUp
                     length, start = self.long_length.unpack_from(buf, pos + 8)[0], pos + 12

@@ -72,14 +72,8 @@ def configure(*, json: bool | None = None, level: int = logging.INFO) -> None:
 
 
 def quiet_pynetdicom() -> None:
-    """pynetdicom logs identifiers and whole datasets at debug level: keep it at WARNING, flag off."""
-    from pynetdicom import _config
-
-    _config.LOG_REQUEST_IDENTIFIERS = False
-    _config.LOG_RESPONSE_IDENTIFIERS = False
-    # Its "standard" handlers format debug lines for every PDU and DIMSE message even with the logger at
-    # WARNING: ~15% of the sender's CPU and a measurable share of the SCP's, for lines nobody sees.
-    _config.LOG_HANDLER_LEVEL = "none"
+    """pynetdicom logs identifiers and whole datasets at debug level: keep its logger at WARNING (its flags that
+    log identifiers are turned off at process start: `gateway.dimse.fast.compat.configure_process`)."""
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("pydicom").setLevel(logging.WARNING)
 

@@ -16,6 +16,7 @@ import time
 
 from gateway import logs
 from gateway.deliver import sender
+from gateway.dimse.fast.compat import configure_process
 from gateway.errors import ConfigError
 from gateway.metrics import HttpEndpoint, Metrics, health_checks
 from gateway.receive.completion import Completion
@@ -109,6 +110,7 @@ class Gateway:
             ) from None
 
     def start(self) -> None:
+        configure_process()  # pynetdicom's process-wide flags, before any association (and it stops a wrong install)
         self.http = self._bind_http()
         if self.stow is not None:  # its port too, before anything listens (a clash is a ConfigError)
             try:

@@ -24,6 +24,15 @@ from tests.peers import Orthanc, StoreSCP
 from tests.realdata import make_series
 
 
+@pytest.fixture(scope="session", autouse=True)
+def pynetdicom_process_settings() -> None:
+    """pynetdicom's process-wide flags as every gateway process sets them at start, for tests that build a
+    Receiver or call the SCU in-process (gateway.dimse.fast.compat.configure_process)."""
+    from gateway.dimse.fast.compat import configure_process
+
+    configure_process()
+
+
 @pytest.fixture
 def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     """A started, empty Orthanc (AET "ORTHANC") on free loopback ports; killed after the test.

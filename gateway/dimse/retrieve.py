@@ -19,10 +19,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from gateway import logs
-from gateway.dimse.fast import netopts
-from gateway.dimse.scu import Peer
+from gateway.dimse.scu import Peer, requestor_ae
+from gateway.dimse.status import OUT_OF_RESOURCES, SUCCESS, WARNING
 from gateway.errors import DeliveryError
-from gateway.receive.scp import ACCEPTED_TRANSFER_SYNTAXES, OUT_OF_RESOURCES, SUCCESS
+from gateway.receive.scp import ACCEPTED_TRANSFER_SYNTAXES
 from gateway.storage.spool import Spool
 from gateway.storage.state import StateStore
 
@@ -50,9 +50,7 @@ def retrieve_series(
         restored += 1
         return SUCCESS
 
-    ae = netopts.TunedAE(ae_title=peer.calling_aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.maximum_pdu_size = 0
+    ae = requestor_ae(peer, timeout)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     classes = list(dict.fromkeys(sop_classes))[:127]
     for uid in classes:
@@ -74,7 +72,7 @@ def retrieve_series(
     finally:
         if assoc.is_established:
             assoc.release()
-    if final not in (0x0000, 0xB000):
+    if final not in (SUCCESS, WARNING):
         raise DeliveryError(
             f"C-GET of series {series_uid} from {peer.ae_title} ended with status "
             f"{'none' if final is None else f'0x{final:04X}'}"
@@ -96,8 +94,7 @@ def move_series(
     `reprocess` asked for (waiting up to `settle` seconds for a slow last store) and raises DeliveryError
     naming what is missing, so no job is queued over originals that are not in the spool.
     """
-    ae = netopts.TunedAE(ae_title=peer.calling_aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae = requestor_ae(peer, timeout)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     if not assoc.is_established:
@@ -115,7 +112,7 @@ def move_series(
     finally:
         if assoc.is_established:
             assoc.release()
-    if final not in (0x0000, 0xB000):
+    if final not in (SUCCESS, WARNING):
         # 0xA801 says it; Orthanc, among others, gives no final status for an unknown move destination
         hint = (f" (is {move_destination} registered at the source as a move destination, with the gateway's host"
                 " and port? C-MOVE needs that, C-GET does not)" if final in (None, 0xA801) else "")

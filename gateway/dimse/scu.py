@@ -1,6 +1,7 @@
 """DICOM SCU operations shared by the sender, `push` and `echo`: one association, many C-STOREs.
 
-Why files are sent by path: with `STORE_SEND_CHUNKED_DATASET` (set by `_ae`) pynetdicom streams the encoded
+Why files are sent by path: with `STORE_SEND_CHUNKED_DATASET` (set at process start by
+`gateway.dimse.fast.compat.configure_process`) pynetdicom streams the encoded
 dataset from the file as stored, in PDU-sized reads, without decoding and re-encoding it (without the flag
 it decodes every file with pydicom and encodes it again: about half of the sender's CPU per instance). The
 presentation contexts proposed are exactly the (SOP class, transfer syntax) pairs present in the files, so
@@ -23,13 +24,15 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_utils.part10 import scan_file_meta
 from gateway.dimse.fast import netopts
 from gateway.dimse.fast.store_scu import FastStoreSCU
+from gateway.dimse.status import stored
 from gateway.errors import DeliveryError
+from gateway.settings import Destination
 
 MAX_CONTEXTS = 128
 
@@ -42,6 +45,12 @@ class Peer:
     host: str
     port: int
     calling_aet: str = "ENHANCE_GW"
+
+    @classmethod
+    def for_destination(cls, dest: Destination, default_calling_aet: str) -> Peer:
+        """The peer of a `[[destinations]]` or `[[sources]]` DICOM node; we call it by its `calling_aet`, else by
+        `default_calling_aet` (the gateway's own AE title)."""
+        return cls(dest.ae_title, dest.host, dest.port, dest.calling_aet or default_calling_aet)
 
 
 @dataclass(frozen=True)
@@ -73,13 +82,13 @@ def _contexts(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     return unique
 
 
-def _ae(peer: Peer, timeout: float) -> AE:
-    _config.STORE_SEND_CHUNKED_DATASET = True  # stream files as stored (module docstring)
+def requestor_ae(peer: Peer, timeout: float) -> netopts.TunedAE:
+    """The AE that calls `peer` (send, echo, C-GET, C-MOVE): every wait bounded by `timeout`, no PDU size limit.
+
+    Why the connection timeout too: a host that drops SYNs must not hold the caller for the OS's ~2 minutes.
+    """
     ae = netopts.TunedAE(ae_title=peer.calling_aet)
-    ae.acse_timeout = timeout
-    ae.dimse_timeout = timeout
-    ae.network_timeout = timeout
-    ae.connection_timeout = timeout  # a host that drops SYNs must not hold the sender for the OS's ~2 minutes
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout
     ae.maximum_pdu_size = 0
     return ae
 
@@ -138,7 +147,7 @@ def send_files(peer: Peer, files: Sequence[Path], *, timeout: float = 60.0) -> S
     started = time.monotonic()
     if not files:
         return SendResult(0, 0, 0.0)
-    ae = _ae(peer, timeout)
+    ae = requestor_ae(peer, timeout)
     pairs = _file_contexts(files)
     for sop_class, tsyntax in _contexts(pairs):
         ae.add_requested_context(sop_class, [tsyntax])
@@ -158,7 +167,7 @@ def send_files(peer: Peer, files: Sequence[Path], *, timeout: float = 60.0) -> S
                         f"C-STORE to {peer.ae_title} timed out: no response within {timeout:g} s (sender.dimse_timeout)"
                     )
                 raise DeliveryError(f"{peer.ae_title} aborted the association during a C-STORE (no response)")
-            if code != 0 and not 0xB000 <= code <= 0xBFFF:
+            if not stored(code):
                 raise DeliveryError(f"{peer.ae_title} refused an instance with status 0x{code:04X}")
             sent += 1
             size += path.stat().st_size
@@ -168,10 +177,66 @@ def send_files(peer: Peer, files: Sequence[Path], *, timeout: float = 60.0) -> S
     return SendResult(sent, size, time.monotonic() - started)
 
 
+@dataclass(frozen=True)
+class Stored:
+    """One file of `store_each`: the peer's C-STORE status, or None with `problem` saying why it was not stored."""
+
+    path: Path
+    status: int | None
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and stored(self.status)
+
+
+def store_each(peer: Peer, files: Sequence[Path], *, timeout: float = 60.0) -> list[Stored]:
+    """C-STORE every file on one association and report each one, going on past a refused instance.
+
+    Why beside `send_files`: the sender needs all or nothing (a derived series is delivered whole or retried),
+    while an admin's `push` of a folder needs every good file sent and each refused one named. Files after a
+    lost association (timeout, abort) are reported as not sent. Raises DeliveryError only when no association
+    can be opened at all.
+    """
+    if not files:
+        return []
+    ae = requestor_ae(peer, timeout)
+    pairs = _file_contexts(files)
+    for sop_class, tsyntax in _contexts(pairs):
+        ae.add_requested_context(sop_class, [tsyntax])
+    assoc = _associate(ae, peer, timeout)
+    accepted = {
+        (str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id or 0) for cx in assoc.accepted_contexts
+    }
+    fast = FastStoreSCU.for_association(assoc)
+    out: list[Stored] = []
+    try:
+        for path, pair in zip(files, pairs, strict=True):
+            if not assoc.is_established:
+                out.append(Stored(path, None, f"not sent: {peer.ae_title} ended the association before it"))
+                continue
+            try:
+                code = _store(assoc, fast, path, pair, accepted, timeout)
+            except ValueError as exc:  # pynetdicom: no accepted context can carry this SOP class
+                out.append(Stored(path, None, f"not sent: {exc}"))
+                continue
+            if code is None:
+                if assoc.is_established:
+                    assoc.abort()
+                out.append(Stored(path, None, f"no C-STORE response from {peer.ae_title} within {timeout:g} s"))
+                continue
+            result = Stored(path, code)
+            out.append(result if result.ok else Stored(path, code, f"{peer.ae_title} refused it: status 0x{code:04X}"))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return out
+
+
 def echo(peer: Peer, *, timeout: float = 30.0) -> float:
     """C-ECHO; returns the round trip in seconds or raises DeliveryError."""
     started = time.monotonic()
-    ae = _ae(peer, timeout)
+    ae = requestor_ae(peer, timeout)
     ae.add_requested_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     assoc = _associate(ae, peer, timeout)
     try:

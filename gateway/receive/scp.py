@@ -11,15 +11,11 @@ from __future__ import annotations
 import contextlib
 import socket
 import sqlite3
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from io import BytesIO
 from typing import Any
 
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -36,18 +32,24 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, _config, evt
-from pynetdicom.dsutils import decode
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 from structlog.contextvars import bound_contextvars
 
-from dicom_utils import header_scan
-from dicom_utils.nesting import nesting_problem
+from dicom_utils import part10
+from dicom_utils.validate import SopClassMismatch, check_instance
 from gateway import logs
-from gateway.dimse.fast import netopts
+from gateway.dimse.fast import compat, netopts
 from gateway.dimse.fast.pdata import StoreRequest
+from gateway.dimse.status import (
+    CANNOT_UNDERSTAND,
+    NOT_AUTHORIZED,
+    OUT_OF_RESOURCES,
+    SOP_CLASS_MISMATCH,
+    SUCCESS,
+)
 from gateway.dimse.tls import server_context
 from gateway.errors import OutOfSpaceError, SpoolError
 from gateway.metrics import Metrics
@@ -72,12 +74,6 @@ ACCEPTED_TRANSFER_SYNTAXES: list[UID] = [
     JPEG2000,
 ]
 
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-CANNOT_UNDERSTAND = 0xC210
-SOP_CLASS_MISMATCH = 0xA900
-NOT_AUTHORIZED = 0x0124
-
 log = logs.get("gateway.scp")
 
 
@@ -93,174 +89,16 @@ class _AssocStats:
     allowed: bool = True
 
 
-_PREAMBLE = b"\x00" * 128 + b"DICM"
-
-
-def _meta_element(tag: int, vr: bytes, value: bytes) -> bytes:
-    """One Explicit VR Little Endian element of group 0002 (OB has the 4-byte length form)."""
-    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr
-    if vr == b"OB":
-        return head + b"\x00\x00" + struct.pack("<I", len(value)) + value
-    return head + struct.pack("<H", len(value)) + value
-
-
-def _ui(uid: str) -> bytes:
-    raw = uid.encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw
-
-
 def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
     """Preamble, `DICM` and the File Meta Information of a received instance, encoded directly.
 
     Why not pynetdicom's `event.encoded_dataset()`: it builds a pydicom FileMetaDataset and encodes it,
     about 0.7 ms of CPU per instance, the largest piece of the handler after the fsyncs. The bytes are the
-    same as pynetdicom's (same elements, implementation UID and version; `tests/gateway/test_fast_meta.py`
+    same as pynetdicom's (same elements, its implementation UID and version; `tests/gateway/test_fast_meta.py`
     compares them), so spool files do not change.
     """
-    body = b"".join(
-        (
-            _meta_element(0x00020001, b"OB", b"\x00\x01"),
-            _meta_element(0x00020002, b"UI", _ui(sop_class_uid)),
-            _meta_element(0x00020003, b"UI", _ui(sop_instance_uid)),
-            _meta_element(0x00020010, b"UI", _ui(transfer_syntax)),
-            _meta_element(0x00020012, b"UI", _ui(PYNETDICOM_IMPLEMENTATION_UID)),
-            _meta_element(0x00020013, b"SH", _IMPLEMENTATION_VERSION),
-        )
-    )
-    return _PREAMBLE + _meta_element(0x00020000, b"UL", struct.pack("<I", len(body))) + body
-
-
-_IMPLEMENTATION_VERSION = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
-if len(_IMPLEMENTATION_VERSION) % 2:
-    _IMPLEMENTATION_VERSION += b" "
-
-
-class InvalidInstance(ValueError):
-    """The dataset cannot be stored as an instance: the message says which attribute is wrong."""
-
-
-class SopClassMismatch(InvalidInstance):
-    """The dataset's SOP class is not the one the request announced (0xA900)."""
-
-
-def _check_dataset(
-    ds: Dataset, affected_sop_uid: str, affected_sop_class: str, transfer_syntax: UID
-) -> tuple[str, str, str, str]:
-    """Return (study, series, sop, modality) or raise InvalidInstance; reads headers only."""
-    tags = list(ds.keys())
-    last = ds.get_item(tags[-1]) if tags else None
-    if (isinstance(last, RawDataElement) and isinstance(last.value, bytes) and last.length != 0xFFFFFFFF
-            and len(last.value) < last.length):
-        raise InvalidInstance(
-            f"dataset truncated: element {last.tag} declares {last.length} bytes but only {len(last.value)} arrived"
-        )
-    pixel = ds.get_item(0x7FE00010) if 0x7FE00010 in ds else None
-    if isinstance(pixel, RawDataElement) and transfer_syntax.is_compressed and pixel.length != 0xFFFFFFFF:
-        raise InvalidInstance(f"Pixel Data is not encapsulated, as {transfer_syntax.name} requires")
-    try:
-        for _ in ds.iterall():  # every element and sequence item parses (lengths fit their VRs)
-            pass
-    except Exception as exc:  # pydicom raises several types for malformed elements
-        raise InvalidInstance(f"malformed element: {exc}") from exc
-    try:
-        study = str(ds.StudyInstanceUID)
-        series = str(ds.SeriesInstanceUID)
-        sop = str(ds.SOPInstanceUID)
-        sop_class = str(ds.SOPClassUID)
-        modality = str(ds.get("Modality", "") or "")
-    except AttributeError as exc:
-        raise InvalidInstance(f"missing required attribute: {exc}") from exc
-    if sop != affected_sop_uid:
-        raise InvalidInstance("SOP Instance UID in the dataset differs from the request's Affected SOP Instance UID")
-    if sop_class != affected_sop_class:
-        raise SopClassMismatch("SOP Class UID in the dataset differs from the request's Affected SOP Class UID")
-    if "PixelData" in ds and not transfer_syntax.is_compressed:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        expected = (
-            int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * frames * int(ds.BitsAllocated)
-        ) // 8
-        if len(ds.PixelData) < expected:
-            raise InvalidInstance(
-                f"Pixel Data holds {len(ds.PixelData)} bytes but Rows x Columns x frames x bits need {expected}"
-            )
-    return study, series, sop, modality
-
-
-_STUDY, _SERIES, _SOP, _SOP_CLASS, _MODALITY = 0x0020000D, 0x0020000E, 0x00080018, 0x00080016, 0x00080060
-_ROWS, _COLUMNS, _SAMPLES, _FRAMES, _BITS = 0x00280010, 0x00280011, 0x00280002, 0x00280008, 0x00280100
-_SCANNED = frozenset((_STUDY, _SERIES, _SOP, _SOP_CLASS, _MODALITY, _ROWS, _COLUMNS, _SAMPLES, _FRAMES, _BITS))
-
-
-def _text(raw: bytes | None, strip: str) -> str | None:
-    """A single-valued ASCII value (UI, CS, IS) as pydicom reads it; None if absent or anything else."""
-    if raw is None:
-        return None
-    try:
-        text = raw.decode("ascii").rstrip(strip)
-    except UnicodeDecodeError:
-        return None
-    return None if "\\" in text else text
-
-
-def _quick_check(
-    data: bytes, affected_sop_uid: str, affected_sop_class: str, transfer_syntax: UID
-) -> tuple[str, str, str, str] | None:
-    """`_check_dataset`'s verdict for a sound instance, without pydicom; None whenever the full check must decide.
-
-    Why: see `dicom_utils.header_scan` (about 2 ms of CPU per instance less on the receive path). It covers
-    Explicit VR Little Endian and the encapsulated (compressed) syntaxes, which are Explicit VR Little Endian
-    too; it returns a result only when every check `_check_dataset` makes passes, so a refusal and its message
-    always come from the full check.
-    """
-    if transfer_syntax != ExplicitVRLittleEndian and not (
-        transfer_syntax.is_compressed and not transfer_syntax.is_deflated
-    ):
-        return None
-    scanned = header_scan.scan(data, _SCANNED)
-    if scanned is None:
-        return None
-    values, pixel_length = scanned
-    uids = [_text(values.get(tag), "\x00 ") for tag in (_STUDY, _SERIES, _SOP, _SOP_CLASS)]
-    modality = _text(values.get(_MODALITY, b""), " ")
-    study, series, sop, sop_class = uids
-    if not (study and series and sop and sop_class) or modality is None:
-        return None
-    if sop != affected_sop_uid or sop_class != affected_sop_class:
-        return None
-    if pixel_length is not None:
-        if transfer_syntax.is_compressed:
-            if pixel_length != header_scan.UNDEFINED:
-                return None
-        else:
-            try:
-                frames_text = _text(values.get(_FRAMES, b""), " ")
-                frames = int(frames_text or 1) or 1
-                size = [struct.unpack("<H", values[tag])[0] for tag in (_ROWS, _COLUMNS, _BITS)]
-                samples = struct.unpack("<H", values[_SAMPLES])[0] if _SAMPLES in values else 1
-            except (KeyError, ValueError, TypeError, struct.error):
-                return None
-            if pixel_length == header_scan.UNDEFINED or pixel_length < size[0] * size[1] * samples * frames * size[2] // 8:
-                return None
-    return study, series, sop, modality
-
-
-def check_instance(data: bytes, sop_uid: str, sop_class_uid: str, tsyntax: UID) -> tuple[str, str, str, str]:
-    """(study, series, sop, modality) of a received data set, or InvalidInstance (SopClassMismatch) saying why not.
-
-    Why a function of its own: every way an instance comes in (C-STORE here, STOW-RS and WADO-RS in
-    `gateway.receive.stow`) must be judged by the same checks; a check added to one path only is a way around it.
-    """
-    found = _quick_check(data, sop_uid, sop_class_uid, tsyntax)
-    if found is not None:
-        return found
-    # not provably sound at a glance: pydicom's full check gives the verdict; but first, pydicom clips an item
-    # that runs past its sequence and dcmtk does not: refuse what tools disagree on
-    overrun = nesting_problem(data, implicit_vr=tsyntax.is_implicit_VR, little_endian=tsyntax.is_little_endian,
-                              deflated=tsyntax.is_deflated)
-    if overrun is not None:
-        raise InvalidInstance(f"malformed sequence: {overrun}")
-    ds = decode(BytesIO(data), tsyntax.is_implicit_VR, tsyntax.is_little_endian, tsyntax.is_deflated)
-    return _check_dataset(ds, sop_uid, sop_class_uid, tsyntax)
+    return part10.file_meta_bytes(sop_class_uid, sop_instance_uid, transfer_syntax, PYNETDICOM_IMPLEMENTATION_UID,
+                                  PYNETDICOM_IMPLEMENTATION_VERSION)
 
 
 def spool_instance(
@@ -307,7 +145,6 @@ class Receiver:
         self.ae = self._make_ae()
 
     def _make_ae(self) -> netopts.TunedAE:
-        _config.PASS_CONTEXTVARS = True
         ae = netopts.TunedAE(ae_title=self.settings.ae_title)
         ae.maximum_pdu_size = self.settings.max_pdu
         ae.maximum_associations = self.settings.max_associations
@@ -358,6 +195,8 @@ class Receiver:
             host=self.settings.host,
             port=self.port,
             tls="mutual" if tls and tls.require_client_cert else "on" if tls else "off",
+            fast_path=compat.FAST_PATH,
+            fast_path_reason=compat.REASON,
         )
 
     def slots(self) -> str:

@@ -19,8 +19,9 @@ What changes (protocol, state machine, events and handlers are pynetdicom's own,
 - `TunedAE`: an AE whose servers and outgoing associations use all of the above.
 
 Every wait has a `_MAX_WAIT` bound so timers (ARTIM, network idle) and kill flags are still checked the
-way pynetdicom checks them. If the installed pynetdicom is not the 3.x this was written against, nothing
-is swapped and stock behaviour applies (`ENABLED` says which).
+way pynetdicom checks them. If the installed pynetdicom is not the series this was written against, or lacks
+one of the internals listed in `gateway.dimse.fast.compat`, nothing is swapped and stock behaviour applies
+(`compat.FAST_PATH` and `compat.REASON` say which and why).
 """
 
 from __future__ import annotations
@@ -34,13 +35,13 @@ import threading
 import time
 from typing import Any, cast
 
-import pynetdicom
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.transport import AddressInformation, AssociationSocket, RequestHandler
 
+from gateway.dimse.fast.compat import FAST_PATH
 from gateway.dimse.fast.pdata import PDataRouter, StoreSink
 
 try:
@@ -60,21 +61,6 @@ _PDU_HEADER = struct.Struct(">BBL")  # PDU type, reserved, length (PS3.8 9.3)
 _MAX_WAIT = 0.05
 # Longest the DUL thread waits for the association thread to finish accepting (EVT_ACCEPTED handlers).
 _MAX_ESTABLISH_WAIT = 10.0
-
-ENABLED: bool = pynetdicom.__version__.split(".")[0] == "3" and all(
-    hasattr(cls, name)
-    for cls, name in (
-        (DULServiceProvider, "_process_recv_primitive"),
-        (DULServiceProvider, "_is_transport_event"),
-        (DULServiceProvider, "idle_timer_expired"),
-        (DULServiceProvider, "_read_pdu_data"),
-        (DULServiceProvider, "_decode_pdu"),
-        (Association, "_run_reactor"),
-        (Association, "_serve_request"),
-        (RequestHandler, "_create_association"),
-        (AE, "_create_socket"),
-    )
-)
 
 
 def tune_socket(sock: socket.socket) -> None:
@@ -429,7 +415,7 @@ def upgrade(assoc: Association) -> bool:
 
     Must run before the association's socket exists: the socket posts its first event on the DUL's queue.
     """
-    if not ENABLED or type(assoc) is not Association or assoc.is_alive() or assoc.dul.socket is not None:
+    if not FAST_PATH or type(assoc) is not Association or assoc.is_alive() or assoc.dul.socket is not None:
         return False
     assoc.__class__ = EventDrivenAssociation
     assoc.dul = EventDrivenDUL(assoc)
@@ -481,7 +467,7 @@ class TunedAE(AE):
     screen: Any = None
 
     def make_server(self, *args: Any, **kwargs: Any) -> Any:
-        if ENABLED or self.admission is not None:
+        if FAST_PATH or self.admission is not None:
             kwargs.setdefault("request_handler", TunedRequestHandler)
         if self.admission is not None:
             from gateway.receive.admission import GuardedServer  # imports this module
@@ -502,4 +488,4 @@ class TunedAE(AE):
         return tuned
 
 
-__all__ = ["ENABLED", "TunedAE", "TunedRequestHandler", "TunedSocket", "tune_socket", "upgrade"]
+__all__ = ["TunedAE", "TunedRequestHandler", "TunedSocket", "tune_socket", "upgrade"]

@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dicom_utils.part10 import ui
+
 C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 NO_DATA_SET = 0x0101
@@ -112,11 +114,6 @@ def _element(element: int, value: bytes) -> bytes:
     return _ELEMENT_HEADER.pack(0, element, len(value)) + value
 
 
-def _ui(uid: str) -> bytes:
-    raw = uid.encode("ascii")
-    return raw + b"\x00" if len(raw) % 2 else raw
-
-
 def _command_pdu(context_id: int, body: bytes) -> bytes:
     """One P-DATA-TF PDU holding a whole command set (group length first) in one last fragment."""
     command = _element(0x0000, struct.pack("<I", len(body))) + body
@@ -129,12 +126,12 @@ def store_request_pdus(request: StoreRequest, data: bytes | memoryview, max_pdu:
     the data set in fragments that fit the peer's maximum PDU length (0: no limit), one PDV per PDU."""
     body = b"".join(
         (
-            _element(0x0002, _ui(request.sop_class_uid)),
+            _element(0x0002, ui(request.sop_class_uid)),
             _element(0x0100, _US.pack(C_STORE_RQ)),
             _element(0x0110, _US.pack(request.message_id)),
             _element(0x0700, _US.pack(priority)),
             _element(0x0800, _US.pack(0x0001)),
-            _element(0x1000, _ui(request.sop_instance_uid)),
+            _element(0x1000, ui(request.sop_instance_uid)),
         )
     )
     parts = [_command_pdu(request.context_id, body)]
@@ -152,12 +149,12 @@ def store_response_pdu(request: StoreRequest, status: int) -> bytes:
     """A P-DATA-TF PDU holding the C-STORE response command set (PS3.7 table 9.3-2) in one last fragment."""
     body = b"".join(
         (
-            _element(0x0002, _ui(request.sop_class_uid)),
+            _element(0x0002, ui(request.sop_class_uid)),
             _element(0x0100, _US.pack(C_STORE_RSP)),
             _element(0x0120, _US.pack(request.message_id)),
             _element(0x0800, _US.pack(NO_DATA_SET)),
             _element(0x0900, _US.pack(status)),
-            _element(0x1000, _ui(request.sop_instance_uid)),
+            _element(0x1000, ui(request.sop_instance_uid)),
         )
     )
     return _command_pdu(request.context_id, body)
