@@ -20,7 +20,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from gateway import logs
 from gateway.dimse.scu import Peer, requestor_ae
-from gateway.dimse.status import OUT_OF_RESOURCES, SUCCESS, WARNING
+from gateway.dimse.status import MOVE_DESTINATION_UNKNOWN, OUT_OF_RESOURCES, SUCCESS, WARNING
 from gateway.errors import DeliveryError
 from gateway.receive.scp import ACCEPTED_TRANSFER_SYNTAXES
 from gateway.storage.spool import Spool
@@ -113,9 +113,9 @@ def move_series(
         if assoc.is_established:
             assoc.release()
     if final not in (SUCCESS, WARNING):
-        # 0xA801 says it; Orthanc, among others, gives no final status for an unknown move destination
+        # MOVE_DESTINATION_UNKNOWN says it; Orthanc, among others, gives no final status for an unknown move destination
         hint = (f" (is {move_destination} registered at the source as a move destination, with the gateway's host"
-                " and port? C-MOVE needs that, C-GET does not)" if final in (None, 0xA801) else "")
+                " and port? C-MOVE needs that, C-GET does not)" if final in (None, MOVE_DESTINATION_UNKNOWN) else "")
         raise DeliveryError(
             f"C-MOVE of series {series_uid} from {peer.ae_title} ended with status "
             f"{'none' if final is None else f'0x{final:04X}'}{hint}"

@@ -18,6 +18,8 @@ CANNOT_UNDERSTAND = 0xC210
 NOT_AUTHORIZED = 0x0124
 #: Warning: C-STORE coercion of data elements; C-GET/C-MOVE sub-operations complete with failures or warnings.
 WARNING = 0xB000
+#: C-MOVE refused: move destination unknown (the source does not know the destination AE title).
+MOVE_DESTINATION_UNKNOWN = 0xA801
 
 
 def stored(code: int) -> bool:
@@ -25,5 +27,5 @@ def stored(code: int) -> bool:
     return code == SUCCESS or 0xB000 <= code <= 0xBFFF
 
 
-__all__ = ["CANNOT_UNDERSTAND", "NOT_AUTHORIZED", "OUT_OF_RESOURCES", "SOP_CLASS_MISMATCH", "SUCCESS", "WARNING",
+__all__ = ["CANNOT_UNDERSTAND", "MOVE_DESTINATION_UNKNOWN", "NOT_AUTHORIZED", "OUT_OF_RESOURCES", "SOP_CLASS_MISMATCH", "SUCCESS", "WARNING",
            "stored"]

@@ -15,8 +15,8 @@ import pydicom
 import pytest
 
 from bench.drills.badinput import body_of, fresh_instance, with_item_overrun
+from gateway.dimse.status import CANNOT_UNDERSTAND
 from gateway.errors import ConfigError
-from gateway.receive.scp import CANNOT_UNDERSTAND
 from gateway.receive.stow import InstanceSink, StowService, read_stow
 from gateway.settings import DicomwebSettings, Settings, parse
 from gateway.storage.spool import Spool
