@@ -344,7 +344,9 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
     from gateway.admin.ops import reprocess
+    from gateway.dimse.fast.compat import configure_process
 
+    configure_process()  # purged originals may come back by C-GET/C-MOVE
     cfg = _settings(args)
     for r in reprocess(cfg, open_state(cfg), args.study_uid, series_uid=args.series, enhancer=args.enhancer,
                        destination=args.to, strength=args.strength):
