@@ -136,10 +136,14 @@ class DerivationOptions:
     ``series_datetime``: when set (the worker passes one per job), Series Date/Time of the derived series;
     otherwise the source's are kept so the derived series sorts beside its source.
     ``device_serial_number``/``model_name``: the gateway as equipment (Enhanced CT/MR require a serial number).
+    ``series_number``: the derived series' Series Number when the caller chose one (the gateway allocates one
+    per derived series so that two enhancers of one source never share it); otherwise the source's number plus
+    ``series_number_offset``.
     """
 
     software_version: str
     series_number_offset: int = 1000
+    series_number: int | None = None
     description_suffix: str = "ENHANCED"
     manufacturer: str = "enhance-gateway"
     institution_name: str | None = None
@@ -731,7 +735,9 @@ def derive_instance(
 
     # Series.
     source_number = source.get("SeriesNumber")
-    number = (int(source_number) if source_number not in (None, "") else 0) + opts.series_number_offset
+    number = opts.series_number
+    if number is None:
+        number = (int(source_number) if source_number not in (None, "") else 0) + opts.series_number_offset
     if not -(2**31) <= number < 2**31:
         raise DerivationError(
             f"derived Series Number {number} does not fit an IS; lower series_number_offset"

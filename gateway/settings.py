@@ -167,6 +167,7 @@ class Route:
     required: tuple[SeriesMatch, ...] = ()
     study_timeout: float = 3600.0
     on_timeout: str = "process"
+    localizers: bool = False  # enhance localizers/scouts this route matches (skipped by default: routing.py)
 
 
 @dataclass(frozen=True)
@@ -360,6 +361,12 @@ def _reject_unknown(table: dict[str, Any], known: set[str], where: str) -> None:
         raise ConfigError(
             f"unknown key(s) {', '.join(unknown)} in {where}; known keys: {', '.join(sorted(known))}"
         )
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} = {value!r}: expected true or false")
+    return value
+
+
 
 
 def _path(value: Any, key: str, var_dir: Path) -> Path:
@@ -541,7 +548,7 @@ def _route(raw: Any, index: int, qa: QaSettings) -> Route:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where} must be a table ([[routes]])")
     _reject_unknown(raw, {"modality", "series_description", "enhancer", "task", "strength", "qa", "trigger",
-                          "required", "study_timeout", "on_timeout"}, where)
+                          "required", "study_timeout", "on_timeout", "localizers"}, where)
     if "enhancer" not in raw:
         raise ConfigError(f"{where}.enhancer is missing: name an enhancer (`enhance-gateway models` lists them)")
     pattern = _str(raw.get("series_description", ""), f"{where}.series_description")
@@ -571,6 +578,7 @@ def _study_trigger(raw: dict[str, Any], where: str) -> dict[str, Any]:
                           " or \"study\" (wait for the whole study)")
     if trigger == "series" and any(k in raw for k in ("required", "study_timeout", "on_timeout")):
         raise ConfigError(f"{where}: required, study_timeout and on_timeout need trigger = \"study\"")
+        localizers=_bool(raw.get("localizers", False), f"{where}.localizers"),
     required_raw = raw.get("required", [])
     if not isinstance(required_raw, list) or not all(isinstance(r, dict) for r in required_raw):
         raise ConfigError(f'{where}.required must be a list of tables, e.g. [{{modality = "CT",'

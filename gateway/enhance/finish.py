@@ -7,7 +7,7 @@ same derived object), so both call these functions instead of keeping copies tha
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -72,6 +72,25 @@ class SeriesFacts:
     dr_slices: tuple[int, ...] = ()
     series_qa: str = ""
     qa_reasons: str = ""
+    series_number: int | None = None  # allocated per derived series (series_number_candidates); None: the default
+
+
+def series_number_candidates(source_number: object, offset: int, count: int = 20) -> list[int]:
+    """The Series Numbers a derived series may take, best first: source + offset, + 2 x offset, + 3 x offset...
+
+    The rule: the first derived series of a source series numbered 3 is 1003 (offset 1000), as it always was;
+    a second one of the same source (another enhancer or task, `reprocess --enhancer`) gets 2003, a third 3003.
+    The state store hands out the first candidate no other derived series of the study holds and keeps it for
+    that derived series (`StateStore.derived_series_number`), so the same enhancer again keeps its number.
+
+    Why allocated from state and not computed from the enhancer's name: a number must fit an IS and read
+    like a series number to a PACS user; squeezing a name into it (a hash) can make two enhancers collide,
+    and a PACS viewer that sorts or hangs series by number would then show two series as one. Allocation
+    never collides, keeps the familiar source + 1000, and stays stable across restarts and versions.
+    """
+    first = (int(str(source_number)) if source_number not in (None, "") else 0) + offset
+    step = offset or 1000  # offset 0 (derived series keep the source's number): the others still step by 1000
+    return [n for n in (first + k * step for k in range(count)) if -(2**31) <= n < 2**31]
 
 
 def derivation_options(settings: Settings) -> DerivationOptions:
@@ -132,6 +151,8 @@ def build_derived(
         degrade_restore_slices=facts.dr_slices,
         hallucination_risk=info.hallucination_risk,
     )
+    if facts.series_number is not None:
+        options = replace(options, series_number=facts.series_number)
     derived = derive_instance(source, np.asarray(after, dtype=np.float32), enh, options)
     buf = io.BytesIO()
     derived.save_as(buf, enforce_file_format=True)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+
+from pydicom.dataset import Dataset
 
 from enhancers.registry import default_enhancer, info, modality_group, names
 from gateway.errors import ConfigError
@@ -23,6 +25,43 @@ def route_for(routes: Sequence[Route], modality: str, series_description: str) -
         if route.series_description and not re.search(route.series_description, series_description or ""):
             continue
         return route
+    return None
+
+
+#: Series Descriptions that vendors give localizers without saying so in Image Type (GE "3-Plane Loc", Philips
+#: "Survey"/"SURVIEW", Siemens "localizer"/"Topogram", Canon "Scanogram", "Scout", "Pilot"). Searched
+#: case-insensitively; a letter right before or after the word does not count ("Scouting" is no scout).
+LOCALIZER_DESCRIPTION = re.compile(
+    r"(?<![a-z])(scout|locali[sz]er|topogram|scanogram|surview|survey|pilot|3[ -]?pl(ane)?[ _-]?loc)(?![a-z])",
+    re.IGNORECASE,
+)
+
+
+def is_localizer(image_type: object, series_description: str) -> bool:
+    """A localizer (scout, topogram, survey): Image Type holds LOCALIZER, or the description names one."""
+    values = [image_type] if isinstance(image_type, str) else list(image_type) if isinstance(image_type, Iterable) else []
+    if any(str(v).strip().upper() == "LOCALIZER" for v in values):
+        return True
+    return LOCALIZER_DESCRIPTION.search(series_description or "") is not None
+
+
+def not_by_default(routes: Sequence[Route], modality: str, header: Dataset) -> str | None:
+    """Why a series is passed over although its pixels could be enhanced (None: route it as usual).
+
+    Why: a localizer is a low-dose planning image no one reads for diagnosis, and enhancing it only adds a
+    series to every study; a mammogram is read for microcalcifications a few pixels wide, and the radiograph
+    models (CR/DX) were never trained or judged on one (no mammogram exists in the offline data). Both are
+    stored and skipped with this reason unless a route opts in: the first route matching the series names
+    `modality = "MG"` for a mammogram, or says `localizers = true` for a localizer.
+    """
+    description = str(header.get("SeriesDescription", "") or "")
+    route = route_for(routes, modality, description)
+    if is_localizer(header.get("ImageType"), description) and not (route is not None and route.localizers):
+        return ("localizer (Image Type LOCALIZER or a scout/survey Series Description): not enhanced by default;"
+                " a route with localizers = true opts in")
+    if modality.strip().upper() == "MG" and (route is None or route.modality != "MG"):
+        return ('mammography: not enhanced by default (no model here was trained on mammograms); a route with'
+                ' modality = "MG" opts in')
     return None
 
 

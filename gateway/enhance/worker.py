@@ -43,6 +43,7 @@ from gateway.enhance.finish import (
     derivation_options,
     input_metrics,
     make_pipeline,
+    series_number_candidates,
     to_input_grid,
 )
 from gateway.enhance.qa import SeriesGate, SeriesVerdict, worst
@@ -317,6 +318,8 @@ class Worker:
             name, task = job.enhancer, enhancer_info(job.enhancer).task
         else:
             name, task = routing.choose(
+        if reason is None and not job.enhancer:  # `reprocess --enhancer` is an admin's explicit choice
+            reason = routing.not_by_default(self.settings.routes, job.modality, header)
                 self.settings.routes, job.modality, str(header.get("SeriesDescription", ""))
             )
         mismatch = routing.modality_mismatch(name, job.modality)
@@ -328,12 +331,11 @@ class Worker:
         qa = route.qa if routed and route is not None and route.qa is not None else self.settings.qa.for_task(task)
         pipe = self.pipeline(name)
         info = pipe.info
-        self.state.set_job_enhancer(
-            job.id,
-            info.name,
-            info.version,
-            derived_series_uid(job.series_uid, info.name, info.version),
-            pipe.device,
+        derived_uid = derived_series_uid(job.series_uid, info.name, info.version)
+        self.state.set_job_enhancer(job.id, info.name, info.version, derived_uid, pipe.device)
+        series_number = self.state.derived_series_number(  # never shared by two derived series of one study
+            job.study_uid, derived_uid,
+            series_number_candidates(header.get("SeriesNumber"), self.settings.enhance.series_number_offset),
         )
         self.spool.clear_outgoing(job.id)
         group = modality_group(job.modality)
@@ -358,6 +360,7 @@ class Worker:
         decoded = _prefetch(self._batches(instances, problems), depth=2)
         with closing(decoded), ThreadPoolExecutor(max_workers=1, thread_name_prefix="derive") as finisher:
             pending: deque[Future[None]] = deque()
+            series_number=series_number,
             for batch in decoded:
                 self._check_service()
                 stack = np.concatenate([d.frames for d in batch])

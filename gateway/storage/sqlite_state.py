@@ -90,6 +90,12 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
 """
+CREATE TABLE IF NOT EXISTS derived_series_numbers (  -- derived_series_number(): one Series Number per derived series
+    derived_series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    UNIQUE (study_uid, number)     -- two derived series of a study never share a number
+);
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -976,3 +982,21 @@ class SqliteState:
         else:
             rows = self._query("SELECT * FROM audit WHERE actor = ? ORDER BY id DESC LIMIT ?", (actor, limit))
         return [AuditEntry(**dict(r)) for r in rows]
+
+    def derived_series_number(self, study_uid: str, derived_series_uid: str, candidates: Sequence[int]) -> int:
+        """The Series Number of a derived series: the one it got before, else the first candidate that no other
+        derived series of the study holds (recorded in the same transaction, so two workers cannot both take it)."""
+        with self._tx() as db:
+            row = db.execute("SELECT number FROM derived_series_numbers WHERE derived_series_uid = ?",
+                             (derived_series_uid,)).fetchone()
+            if row is not None:
+                return int(row[0])
+            taken = {int(r[0]) for r in db.execute("SELECT number FROM derived_series_numbers WHERE study_uid = ?",
+                                                   (study_uid,))}
+            for number in candidates:
+                if number not in taken:
+                    db.execute("INSERT INTO derived_series_numbers (derived_series_uid, study_uid, number)"
+                               " VALUES (?, ?, ?)", (derived_series_uid, study_uid, number))
+                    return number
+        raise StateError(f"every Series Number offered for a derived series of this study is taken"
+                         f" ({', '.join(map(str, candidates))}): change enhance.series_number_offset")

@@ -337,6 +337,9 @@ if TYPE_CHECKING:
     State = SqliteState
 else:
     def __getattr__(name: str) -> object:
+    # --- derived series (gateway.enhance.finish.series_number_candidates) ---------------------------------
+    def derived_series_number(self, study_uid: str, derived_series_uid: str, candidates: Sequence[int]) -> int: ...
+
         """`State`: the embedded default under its old name, for the call sites that construct a store
         (admin CLI, console, tests, benches). Transitional: new code names `SqliteState` where it builds a store
         and `StateStore` everywhere else. Resolved lazily because `sqlite_state` imports this module."""
