@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from bench.common import LOOPBACK, TunedStoreSCP, fmt_runs, median, push, scratch, series
+from gateway.dimse.fast.compat import configure_process
 from gateway.dimse.scu import Peer, send_files
 
 
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=200, help="instances per run")
     parser.add_argument("--repeat", type=int, default=5, help="repetitions; medians are reported")
     args = parser.parse_args(argv)
+    configure_process()  # pynetdicom's process-wide flags, as the service sets them at start
     print(f"send benchmark: {os.cpu_count()} CPUs, {args.n} x 512x512 CT, repeat={args.repeat}")
     peer, gateway, cpu_ms = run(args.n, args.repeat)
     ratios = [g / p for g, p in zip(gateway, peer, strict=True)]
