@@ -41,12 +41,18 @@ def _pydicom_bytes(sop_class: str, sop: str, syntax: str, implementation: str, v
 
 
 @cache
-def real_metas() -> list[tuple[str, str, str]]:
-    """(SOP class, SOP instance, transfer syntax) of every real test file with a File Meta (pydicom's own files and
-    pydicom-data, read where they are installed: `get_testdata_files` would try the network first)."""
+def real_files() -> list[Path]:
+    """Every `.dcm` of pydicom's own test files and pydicom-data, where they are installed (`get_testdata_files`
+    would try the network first: 15 s offline)."""
     roots = [Path(DATA_ROOT) / "test_files"] + [Path(src.data_path) for src in external_data_sources().values()]
+    return sorted(p for root in roots for p in root.rglob("*.dcm"))
+
+
+@cache
+def real_metas() -> list[tuple[str, str, str]]:
+    """(SOP class, SOP instance, transfer syntax) of every real test file with a File Meta."""
     found = []
-    for name in sorted(p for root in roots for p in root.rglob("*.dcm")):
+    for name in real_files():
         try:
             meta = read_file_meta_info(name)
         except Exception:  # noqa: BLE001, S112 - files without a readable File Meta are not references

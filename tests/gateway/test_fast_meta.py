@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_files
 from pydicom.filereader import _read_file_meta_info as read_file_meta
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
@@ -21,6 +20,7 @@ from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from dicom_utils.part10 import FileMeta, scan_file_meta
 from gateway.dimse.scu import _file_contexts
 from gateway.receive.scp import file_meta_bytes
+from tests.dicom_utils.test_part10 import real_files
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -57,8 +57,7 @@ def _pydicom_meta(path: Path) -> tuple[str, str, str, int] | None:
 
 def test_scan_meta_agrees_with_pydicom_on_its_test_files() -> None:
     scanned = 0
-    for name in get_testdata_files("*.dcm"):
-        path = Path(name)
+    for path in real_files():
         reference = _pydicom_meta(path)
         meta = scan_file_meta(path.read_bytes()[:4096])
         if meta is not None:
