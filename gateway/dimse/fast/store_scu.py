@@ -8,9 +8,9 @@ sending thread, and the DUL thread's `PDataRouter` takes the awaited C-STORE res
 (`gateway.dimse.fast.pdata`) and wakes the sender. Association set-up, release, abort and every other message stay
 pynetdicom's.
 
-Where pynetdicom's own `send_c_store` is still used (`dicomnet.send_files` decides): files whose File Meta the
+Where pynetdicom's own `send_c_store` is still used (`gateway.dimse.scu` decides): files whose File Meta the
 hand scan does not understand, files sent decoded because their exact context was rejected, and associations
-that `netopts` did not upgrade (another pynetdicom version).
+that `netopts` did not upgrade (the fast path off: `gateway.dimse.fast.compat.REASON` says why).
 """
 
 from __future__ import annotations
