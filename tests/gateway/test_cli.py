@@ -41,7 +41,7 @@ def _config(tmp_path: Path) -> Path:
     ])
 
 
-@pytest.mark.parametrize("command", ["status", "jobs", "studies", "held"])
+@pytest.mark.parametrize("command", ["status", "jobs", "studies", "held", "web"])
 def test_read_only_commands_never_create_a_state_database(tmp_path: Path, command: str) -> None:
     config = _config(tmp_path)
     for argv in ([command, "--config", str(config)], ["--config", str(config), command]):
