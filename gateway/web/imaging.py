@@ -1,4 +1,4 @@
-"""Pixels to pictures for the console: window/level, difference maps, thumbnails and PNG encoding.
+"""Pixels to pictures for the console: window/level, difference maps and PNG encoding.
 
 Why on the server: the browser gets plain 8-bit PNGs rendered from the modality values with the window the
 user chose, so what the radiologist sees is computed from the same float values the gateway measured (a
@@ -115,16 +115,6 @@ def png(image: npt.NDArray[np.uint8] | npt.NDArray[np.uint16]) -> bytes:
     buf = io.BytesIO()
     pil.save(buf, format="PNG", compress_level=1)  # speed over size: the console runs on loopback
     return buf.getvalue()
-
-
-def thumbnail(image: ByteImage, max_side: int = 256) -> ByteImage:
-    """Shrink an 8-bit image so its longer side is at most `max_side` (area-averaged, aspect kept)."""
-    h, w = image.shape[:2]
-    scale = max_side / max(h, w)
-    if scale >= 1:
-        return image
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BOX), dtype=np.uint8)
 
 
 def comparison(panels: Sequence[tuple[str, ByteImage]], caption: Sequence[str], panel_side: int = 768) -> bytes:
