@@ -83,3 +83,23 @@ def tmp_series(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[..., 
         return make_series(source, count, tmp_path / f"series-{made}", **kwargs)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One real PostgreSQL cluster for the whole session (initdb costs seconds; a database costs little).
+
+    In its own /tmp folder, not pytest's tmp_path: the `postgres` user cannot enter root's 0700 pytest folders.
+    Tests that stop or kill it (`pg.kill()`) must `start()` it again before they end.
+    """
+    from tests.servers import PostgresServer
+
+    with PostgresServer() as pg:
+        yield pg
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database on the session's cluster: its URL (one per test, never shared)."""
+    name = "t_" + re.sub(r"\W+", "_", request.node.name).lower()[-50:]
+    return str(postgres_server.create_database(name))
