@@ -35,7 +35,7 @@ from torch import nn
 from enhancers import corpus, degrade
 from enhancers.base import normalisation_for
 from enhancers.corpus import Slice
-from enhancers.metrics import score
+from enhancers.metrics import foreground_psnr, score
 from enhancers.models import architecture, build_module, count_params
 from enhancers.models.arch import NOISE_LEVEL_GAIN
 from enhancers.noise import estimate_noise
@@ -103,6 +103,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "lr": 1e-3,
         "loss": "l1",
         "config": {},
+        "mr_background_weight": 1.0,
         **CONDITIONED_DEGRADATIONS,
     },
 }
@@ -166,6 +167,8 @@ class TrainOptions:
     quiet: bool = False
     cache: Path | None = None
     command: str = ""
+    #: Overrides the recipe's `mr_background_weight` (see `weighted_loss`); None: the recipe's.
+    mr_background_weight: float | None = None
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> TrainOptions:
@@ -195,6 +198,7 @@ class TrainOptions:
             max_val_slices=args.max_val_slices,
             all_patients=args.all_patients,
             quiet=args.quiet,
+            mr_background_weight=getattr(args, "mr_background_weight", None),
             command="enhance-gateway train "
             + " ".join(sys.argv[1:] if sys.argv[1:2] != ["train"] else sys.argv[2:]),
         )
@@ -246,6 +250,7 @@ class _Pair:
     bucket: str
     foreground: float  # normalised level above which a target pixel counts as foreground
     level: float = 0.0  # normalised noise level given to a noise-conditioned network
+    weight: FloatArray | None = None  # per-pixel loss weight (target geometry); None: uniform
 
 
 @dataclass(frozen=True)
@@ -291,6 +296,7 @@ class PatchSampler:
         *,
         conditioned: bool = False,
         degradations: Degradations | None = None,
+        mr_background_weight: float = 1.0,
     ) -> None:
         if not slices:
             raise ValueError("no training slices for these modalities")
@@ -301,6 +307,7 @@ class PatchSampler:
         self.scale = TASK_SCALE[task]
         self.conditioned = conditioned
         self.degradations = degradations or Degradations()
+        self.mr_background_weight = mr_background_weight
         self.pairs: list[_Pair] = []
 
     def _target(self, sl: Slice, group: str, identity: bool) -> FloatArray:
@@ -352,10 +359,18 @@ class PatchSampler:
             level = noise_level(degraded, group, norm.scale) if self.conditioned else 0.0
             if identity:
                 level *= float(self.rng.uniform(0.0, 1.0))
-            pairs.append(_Pair(norm.forward(degraded), tgt, bucket, lo + 0.05 * (hi - lo), level))
+            weight = None
+            if group == "MR" and self.task == "denoise" and self.mr_background_weight != 1.0:
+                weight = foreground_weight(clean, self.mr_background_weight)
+            pairs.append(_Pair(norm.forward(degraded), tgt, bucket, lo + 0.05 * (hi - lo), level, weight))
         self.pairs = pairs
 
     def batch(self, n: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, _ = self.weighted_batch(n, patch)
+        return x, y
+
+    def weighted_batch(self, n: int, patch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`batch` plus the per-pixel loss weights of the targets (None when every pair is weighted uniformly)."""
         s = self.scale
         patch = patch - patch % (2 * s)
         usable = [p for p in self.pairs if min(p.tgt.shape) >= patch]
@@ -364,7 +379,8 @@ class PatchSampler:
         buckets = sorted({p.bucket for p in usable})
         by_bucket = {b: [p for p in usable if p.bucket == b] for b in buckets}
         weights = {b: np.array([p.tgt.size for p in ps], dtype=np.float64) for b, ps in by_bucket.items()}
-        inps, tgts = [], []
+        inps, tgts, wts = [], [], []
+        weighted = any(p.weight is not None for p in usable)
         for _ in range(n):
             b = buckets[int(self.rng.integers(len(buckets)))]
             w = weights[b]
@@ -376,19 +392,49 @@ class PatchSampler:
                 if float(np.mean(t > pair.foreground)) > 0.1 or attempt == 9 or self.rng.random() < 0.1:
                     break
             i = pair.inp[y // s : (y + patch) // s, x // s : (x + patch) // s]
+            wt = np.ones_like(t) if pair.weight is None else pair.weight[y : y + patch, x : x + patch]
             k = int(self.rng.integers(4))
             flip = bool(self.rng.integers(2))
-            t, i = np.rot90(t, k), np.rot90(i, k)
+            t, i, wt = np.rot90(t, k), np.rot90(i, k), np.rot90(wt, k)
             if flip:
-                t, i = t[:, ::-1], i[:, ::-1]
+                t, i, wt = t[:, ::-1], i[:, ::-1], wt[:, ::-1]
             if self.conditioned:
                 i = np.stack([i, np.full_like(i, pair.level * NOISE_LEVEL_GAIN)])
             inps.append(np.ascontiguousarray(i))
             tgts.append(np.ascontiguousarray(t))
+            wts.append(np.ascontiguousarray(wt))
         inp = np.stack(inps)
-        return torch.from_numpy(inp if self.conditioned else inp[:, None]), torch.from_numpy(
-            np.stack(tgts)[:, None]
+        return (
+            torch.from_numpy(inp if self.conditioned else inp[:, None]),
+            torch.from_numpy(np.stack(tgts)[:, None]),
+            torch.from_numpy(np.stack(wts)[:, None]) if weighted else None,
         )
+
+
+def foreground_weight(clean: FloatArray, background_weight: float) -> FloatArray:
+    """The MR loss weight map of one target: 1 on the anatomy, `background_weight` elsewhere.
+
+    Why: on an MR magnitude image most pixels are background at the Rician floor, and a uniform loss spends the
+    network's capacity on that floor (the easy dB of `score`'s whole-image PSNR) rather than on the tissue a
+    reader looks at. The anatomy is `enhancers.qa.foreground_mask` of the clean target, the same mask
+    foreground PSNR (`evaluate --lopo`) and the native checks use; the background keeps a small weight so the
+    floor is still learnt rather than left free.
+    """
+    from enhancers.qa import foreground_mask
+
+    mask = foreground_mask(clean, "MR")
+    return np.where(mask, np.float32(1.0), np.float32(background_weight)).astype(np.float32)
+
+
+def weighted_loss(
+    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, name: str
+) -> torch.Tensor:
+    """`name` ("mse" or "l1") of pred - target, averaged with per-pixel `weight` (sum(w e) / sum(w)); the plain
+    mean when `weight` is None."""
+    err = (pred - target) ** 2 if name == "mse" else (pred - target).abs()
+    if weight is None:
+        return err.mean()
+    return (err * weight).sum() / weight.sum().clamp_min(1e-8)
 
 
 @dataclass
@@ -454,18 +500,20 @@ def enhance_case(
 
 def validate(
     module: nn.Module, cases: list[ValCase], scale: int, halo: int, device: str, conditioned: bool = False
-) -> tuple[float, float]:
-    """Mean PSNR and SSIM over the validation cases (each scored with the evaluation's data range); NaN if none."""
+) -> tuple[float, float, float]:
+    """Mean PSNR, SSIM and foreground PSNR (`metrics.foreground_psnr`) over the validation cases (each scored
+    with the evaluation's data range); NaN if none."""
     if not cases:
-        return math.nan, math.nan
+        return math.nan, math.nan, math.nan
     module.eval()
-    ps, ss = [], []
+    ps, ss, fs = [], [], []
     for case in cases:
         out = enhance_case(module, case, scale, halo, device, conditioned)
         sc = score(case.score_group, case.clean, out)
         ps.append(sc.psnr)
         ss.append(sc.ssim)
-    return float(np.mean(ps)), float(np.mean(ss))
+        fs.append(foreground_psnr(case.score_group, case.clean, out))
+    return float(np.mean(ps)), float(np.mean(ss)), float(np.mean(fs))
 
 
 def validate_classical(name: str, cases: list[ValCase]) -> tuple[float, float]:
@@ -569,6 +617,13 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     batch = opts.batch or int(recipe["batch"])
     lr = opts.lr or float(recipe["lr"])
     loss_name = str(recipe["loss"])
+    background_weight = float(
+        opts.mr_background_weight
+        if opts.mr_background_weight is not None
+        else recipe.get("mr_background_weight", 1.0)
+    )
+    if not 0.0 <= background_weight <= 1.0:
+        raise ValueError(f"the MR background weight must be in [0, 1], got {background_weight:g}")
     config = dict(arch.config)
     config.update(recipe.get("config", {}))
     config.update(opts.config)
@@ -598,8 +653,16 @@ def train(opts: TrainOptions) -> dict[str, Any]:
         val_slices = val_slices[::step_v]
     conditioned = arch.conditioned
     sampler = PatchSampler(
-        train_slices, task, rng, cache, conditioned=conditioned, degradations=Degradations.from_recipe(recipe)
+        train_slices,
+        task,
+        rng,
+        cache,
+        conditioned=conditioned,
+        degradations=Degradations.from_recipe(recipe),
+        mr_background_weight=background_weight,
     )
+    # the foreground-weighted MR recipe is also judged on the anatomy when it picks its epoch
+    select_fg = background_weight != 1.0 and task == "denoise" and mods == ("MR",)
     val_cases = validation_cases(val_slices, task, opts.seed, cache)
     scale = TASK_SCALE[task]
 
@@ -628,7 +691,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
         disc = _Discriminator().to(device)
         d_opt = torch.optim.Adam(disc.parameters(), lr=lr)
 
-    base_psnr, base_ssim = validate(
+    base_psnr, base_ssim, _ = validate(
         nn.Identity() if scale == 1 else _Bicubic(scale), val_cases, scale, arch.halo, device
     )
     baseline = {"denoise": "nlm", "sr2x": "bicubic", "sr4x": "bicubic4x", "deblur": "unsharp-deblur"}[task]
@@ -647,6 +710,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
 
     history: list[dict[str, float]] = []
     best: tuple[float, float, int] = (-math.inf, 0.0, -1)
+    best_selected = -math.inf
     best_state: dict[str, torch.Tensor] | None = None
     step = 0
     for epoch in range(1, epochs + 1):
@@ -656,10 +720,10 @@ def train(opts: TrainOptions) -> dict[str, Any]:
         for s in range(steps):
             if step % REFRESH_STEPS == 0:
                 sampler.refresh()
-            x, y = sampler.batch(batch, patch)
+            x, y, w = sampler.weighted_batch(batch, patch)
             x, y = x.to(device), y.to(device)
             pred = module(x)
-            loss = F.mse_loss(pred, y) if loss_name == "mse" else F.l1_loss(pred, y)
+            loss = weighted_loss(pred, y, None if w is None else w.to(device), loss_name)
             if disc is not None and d_opt is not None:
                 logits = disc(pred)
                 adv = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
@@ -693,26 +757,28 @@ def train(opts: TrainOptions) -> dict[str, Any]:
                 f"{name} epoch {epoch}/{epochs} [{bar:<20}] step {s + 1}/{steps} "
                 f"loss {np.mean(losses[-20:]):.3g}",
             )
-        vp, vs = validate(module, val_cases, scale, arch.halo, device, conditioned)
+        vp, vs, vf = validate(module, val_cases, scale, arch.halo, device, conditioned)
         history.append(
             {
                 "epoch": epoch,
                 "loss": float(np.mean(losses)),
                 "val_psnr": vp,
                 "val_ssim": vs,
+                "val_psnr_fg": vf,
                 "seconds": time.time() - t0,
             }
         )
+        selected = vf if select_fg else vp
         # nothing to select with, or an adversarial run (picking its best-PSNR epoch would undo what the
         # adversarial loss is there for): the last epoch is kept
-        improved = vp > best[0] or not val_cases or opts.adversarial
+        improved = selected > best_selected or not val_cases or opts.adversarial
         if improved:
-            best = (vp, vs, epoch)
+            best, best_selected = (vp, vs, epoch), selected
             best_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
         _progress(
             opts.quiet,
             f"{name} epoch {epoch}/{epochs} loss {np.mean(losses):.3g} val PSNR {vp:.2f} dB "
-            f"SSIM {vs:.4f} ({time.time() - t0:.0f} s){' *best' if improved else ''}",
+            f"(foreground {vf:.2f}) SSIM {vs:.4f} ({time.time() - t0:.0f} s){' *best' if improved else ''}",
             end=True,
         )
 
@@ -722,7 +788,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
     shipped = {k: (v.half() if v.is_floating_point() else v) for k, v in best_state.items()}
     module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in shipped.items()})
     if val_cases:
-        best = (*validate(module, val_cases, scale, arch.halo, device, conditioned), best[2])
+        best = (*validate(module, val_cases, scale, arch.halo, device, conditioned)[:2], best[2])
     else:
         best = (math.nan, math.nan, best[2])
     weights_path = out_dir / f"{name}.pt"
@@ -761,8 +827,12 @@ def train(opts: TrainOptions) -> dict[str, Any]:
                 f"{GAN_WEIGHTS['l1']:g} {loss_name} + {GAN_WEIGHTS['feature']:g} discriminator-feature (perceptual) "
                 f"+ {GAN_WEIGHTS['adversarial']:g} adversarial"
                 if opts.adversarial
+                else f"{loss_name}, foreground-weighted: 1 on enhancers.qa.foreground_mask of the MR "
+                f"target, {background_weight:g} on the background"
+                if background_weight != 1.0
                 else loss_name
             ),
+            "mr_background_weight": background_weight,
             "init": init_text,
             "seed": opts.seed,
             "device": device,
@@ -797,6 +867,7 @@ def train(opts: TrainOptions) -> dict[str, Any]:
             "baseline_psnr": ref_psnr,
             "baseline_ssim": ref_ssim,
             "best_epoch": best[2],
+            "selected_by": "foreground PSNR" if select_fg else "PSNR",
             "psnr": best[0],
             "ssim": best[1],
             "history": history,

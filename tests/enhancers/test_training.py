@@ -197,7 +197,9 @@ def test_noise_conditioned_training_on_every_patient(tmp_path: Path) -> None:
             registry.unregister(n)
 
 
-def test_mr_foreground_weighted_loss(mr_slice: Image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mr_foreground_weighted_loss(
+    mr_slice: Image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The MR recipe option: the background (outside `qa.foreground_mask` of the target) weighs 0.1 in the loss,
     the sampler hands those weights to the training loop, which uses them and picks its epoch by foreground
     PSNR. Dropping the weighting anywhere fails here."""
@@ -216,7 +218,7 @@ def test_mr_foreground_weighted_loss(mr_slice: Image, tmp_path: Path, monkeypatc
     pair = sampler.pairs[0]
     assert pair.weight is not None
     np.testing.assert_array_equal(pair.weight, np.where(mask, 1.0, 0.1).astype(np.float32))
-    x, y, w = sampler.weighted_batch(4, 32)
+    _, y, w = sampler.weighted_batch(4, 32)
     assert w is not None and w.shape == y.shape and np.isin(w.numpy(), np.float32([0.1, 1.0])).all()
     unweighted = training.PatchSampler(
         [(sl, "MR")], "denoise", np.random.default_rng(0), training.CTSimCache(None)
@@ -250,6 +252,8 @@ def test_mr_foreground_weighted_loss(mr_slice: Image, tmp_path: Path, monkeypatc
     )  # fmt: skip
     assert code == 0 and seen and any(seen)
     card = json.loads((tmp_path / "smoke-fg.card.json").read_text())
-    assert card["training"]["mr_background_weight"] == 0.1 and "foreground-weighted" in card["training"]["loss"]
+    assert (
+        card["training"]["mr_background_weight"] == 0.1 and "foreground-weighted" in card["training"]["loss"]
+    )
     assert card["validation"]["selected_by"] == "foreground PSNR"
     assert np.isfinite(card["validation"]["history"][0]["val_psnr_fg"])
