@@ -170,6 +170,22 @@ def redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def check_url(url: str) -> str | None:
+    """What is wrong with a `[state] url` (None: nothing): the scheme, then libpq's own parse of the rest."""
+    scheme = urlsplit(url).scheme
+    if scheme not in ("postgresql", "postgres"):
+        return f"scheme {scheme or '(none)'!r} is not postgresql://"
+    for host in urlsplit(url).netloc.rpartition("@")[2].split(","):  # libpq takes h1:p1,h2:p2 for failover
+        port = host.rpartition(":")[2] if ":" in host and not host.endswith("]") else "5432"
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            return f"port {port!r} is not a TCP port"
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        return str(exc).replace(url, redact(url)).strip()
+    return None
+
+
 @dataclass(frozen=True)
 class SchemaStatus:
     version: int            # highest applied migration (0: an empty database)

@@ -17,6 +17,7 @@ pool checks a connection before lending it, so the store reconnects by itself on
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
@@ -56,6 +57,10 @@ from gateway.storage.state import (
 )
 
 Cursor = psycopg.Cursor[DictRow]
+
+# The pool logs a warning at every failed reconnection attempt (several a second while the server is down); the
+# callers see StateError and log an outage once (`gateway.logs.Outage`), so only the pool's errors are kept.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 #: Same rule as `sqlite_state.STUDY_GROUP_READY`: a job of a study group is delivered only when no other job of
 #: the group is still to be enhanced.
@@ -173,8 +178,11 @@ class PostgresState:
             return self._pool
 
     def check_writable(self) -> None:
-        """Raise StateError when the database cannot take a write (down, or a read-only standby)."""
-        with self._tx() as db:
+        """Raise StateError when the database cannot take a write (down, or a read-only standby).
+
+        Waits at most 2 s for a connection: /healthz asks this, and a probe must get its answer before it gives up.
+        """
+        with self._tx(wait=min(2.0, self._timeout)) as db:
             row = db.execute("SELECT current_setting('transaction_read_only') AS ro").fetchone()
             if row is not None and row["ro"] == "on":
                 raise StateError(f"the state database {self.where} is read-only (a standby?): point [state] url"
@@ -191,7 +199,7 @@ class PostgresState:
         return self._listener.wait(channel, timeout)
 
     @contextmanager
-    def _tx(self) -> Iterator[Cursor]:
+    def _tx(self, wait: float | None = None) -> Iterator[Cursor]:
         """One transaction on a pooled connection: committed at the end, rolled back on any exception.
 
         A lost server (no connection within `timeout`, or the connection broke mid-transaction) and a
@@ -200,7 +208,7 @@ class PostgresState:
         """
         conn: psycopg.Connection[DictRow] | None = None
         try:
-            with self._current_pool().connection() as conn, conn.transaction():
+            with self._current_pool().connection(timeout=wait) as conn, conn.transaction():
                 yield conn.cursor()
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:  # PoolTimeout is an OperationalError
             if conn is None or conn.broken or isinstance(exc, psycopg.InterfaceError):
