@@ -51,7 +51,7 @@ from gateway.dimse.status import (
     SUCCESS,
 )
 from gateway.dimse.tls import server_context
-from gateway.errors import OutOfSpaceError, SpoolError
+from gateway.errors import OutOfSpaceError, SpoolError, StateError
 from gateway.metrics import Metrics
 from gateway.receive.admission import GuardedServer, Limits
 from gateway.settings import Settings
@@ -111,7 +111,8 @@ def spool_instance(
     a WADO-RS retrieval for `reprocess`) must take this one path, in this order: spool write (temp + fsync +
     rename), then the state row, and only then may the caller acknowledge. An instance that was purged and
     arrives again (a C-MOVE or WADO-RS retrieval) is stored and its row restored instead of being dropped
-    as a duplicate. Raises OutOfSpaceError, SpoolError or sqlite3.Error (the caller maps them to a status).
+    as a duplicate. Raises OutOfSpaceError, SpoolError, sqlite3.Error or StateError (a PostgreSQL store that is
+    down or unreachable); the caller maps them to a status.
     """
     purged = state.instance_purged(sop)
     if purged is False:
@@ -350,7 +351,7 @@ class Receiver:
                     modality=modality, meta=file_meta_bytes(sop_class_uid, sop, tsyntax), body=data,
                     calling_aet=stats.calling_aet if stats else "",
                 )
-            except (OutOfSpaceError, SpoolError, sqlite3.Error) as exc:
+            except (OutOfSpaceError, SpoolError, sqlite3.Error, StateError) as exc:
                 if stats:
                     stats.refused += 1
                 log.error("store.failed", status="0xA700", sop_instance_uid=sop, reason=str(exc)[:300])

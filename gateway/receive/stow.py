@@ -41,7 +41,7 @@ from structlog.contextvars import bound_contextvars
 from dicom_utils.validate import SopClassMismatch, check_instance
 from gateway import logs, multipart
 from gateway.dimse.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SOP_CLASS_MISMATCH, WARNING
-from gateway.errors import ConfigError, OutOfSpaceError, SpoolError
+from gateway.errors import ConfigError, OutOfSpaceError, SpoolError, StateError
 from gateway.metrics import Metrics
 from gateway.receive.scp import ACCEPTED_TRANSFER_SYNTAXES, file_meta_bytes, spool_instance
 from gateway.settings import DicomwebSettings, Settings
@@ -209,7 +209,7 @@ class InstanceSink:
                     self.state, self.spool, study=study, series=series, sop=sop, sop_class_uid=sop_class,
                     modality=modality, meta=file_meta_bytes(sop_class, sop, tsyntax), body=body, calling_aet=sender,
                 )
-            except (OutOfSpaceError, SpoolError, sqlite3.Error, OSError) as exc:
+            except (OutOfSpaceError, SpoolError, sqlite3.Error, StateError, OSError) as exc:
                 log.error("stow.store_failed", status="0xA700", sop_instance_uid=sop, reason=str(exc)[:300])
                 if self.metrics:
                     self.metrics.instances_refused.labels("0xA700").inc()
