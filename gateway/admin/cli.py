@@ -168,7 +168,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _series_descriptions(state: StateStore, jobs: Sequence[Job]) -> dict[int, str]:
+def _series_descriptions(cfg: Settings, state: StateStore, jobs: Sequence[Job]) -> dict[int, str]:
     """Series Description of each job's series, read from one of its spooled originals ("" when purged)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -176,17 +176,22 @@ def _series_descriptions(state: StateStore, jobs: Sequence[Job]) -> dict[int, st
     out: dict[int, str] = {}
     for job in jobs:
         out[job.id] = ""
+    from gateway.errors import SpoolError
+    from gateway.storage.local_spool import LocalSpool
+
+    spool = LocalSpool(cfg.spool_dir)
         for inst in state.job_instances(job.id)[:1]:
             try:
-                ds = pydicom.dcmread(inst.path, stop_before_pixels=True, specific_tags=["SeriesDescription"])
-            except (OSError, InvalidDicomError):
+                with spool.open(inst.key) as fh:
+                    ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=["SeriesDescription"])
+            except (SpoolError, InvalidDicomError):
                 continue  # purged or unreadable: the listing still shows the job
             out[job.id] = str(ds.get("SeriesDescription", "") or "")
     return out
 
 
-def _job_rows(state: StateStore, jobs: Sequence[Job]) -> list[dict[str, Any]]:
-    descriptions = _series_descriptions(state, jobs)
+def _job_rows(cfg: Settings, state: StateStore, jobs: Sequence[Job]) -> list[dict[str, Any]]:
+    descriptions = _series_descriptions(cfg, state, jobs)
     return [asdict(j) | {"series_description": descriptions[j.id], "age_seconds": round(time.time() - j.created_at)}
             for j in jobs]
 
@@ -211,10 +216,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     show = args.job if args.action == "show" else args.show
     if show is not None:
         job = state.job(show)
-        (row,) = _job_rows(state, [job])
+        (row,) = _job_rows(cfg, state, [job])
         _print_json(row | {"deliveries": [asdict(d) for d in state.deliveries(job.id)]})
         return 0
-    rows = _job_rows(state, state.jobs(state=args.state, study_uid=args.study, limit=args.limit))
+    rows = _job_rows(cfg, state, state.jobs(state=args.state, study_uid=args.study, limit=args.limit))
     if args.json:
         _print_json(rows)
     elif not rows:
@@ -227,7 +232,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def cmd_held(args: argparse.Namespace) -> int:
     cfg = _settings(args)
     state = open_state(cfg)
-    rows = _job_rows(state, state.jobs(state=JobState.HELD, limit=100000))
+    rows = _job_rows(cfg, state, state.jobs(state=JobState.HELD, limit=100000))
     if args.json:
         _print_json(rows)
         return 0
