@@ -14,7 +14,7 @@ the same slices a moment apart, so their ratio holds even where the absolute fig
 3. The worker's host steps for one 512x512 instance, as `gateway.enhance.worker` runs them: decode (read + modality
    values), INPUT metrics (PSNR + SSIM; the old float64 scikit-image SSIM and the new `ssim_fast`), the QA gate
    (`SeriesGate.check` over a series, shipped sampling: the series average), derive (`derive_instance`, with
-   the stored-value rounding), encode (`save_as`) and the durable write (`Spool.store_outgoing`: fsync,
+   the stored-value rounding), encode (`save_as`) and the durable write (`LocalSpool.put`: fsync,
    rename). The derive thread's total per slice bounds the worker's rate whatever the GPU does.
 
 On CUDA (`--device cuda`) part 1 and 2 also print the module alone (a batch already on the GPU).
@@ -198,7 +198,8 @@ def worker_part(args: argparse.Namespace) -> None:
     from gateway.enhance.finish import build_derived
     from gateway.enhance.qa import SeriesGate
     from gateway.settings import QaSettings
-    from gateway.storage.spool import Spool
+    from gateway.storage.local_spool import LocalSpool
+    from gateway.storage.spool import OutputKey
     from tests.realdata import testfile
 
     path = args.dicom or str(testfile("693_UNCR.dcm"))
@@ -211,7 +212,7 @@ def worker_part(args: argparse.Namespace) -> None:
     qa = QaSettings()
     sigma = estimate_noise(frames, "CT").sigma
     data_range = float(frames.max() - frames.min())
-    spool = Spool(Path(tempfile.mkdtemp(prefix="pipeline-host-")))
+    spool = LocalSpool(Path(tempfile.mkdtemp(prefix="pipeline-host-")))
     written = [0]
 
     def decode() -> None:
@@ -240,7 +241,7 @@ def worker_part(args: argparse.Namespace) -> None:
 
     def write() -> None:
         written[0] += 1
-        spool.store_outgoing(1, f"1.2.3.{written[0]}", data)
+        spool.put(OutputKey(1, f"1.2.3.{written[0]}"), data)
 
     took = alternate(
         {

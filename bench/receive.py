@@ -10,7 +10,7 @@ all it must per instance: parse the headers, write temp file + fsync + rename + 
 commit a SQLite row (see State.record_instance), and only then acknowledge. storescp does none of the syncing; that
 is part of what the ratio shows.
 
-Also printed: the durability floor, i.e. instances/s of the gateway's own Spool.store_incoming +
+Also printed: the durability floor, i.e. instances/s of the gateway's own LocalSpool.put +
 State.record_instance alone (no network, same disk, same process), measured in each repetition right after
 the gateway. On one association the gateway can never beat it: it is the ceiling that the house rule
 (acknowledge only what is durable) sets on this machine's disk, and its ratio to storescp shows how much of
@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import GATEWAY_AET, TunedStoreSCP, fmt_runs, gateway, median, push, scratch, series, split
-from gateway.storage.spool import Spool
+from gateway.storage.local_spool import LocalSpool
+from gateway.storage.spool import InstanceKey
 from gateway.storage.state import State
 
 
@@ -75,21 +76,22 @@ def durability_floor(template: Path, threads: int, count: int = 100) -> float:
     """
     root = scratch("floor-")
     try:
-        spool = Spool(root / "spool", min_free_mb=0)
+        spool = LocalSpool(root / "spool", min_free_mb=0)
         state = State(root / "state.db")
         data = template.read_bytes()
 
         def store(indexes: range) -> None:
             for i in indexes:
                 sop = f"1.2.826.0.1.3680043.10.1.{i}"
-                path = spool.store_incoming("1.2.826.0.1.3680043.10.2", "1.2.826.0.1.3680043.10.3", sop, data)
+                key = InstanceKey("1.2.826.0.1.3680043.10.2", "1.2.826.0.1.3680043.10.3", sop)
+                spool.put(key, data)
                 state.record_instance(
                     sop_uid=sop,
                     series_uid="1.2.826.0.1.3680043.10.3",
                     study_uid="1.2.826.0.1.3680043.10.2",
                     sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
                     modality="CT",
-                    path=str(path),
+                    path=str(spool.local_path(key)),
                     size=len(data),
                     calling_aet="BENCH",
                 )

@@ -25,7 +25,8 @@ from gateway.receive.scp import Receiver
 from gateway.receive.stow import StowService
 from gateway.settings import Settings
 from gateway.signals import StopSignals
-from gateway.storage.spool import Spool
+from gateway.storage.lease import recover_dead
+from gateway.storage.local_spool import LocalSpool
 from gateway.storage.sqlite_state import SqliteState
 from gateway.storage.state import StateStore
 
@@ -76,8 +77,8 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.var_dir.mkdir(parents=True, exist_ok=True)
-        self.state = SqliteState(settings.state_db)
-        self.spool = Spool(settings.spool_dir, min_free_mb=settings.min_free_mb)
+        self.state = SqliteState(settings.state_db, lease_seconds=settings.state.lease_seconds)
+        self.spool = LocalSpool(settings.spool_dir, min_free_mb=settings.min_free_mb)
         self.metrics = Metrics()
         self.metrics.watch_state(self.state)
         self.metrics.watch_disk(lambda: self.spool.free_mb() * 1e6, settings.min_free_mb)
@@ -130,7 +131,7 @@ class Gateway:
                 error=f"{type(exc).__name__}: {exc}"[:300],
                 hint="instance rows are synced instead (slower reception); free space under var_dir and restart",
             )
-        recovered = self.state.recover()
+        recovered = recover_dead(self.state)  # expired leases, and claims of this host's dead processes
         cleaned = self.spool.clean_tmp()
         if unclean:
             found = reconcile(self.spool, self.state)
@@ -156,7 +157,7 @@ class Gateway:
             threading.Thread(
                 target=_completion_loop,
                 args=(self.state, self.settings.stable_seconds, self._stop, self.metrics,
-                      Completion(self.state, self.settings.routes, self.settings.stable_seconds)),
+                      Completion(self.state, self.spool, self.settings.routes, self.settings.stable_seconds)),
                 name="completion",
                 daemon=True,
             ),
@@ -191,15 +192,23 @@ class Gateway:
         self._workers.append(proc)
 
     def _watch_workers(self) -> None:
-        """A worker that died (OOM killer, segfault) is replaced and its job re-queued."""
+        """A worker that died (OOM killer, segfault) is replaced and its job re-queued; so are the jobs of any
+        owner whose lease ran out (another node's) or whose process on this host is gone (an orphaned worker of
+        a killed predecessor, once it has stopped). `is_alive()` reaps a dead child first, so its pid is gone."""
         while not self._stop.wait(1.0):
-            for proc in list(self._workers):
-                if proc.is_alive() or self._stop.is_set():
-                    continue
+            died = [p for p in self._workers if not p.is_alive() and not self._stop.is_set()]
+            try:
+                requeued = recover_dead(self.state)
+            except Exception as exc:  # noqa: BLE001 - a full disk: the next second tries again
+                requeued = {"enhancing": 0, "sending": 0}
+                log.warning("lease.recover_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            for proc in died:
                 self._workers.remove(proc)
-                requeued = self.state.recover(owner=proc.pid)
                 log.error("worker.died", pid=proc.pid, exitcode=proc.exitcode, requeued=requeued["enhancing"])
                 self._start_worker()
+            if not died and any(requeued.values()):
+                log.warning("lease.recovered", requeued_enhancing=requeued["enhancing"],
+                            requeued_sending=requeued["sending"])
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful: no new associations, threads and workers finish their current step."""

@@ -210,6 +210,20 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
+class StateSettings:
+    """The state store (`gateway.storage`): how long a worker's claim on a job lasts without renewal.
+
+    Why a setting: a dead owner's jobs resume after this long (an owner on the same host, at once); a live one
+    renews every third of it, so it must stay well above the longest stall of a loaded machine.
+    """
+
+    lease_seconds: float = 60.0
+    # `url`: the shared PostgreSQL store ("postgresql://user@host:port/db"); None: SQLite under var_dir. Kept out
+    # of repr (it may hold a password); `gateway.storage.factory.describe` prints it redacted.
+    url: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class MetricsSettings:
     """Prometheus /metrics and /healthz over HTTP; port 0 turns the endpoint off."""
 
@@ -292,6 +306,7 @@ class Settings:
     sender: SenderSettings = field(default_factory=SenderSettings)
     enhance: EnhanceSettings = field(default_factory=EnhanceSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    state: StateSettings = field(default_factory=StateSettings)
     qa: QaSettings = field(default_factory=QaSettings)
     web: WebSettings = field(default_factory=WebSettings)
     dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
@@ -349,6 +364,12 @@ def _int(value: Any, key: str, minimum: int = 0) -> int:
     return value
 
 
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} = {value!r}: expected true or false")
+    return value
+
+
 def _str(value: Any, key: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{key} = {value!r}: expected a string")
@@ -361,12 +382,6 @@ def _reject_unknown(table: dict[str, Any], known: set[str], where: str) -> None:
         raise ConfigError(
             f"unknown key(s) {', '.join(unknown)} in {where}; known keys: {', '.join(sorted(known))}"
         )
-def _bool(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key} = {value!r}: expected true or false")
-    return value
-
-
 
 
 def _path(value: Any, key: str, var_dir: Path) -> Path:
@@ -566,6 +581,7 @@ def _route(raw: Any, index: int, qa: QaSettings) -> Route:
         task=task,
         strength=_strength(raw.get("strength", 1.0), f"{where}.strength"),
         qa=_qa(raw["qa"], f"{where}.qa", qa.for_task(task)) if "qa" in raw else None,
+        localizers=_bool(raw.get("localizers", False), f"{where}.localizers"),
         **_study_trigger(raw, where),
     )
 
@@ -578,7 +594,6 @@ def _study_trigger(raw: dict[str, Any], where: str) -> dict[str, Any]:
                           " or \"study\" (wait for the whole study)")
     if trigger == "series" and any(k in raw for k in ("required", "study_timeout", "on_timeout")):
         raise ConfigError(f"{where}: required, study_timeout and on_timeout need trigger = \"study\"")
-        localizers=_bool(raw.get("localizers", False), f"{where}.localizers"),
     required_raw = raw.get("required", [])
     if not isinstance(required_raw, list) or not all(isinstance(r, dict) for r in required_raw):
         raise ConfigError(f'{where}.required must be a list of tables, e.g. [{{modality = "CT",'
@@ -616,11 +631,30 @@ def _env_overrides(gw: dict[str, Any], environ: dict[str, str]) -> dict[str, Any
     return out
 
 
+def _state(raw: dict[str, Any]) -> StateSettings:
+    _reject_unknown(raw, {"lease_seconds", "url"}, "[state]")
+    return StateSettings(lease_seconds=_number(raw.get("lease_seconds", 60.0), "state.lease_seconds", 5.0),
+                         url=_state_url(raw["url"]) if "url" in raw else None)
+
+
+def _state_url(value: Any) -> str:
+    """A libpq URL (checked by libpq's own parser, so what passes here connects as psql would); never echoed
+    back in an error, since it may carry a password."""
+    from gateway.storage.pg_schema import check_url  # psycopg is imported only when a URL is configured
+
+    problem = check_url(value) if isinstance(value, str) else "not a string"
+    if problem:
+        raise ConfigError(f"state.url: {problem}; expected \"postgresql://user@host:port/database\" (password in"
+                          " ~/.pgpass or PGPASSWORD rather than in this file), or no url for the embedded SQLite")
+    return str(value)
+
+
 def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str, str] | None = None) -> Settings:
     """Build validated Settings from a parsed TOML document."""
     _reject_unknown(
         data,
-        {"gateway", "destinations", "sources", "routes", "sender", "enhance", "metrics", "qa", "web", "dicomweb"},
+        {"gateway", "destinations", "sources", "routes", "sender", "enhance", "metrics", "qa", "web", "dicomweb",
+         "state"},
         "the top level",
     )
     gw = _env_overrides(data.get("gateway", {}), dict(os.environ) if environ is None else environ)
@@ -724,6 +758,7 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
         sender=sender,
         enhance=enhance,
         metrics=metrics,
+        state=_state(data.get("state", {})),
         qa=qa,
         web=_web(data.get("web", {}), var_dir),
         dicomweb=_dicomweb(data.get("dicomweb", {}), var_dir),

@@ -76,6 +76,9 @@ def open_state(cfg: Settings) -> StateStore:
     """
     from gateway.storage.state import State
 
+    if cfg.state.url:  # PostgreSQL: the schema must be there and current, else StateError says so
+        from gateway.storage.factory import open_state as open_store
+        return open_store(cfg, create=False)
     if not cfg.state_db.is_file():
         raise GatewayError(
             f"no state database at {cfg.state_db.absolute()}: wrong --config or var_dir? (config"
@@ -129,14 +132,14 @@ def _destinations(cfg: Settings, state: StateStore) -> list[dict[str, Any]]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from gateway.storage.spool import Spool
+    from gateway.storage.local_spool import LocalSpool
 
     cfg = _settings(args)
     state = open_state(cfg)
     counts = state.counts()
     oldest = state.oldest_waiting()
     destinations = _destinations(cfg, state)
-    spool = Spool(cfg.spool_dir)
+    spool = LocalSpool(cfg.spool_dir)
     verdicts = state.qa_verdict_counts()
     report = {
         "config": str(cfg.source_file),
@@ -173,13 +176,13 @@ def _series_descriptions(cfg: Settings, state: StateStore, jobs: Sequence[Job]) 
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    out: dict[int, str] = {}
-    for job in jobs:
-        out[job.id] = ""
     from gateway.errors import SpoolError
     from gateway.storage.local_spool import LocalSpool
 
     spool = LocalSpool(cfg.spool_dir)
+    out: dict[int, str] = {}
+    for job in jobs:
+        out[job.id] = ""
         for inst in state.job_instances(job.id)[:1]:
             try:
                 with spool.open(inst.key) as fh:
@@ -519,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_users_command(sub)
     _adopt(sub.choices["users"], needs_state=False)  # `users add` may run before the first serve
     add_commands(sub)
+    from gateway.admin.db import add_command as add_db_command
+    add_db_command(sub)
+    _adopt(sub.choices["db"], needs_state=False)  # `db upgrade` is what creates a PostgreSQL schema
     return parser
 
 

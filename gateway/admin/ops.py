@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from structlog.contextvars import bound_contextvars
 
@@ -19,7 +18,7 @@ from gateway.dimse.scu import Peer
 from gateway.enhance.routing import modality_mismatch
 from gateway.errors import GatewayError
 from gateway.settings import STRENGTH_RANGE, Settings
-from gateway.storage.spool import Spool
+from gateway.storage.local_spool import LocalSpool
 from gateway.storage.state import Instance, Job, StateStore
 
 log = logs.get("gateway.admin")
@@ -83,10 +82,10 @@ def reprocess(
                 + (f"; --series {fits[0]} would fit" if fits and not series_uid else "")
                 + "; nothing was queued"
             )
-    spool = Spool(settings.spool_dir, min_free_mb=settings.min_free_mb)
+    spool = LocalSpool(settings.spool_dir, min_free_mb=settings.min_free_mb)
     done: list[Reprocessed] = []
     for series, members in by_series.items():
-        missing = [r for r in members if r.purged_at is not None or not Path(r.path).exists()]
+        missing = [r for r in members if r.purged_at is not None or not spool.exists(r.key)]
         got, source = 0, None
         if missing:
             if not settings.sources:
@@ -127,12 +126,12 @@ def purge(settings: Settings, state: StateStore, older_than_days: float, *, dry_
     """Remove originals and outputs of finished work older than the retention; never an unfinished job's."""
     instances, jobs = state.purgeable(time.time() - older_than_days * 86400)
     if not dry_run:
-        spool = Spool(settings.spool_dir)
+        spool = LocalSpool(settings.spool_dir)
         for row in instances:
-            Path(row.path).unlink(missing_ok=True)
+            spool.delete(row.key)
         state.mark_purged([r.sop_uid for r in instances])
         for job_id in jobs:
-            spool.clear_outgoing(job_id)
+            spool.clear_outputs(job_id)
     return Purged(len(instances), sum(r.size for r in instances), len(jobs))
 
 
@@ -148,7 +147,7 @@ def release(settings: Settings, state: StateStore, job_id: int) -> Job:
 def reject(settings: Settings, state: StateStore, job_id: int) -> Job:
     """Drop a held job's outputs (the originals are never touched); the job ends rejected. Logs `job.rejected`."""
     job = state.reject(job_id)
-    Spool(settings.spool_dir).clear_outgoing(job.id)
+    LocalSpool(settings.spool_dir).clear_outputs(job.id)
     with bound_contextvars(job_id=job.id, study_uid=job.study_uid, series_uid=job.series_uid):
         log.info("job.rejected", qa_verdict=job.qa_verdict, qa_reasons=job.qa_reasons)
     return job

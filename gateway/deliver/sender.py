@@ -19,6 +19,7 @@ from gateway.dimse import scu as dicomnet
 from gateway.errors import DeliveryError, SpoolError, describe, is_disk_full
 from gateway.metrics import Metrics
 from gateway.settings import Destination, Settings
+from gateway.storage.lease import Heartbeat
 from gateway.storage.spool import Spool, ensure_space, write_atomic
 from gateway.storage.state import Job, JobState, StateStore
 
@@ -119,6 +120,7 @@ class Sender:
         }
         self._lock = threading.Lock()
         self._counted: set[int] = set()  # jobs whose enhancement time was observed (bounded by the run)
+        self.heartbeat = Heartbeat(state, state.lease_seconds)  # renews the claims of sends in flight (run_loop)
 
     def deliver(self, dest: Destination, files: list[Path]) -> int:
         """Deliver all files to one destination; returns bytes; raises DeliveryError on any failure."""
@@ -154,12 +156,26 @@ class Sender:
                     self.metrics.enhancement_seconds.labels(job.enhancer, job.device or "cpu").observe(
                         job.enhance_seconds or 0
                     )
-        with bound_contextvars(job_id=job.id, study_uid=job.study_uid, series_uid=job.series_uid):
-            self._deliver_one(job, delivery.destination, circuit)
+        self.heartbeat.hold(job.id)
+        try:
+            with bound_contextvars(job_id=job.id, study_uid=job.study_uid, series_uid=job.series_uid):
+                self._deliver_one(job, delivery.destination, circuit)
+        finally:
+            self.heartbeat.drop(job.id)
         return True
 
+    def _files(self, job_id: int) -> list[Path]:
+        """The job's derived files as local paths: the DIMSE and folder senders stream files by path."""
+        files = []
+        for key in self.spool.list_outputs(job_id):
+            path = self.spool.local_path(key)
+            if path is None:
+                raise SpoolError(f"job {job_id}: this spool has no local files; the sender needs a POSIX spool")
+            files.append(path)
+        return files
+
     def _deliver_one(self, job: Job, name: str, circuit: Circuit | None) -> None:
-        files = self.spool.outgoing_files(job.id)
+        files = self._files(job.id)
         snd = self.settings.sender
         dest = self.destinations.get(name)
         started = time.monotonic()
@@ -241,10 +257,12 @@ def run_loop(sender: Sender, stop: threading.Event, poll_seconds: float = 0.25) 
                          name=f"sender-{name or 'unconfigured'}", daemon=True)
         for name in names
     ]
+    sender.heartbeat.start()
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
+    sender.heartbeat.stop()
 
 
 def _destination_loop(sender: Sender, name: str | None, stop: threading.Event, poll_seconds: float) -> None:

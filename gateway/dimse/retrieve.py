@@ -23,7 +23,7 @@ from gateway.dimse.scu import Peer, requestor_ae
 from gateway.dimse.status import MOVE_DESTINATION_UNKNOWN, OUT_OF_RESOURCES, SUCCESS, WARNING
 from gateway.errors import DeliveryError
 from gateway.receive.scp import ACCEPTED_TRANSFER_SYNTAXES
-from gateway.storage.spool import Spool
+from gateway.storage.spool import InstanceKey, Spool
 from gateway.storage.state import StateStore
 
 log = logs.get("gateway.retrieve")
@@ -41,9 +41,9 @@ def retrieve_series(
         try:
             ds = event.dataset
             sop = str(ds.SOPInstanceUID)
-            path = spool.store_incoming(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), sop,
-                                        event.encoded_dataset(include_meta=True))
-            state.mark_restored(sop, str(path))
+            key = InstanceKey(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), sop)
+            spool.put(key, event.encoded_dataset(include_meta=True))
+            state.mark_restored(sop, str(spool.local_path(key) or ""))  # the transitional path column
         except Exception as exc:  # noqa: BLE001 - a handler never raises: the peer gets a status
             log.warning("retrieve.store_failed", reason=str(exc)[:300])
             return OUT_OF_RESOURCES

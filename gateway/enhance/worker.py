@@ -58,7 +58,9 @@ from gateway.errors import (
 )
 from gateway.settings import QaSettings, Settings
 from gateway.signals import StopSignals
-from gateway.storage.spool import Spool
+from gateway.storage.lease import Heartbeat
+from gateway.storage.local_spool import LocalSpool
+from gateway.storage.spool import OutputKey, Spool, SpoolKey
 from gateway.storage.sqlite_state import SqliteState
 from gateway.storage.state import (
     Instance,
@@ -211,6 +213,9 @@ class Worker:
         # Below the watermark the worker claims nothing and says so once (and once when space is back)
         self.disk = logs.Outage(log, failing="worker.waiting_for_disk", recovered="worker.disk_recovered", cap=10.0)
         self._stranded: int | None = None  # a job that ran out of space and could not be put back yet
+        alive = (lambda: os.getppid() == parent) if parent is not None else (lambda: True)
+        self.heartbeat = Heartbeat(state, state.lease_seconds, alive)  # started by `run`
+        self._job: int | None = None  # the job being processed (its lease is renewed by the heartbeat)
         self._retry_at = 0.0  # while the disk is full: no claim before this (time.monotonic())
 
     def pipeline(self, name: str) -> Pipeline:
@@ -232,6 +237,8 @@ class Worker:
         if job is None:
             self._disk_ok()  # nothing waits for space any more
             return False
+        self.heartbeat.hold(job.id)
+        self._job = job.id
         with bound_contextvars(job_id=job.id, study_uid=job.study_uid, series_uid=job.series_uid):
             try:
                 self.process(job)
@@ -260,6 +267,9 @@ class Worker:
                     )
                 else:
                     log.exception("job.enhance_failed", state=new_state, error=describe(exc))
+            finally:
+                self._job = None
+                self.heartbeat.drop(job.id)
         return True
 
     def pause(self, poll_seconds: float) -> float:
@@ -297,7 +307,7 @@ class Worker:
         series; counting attempts would kill jobs of every series that arrived during it. The job keeps its
         place in the queue and runs from the start once `_space_to_write` sees space again.
         """
-        self.spool.clear_outgoing(job.id)
+        self.spool.clear_outputs(job.id)
         self._retry_at = time.monotonic() + self.disk.failed(exc, free_mb=round(self.spool.free_mb(), 1))
         try:
             self.state.requeue_job(job.id, f"waiting for disk space: {describe(exc)}")
@@ -307,8 +317,10 @@ class Worker:
     def process(self, job: Job) -> None:
         started = time.monotonic()
         instances = self.state.job_instances(job.id)
-        header = pydicom.dcmread(instances[0].path, stop_before_pixels=True)
+        header = self._dcmread(instances[0].key, stop_before_pixels=True)
         reason = skip_reason(header)
+        if reason is None and not job.enhancer:  # `reprocess --enhancer` is an admin's explicit choice
+            reason = routing.not_by_default(self.settings.routes, job.modality, header)
         if reason is not None:
             self.state.skip_job(job.id, reason)
             log.info("job.skipped", reason=reason, instances=len(instances), modality=job.modality)
@@ -318,8 +330,6 @@ class Worker:
             name, task = job.enhancer, enhancer_info(job.enhancer).task
         else:
             name, task = routing.choose(
-        if reason is None and not job.enhancer:  # `reprocess --enhancer` is an admin's explicit choice
-            reason = routing.not_by_default(self.settings.routes, job.modality, header)
                 self.settings.routes, job.modality, str(header.get("SeriesDescription", ""))
             )
         mismatch = routing.modality_mismatch(name, job.modality)
@@ -337,7 +347,7 @@ class Worker:
             job.study_uid, derived_uid,
             series_number_candidates(header.get("SeriesNumber"), self.settings.enhance.series_number_offset),
         )
-        self.spool.clear_outgoing(job.id)
+        self.spool.clear_outputs(job.id)
         group = modality_group(job.modality)
         sample = self._sample(instances)
         noise = self._noise(sample, group)
@@ -351,6 +361,7 @@ class Worker:
             dr_ssim=score.ssim if score else None,
             dr_slices=score.slices if score else (),
             series_qa="PASS" if qa.enabled else "",  # provisional: rewritten below when the series is not PASS
+            series_number=series_number,
         )
         gate = SeriesGate(qa, group=group, sigma=noise.sigma, count=len(instances)) if qa.enabled else None
         work = _SeriesWork(job.id, info, task, facts, gate)
@@ -360,7 +371,6 @@ class Worker:
         decoded = _prefetch(self._batches(instances, problems), depth=2)
         with closing(decoded), ThreadPoolExecutor(max_workers=1, thread_name_prefix="derive") as finisher:
             pending: deque[Future[None]] = deque()
-            series_number=series_number,
             for batch in decoded:
                 self._check_service()
                 stack = np.concatenate([d.frames for d in batch])
@@ -487,14 +497,14 @@ class Worker:
         (`report.failed`) and the series goes on without it.
         """
         try:
-            derived = [pydicom.dcmread(p, stop_before_pixels=True) for p in self.spool.outgoing_files(job_id)]
+            derived = [self._dcmread(k, stop_before_pixels=True) for k in self.spool.list_outputs(job_id)]
             derived.sort(key=lambda d: (int(d.get("InstanceNumber") or 0), str(d.SOPInstanceUID)))
-            sources = [pydicom.dcmread(i.path, stop_before_pixels=True) for i in instances]
+            sources = [self._dcmread(i.key, stop_before_pixels=True) for i in instances]
             sr, data = build_report(facts, derived, sources)
         except Exception as exc:  # noqa: BLE001 - see the docstring
             log.error("report.failed", error=f"{type(exc).__name__}: {exc}"[:300])
             return None
-        self.spool.store_outgoing(job_id, str(sr.SOPInstanceUID), data)
+        self.spool.put(OutputKey(job_id, str(sr.SOPInstanceUID)), data)
         return str(sr.SOPInstanceUID)
 
     def _sample(self, instances: list[Instance]) -> list[tuple[int, np.ndarray, tuple[float, float]]]:
@@ -508,7 +518,7 @@ class Worker:
         out: list[tuple[int, np.ndarray, tuple[float, float]]] = []
         for index in picks:
             try:
-                ds = pydicom.dcmread(instances[index].path)
+                ds = self._dcmread(instances[index].key)
                 if skip_reason(ds) is not None:
                     continue
                 frames = modality_frames(ds)
@@ -557,19 +567,25 @@ class Worker:
             sop = derived_sop_uid(instances[result.order[1]].sop_uid, info.name, info.version)
             flags.setdefault(sop, []).append(result.verdict)
         marker = verdict.action in ("flag", "hold")
-        for path in self.spool.outgoing_files(job_id):
+        for key in self.spool.list_outputs(job_id):
             self._check_service()
-            ds = pydicom.dcmread(path)
+            ds = self._dcmread(key)
             mark_series_qa(ds, verdict.verdict, verdict.text, marker=marker)
-            if path.stem in flags:
-                set_qa_flag(ds, worst(flags[path.stem]))
+            if key.sop_uid in flags:
+                set_qa_flag(ds, worst(flags[key.sop_uid]))
             buf = io.BytesIO()
             ds.save_as(buf, enforce_file_format=True)
-            self.spool.store_outgoing(job_id, path.stem, buf.getvalue())
+            self.spool.put(key, buf.getvalue())
+
+    def _dcmread(self, key: SpoolKey, *, stop_before_pixels: bool = False) -> Dataset:
+        with self.spool.open(key) as fh:
+            return pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels)
 
     def _check_service(self) -> None:
         if self.parent is not None and os.getppid() != self.parent:
             raise ServiceGone("the service that spawned this worker is gone")
+        if self._job is not None and self.heartbeat.lost(self._job):
+            raise JobTakenOver(f"job {self._job}: the lease of {self.state.worker_id} ran out and another worker took it")
 
     def _finish(
         self, work: _SeriesWork, batch: list[_Decoded], out: np.ndarray, per_ms: float, finished: _Finished
@@ -607,7 +623,7 @@ class Worker:
                 flag=flag,
                 series=work.facts,
             )
-            self.spool.store_outgoing(work.job_id, str(result.SOPInstanceUID), data)
+            self.spool.put(OutputKey(work.job_id, str(result.SOPInstanceUID)), data)
             finished.add(p, s)
 
     def _batches(self, instances: list[Instance], problems: list[str]) -> Iterator[list[_Decoded]]:
@@ -617,7 +633,7 @@ class Worker:
         frames = 0
         for index, inst in enumerate(instances):
             try:
-                ds = pydicom.dcmread(inst.path)
+                ds = self._dcmread(inst.key)
                 reason = skip_reason(ds)
                 if reason is not None:
                     problems.append(f"{inst.sop_uid}: {reason}")
@@ -646,8 +662,9 @@ def run(settings: Settings, parent: int, poll_seconds: float = 0.5) -> None:
         return  # the service died while this process was still importing
     logs.configure()
     routing.load_plugins(settings.plugins)
-    state = SqliteState(settings.state_db)
-    worker = Worker(settings, state, Spool(settings.spool_dir, min_free_mb=settings.min_free_mb), parent=parent)
+    state = SqliteState(settings.state_db, lease_seconds=settings.state.lease_seconds)
+    worker = Worker(settings, state, LocalSpool(settings.spool_dir, min_free_mb=settings.min_free_mb), parent=parent)
+    worker.heartbeat.start()
     log.info("worker.started")
     # A failure outside any job (SQLite cannot claim: a full disk) must neither kill the process (the service
     # would restart it every second) nor log a traceback per poll: once per change, growing waits.
@@ -661,5 +678,6 @@ def run(settings: Settings, parent: int, poll_seconds: float = 0.5) -> None:
             continue
         if not busy:
             stops.sleep(worker.pause(poll_seconds))
+    worker.heartbeat.stop()
     state.close()
     log.info("worker.stopped")

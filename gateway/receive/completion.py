@@ -32,6 +32,7 @@ from structlog.contextvars import bound_contextvars
 from gateway import logs
 from gateway.enhance.routing import route_for
 from gateway.settings import Route
+from gateway.storage.spool import InstanceKey, Spool
 from gateway.storage.state import StateStore
 
 log = logs.get("gateway.completion")
@@ -55,27 +56,27 @@ class _Series:
 class Completion:
     """One pass (`run_once`) turns what is complete into jobs; the service's completion thread calls it."""
 
-    def __init__(self, state: StateStore, routes: Sequence[Route], stable_seconds: float,
+    def __init__(self, state: StateStore, spool: Spool, routes: Sequence[Route], stable_seconds: float,
                  descriptions_kept: int = DESCRIPTIONS_KEPT) -> None:
         self.state = state
+        self.spool = spool
         self.routes = list(routes)
         self.stable_seconds = stable_seconds
         self._study_routes = any(r.trigger == "study" for r in self.routes)
         self._descriptions: OrderedDict[str, str] = OrderedDict()  # series UID -> Series Description, LRU
         self._descriptions_kept = descriptions_kept
 
-    def _description(self, series_uid: str, path: str | None) -> str:
+    def _description(self, series_uid: str, sample: InstanceKey) -> str:
         """Series Description of a series, from one of its spooled files (headers only), cached (LRU)."""
         if series_uid in self._descriptions:
             self._descriptions.move_to_end(series_uid)
         else:
-            text = ""
-            if path:
-                try:
-                    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesDescription"])
-                    text = str(ds.get("SeriesDescription", "") or "")
-                except Exception:  # noqa: BLE001 - an unreadable file routes like a series without a description
-                    text = ""
+            try:
+                with self.spool.open(sample) as fh:
+                    ds = pydicom.dcmread(fh, stop_before_pixels=True, specific_tags=["SeriesDescription"])
+                text = str(ds.get("SeriesDescription", "") or "")
+            except Exception:  # noqa: BLE001 - an unreadable file routes like a series without a description
+                text = ""
             self._descriptions[series_uid] = text
             if len(self._descriptions) > self._descriptions_kept:
                 self._descriptions.popitem(last=False)
@@ -89,7 +90,7 @@ class Completion:
         if self._study_routes:
             groups: dict[tuple[str, int], list[_Series]] = defaultdict(list)
             for row in self.state.pending_series():
-                series = _Series(row.series_uid, row.modality, self._description(row.series_uid, row.sample_path),
+                series = _Series(row.series_uid, row.modality, self._description(row.series_uid, row.sample),
                                  row.first_at, row.last_at)
                 route = route_for(self.routes, series.modality, series.description)
                 if route is not None and route.trigger == "study":
@@ -110,7 +111,7 @@ class Completion:
         if not quiet:
             return None
         study = [
-            (r.modality, self._description(r.series_uid, r.sample_path), r.first_at)
+            (r.modality, self._description(r.series_uid, r.sample), r.first_at)
             for r in self.state.study_series(study_uid)
         ]
         missing = [str(m) for m in route.required if not any(m.matches(mod, desc) for mod, desc, _ in study)]

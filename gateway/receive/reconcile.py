@@ -40,32 +40,33 @@ class Reconciled:
 def reconcile(spool: Spool, state: StateStore) -> Reconciled:
     """Record every incoming spool file whose SOP Instance UID the state store does not know."""
     out = Reconciled()
-    for study_uid, series_uid, files in spool.incoming_series():
+    for study_uid, series_uid, keys in spool.list_incoming():
         known = state.recorded_sop_uids(series_uid)
-        for path in files:
-            if path.stem in known:
+        for key in keys:
+            if key.sop_uid in known:
                 continue
             try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-                stat = path.stat()
+                with spool.open(key) as fh:
+                    ds = pydicom.dcmread(fh, stop_before_pixels=True)
+                    size = fh.seek(0, os.SEEK_END)
                 recorded = state.record_instance(
                     sop_uid=str(ds.SOPInstanceUID),
                     series_uid=str(ds.SeriesInstanceUID),
                     study_uid=str(ds.StudyInstanceUID),
                     sop_class_uid=str(ds.SOPClassUID),
                     modality=str(ds.get("Modality", "") or ""),
-                    path=str(path),
-                    size=stat.st_size,
+                    path=str(spool.local_path(key) or ""),
+                    size=size,
                     calling_aet="",  # not in the file; the association that brought it is gone
-                    now=stat.st_mtime,
                 )
             except Exception as exc:  # noqa: BLE001 - one unreadable file must not stop the start
                 out.unreadable += 1
-                log.error("reconcile.unreadable", path=str(path), error=f"{type(exc).__name__}: {exc}"[:300])
+                log.error("reconcile.unreadable", study_uid=study_uid, series_uid=series_uid,
+                          sop_instance_uid=key.sop_uid, error=f"{type(exc).__name__}: {exc}"[:300])
                 continue
             if recorded:
                 out.recorded += 1
-                log.warning("reconcile.recorded", study_uid=study_uid, series_uid=series_uid, sop_instance_uid=path.stem)
+                log.warning("reconcile.recorded", study_uid=study_uid, series_uid=series_uid, sop_instance_uid=key.sop_uid)
     return out
 
 

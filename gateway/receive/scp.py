@@ -55,7 +55,7 @@ from gateway.errors import OutOfSpaceError, SpoolError, StateError
 from gateway.metrics import Metrics
 from gateway.receive.admission import GuardedServer, Limits
 from gateway.settings import Settings
-from gateway.storage.spool import Spool
+from gateway.storage.spool import InstanceKey, Spool
 from gateway.storage.state import StateStore
 
 ACCEPTED_TRANSFER_SYNTAXES: list[UID] = [
@@ -117,14 +117,15 @@ def spool_instance(
     purged = state.instance_purged(sop)
     if purged is False:
         return None
-    size = len(meta) + len(body)
-    path = spool.store_incoming(study, series, sop, (meta, body))  # written in turn: no joined copy in memory
+    key = InstanceKey(study, series, sop)
+    size = spool.put(key, (meta, body))  # written in turn: no joined copy in memory
+    where = str(spool.local_path(key) or "")  # the rows' transitional path column (gateway.storage.state.Instance)
     if purged:
-        state.mark_restored(sop, str(path))
+        state.mark_restored(sop, where)
     else:
         state.record_instance(
             sop_uid=sop, series_uid=series, study_uid=study, sop_class_uid=sop_class_uid, modality=modality,
-            path=str(path), size=size, calling_aet=calling_aet,
+            path=where, size=size, calling_aet=calling_aet,
         )
     return size
 
@@ -330,7 +331,7 @@ class Receiver:
         sop_class_uid = request.sop_class_uid
         try:
             study, series, sop, modality = check_instance(data, request.sop_instance_uid, sop_class_uid, tsyntax)
-            self.spool.incoming_path(study, series, sop)  # a non-UID cannot name a spool folder: 0xC210
+            InstanceKey(study, series, sop)  # a non-UID cannot be a spool key: 0xC210
         except Exception as exc:  # noqa: BLE001 - any undecodable dataset is refused with a status, never raised
             code = SOP_CLASS_MISMATCH if isinstance(exc, SopClassMismatch) else CANNOT_UNDERSTAND
             if stats:

@@ -45,7 +45,7 @@ from gateway.errors import ConfigError, OutOfSpaceError, SpoolError, StateError
 from gateway.metrics import Metrics
 from gateway.receive.scp import ACCEPTED_TRANSFER_SYNTAXES, file_meta_bytes, spool_instance
 from gateway.settings import DicomwebSettings, Settings
-from gateway.storage.spool import Spool
+from gateway.storage.spool import InstanceKey, Spool
 from gateway.storage.state import StateStore
 
 log = logs.get("gateway.dicomweb")
@@ -196,7 +196,7 @@ class InstanceSink:
             data.clear()
         try:
             study, series, sop, modality = check_instance(body, sop, sop_class, tsyntax)
-            self.spool.incoming_path(study, series, sop)  # a non-UID cannot name a spool folder
+            InstanceKey(study, series, sop)  # a non-UID cannot be a spool key
         except Exception as exc:  # noqa: BLE001 - any undecodable dataset is refused with a reason, never raised
             code = SOP_CLASS_MISMATCH if isinstance(exc, SopClassMismatch) else CANNOT_UNDERSTAND
             return self._refuse(Outcome(sop_class, sop, code, str(exc)))

@@ -8,7 +8,6 @@ state (`recover()` puts jobs that were mid-flight back in the queue they came fr
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
 import threading
@@ -18,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gateway.errors import StateError, is_disk_full
+from gateway.storage.lease import LEASE_SECONDS, new_worker_id
 from gateway.storage.state import (
     FINISHED_STATES,
     JOB_STATES,
@@ -55,6 +55,7 @@ _ADDED_JOB_COLUMNS: tuple[tuple[str, str], ...] = (
     ("dr_ssim", "REAL"),
     ("reviewed_at", "REAL"),        # when an admin released or rejected a held job
     ("study_group", "TEXT"),        # jobs made together for a study-level route: delivered together
+    ("lease_expires_at", "REAL"),   # the owner's claim runs out then unless renewed (NULL: a pid-era claim)
 )
 
 #: Delivery claims take a job of a study group only when no other job of the group is still to be enhanced
@@ -89,13 +90,13 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
-"""
 CREATE TABLE IF NOT EXISTS derived_series_numbers (  -- derived_series_number(): one Series Number per derived series
     derived_series_uid TEXT PRIMARY KEY,
     study_uid TEXT NOT NULL,
     number INTEGER NOT NULL,
     UNIQUE (study_uid, number)     -- two derived series of a study never share a number
 );
+"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -146,7 +147,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     psnr REAL,
     ssim REAL,
     enhance_seconds REAL,
-    owner INTEGER,                  -- pid of the process working on it (enhancing / sending)
+    owner TEXT,                     -- worker id (host:pid:random) of the claim (enhancing / sending)
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     finished_at REAL
@@ -208,7 +209,7 @@ def _series(row: sqlite3.Row, study_uid: str | None = None) -> SeriesSummary:
     return SeriesSummary(
         series_uid=str(row["series_uid"]), study_uid=study_uid or str(row["study_uid"]), modality=str(row["modality"]),
         first_at=float(row["first_at"]), last_at=float(row["last_at"]), instances=int(row["n"]),
-        sample_path=str(row["sample_path"]),
+        sample_sop_uid=str(row["sample_sop_uid"]),
     )
 
 
@@ -236,9 +237,11 @@ class SqliteState:
     Other processes open their own `State` on the same file; WAL and busy_timeout let them coexist.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, worker_id: str | None = None, lease_seconds: float = LEASE_SECONDS) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.worker_id = worker_id or new_worker_id()
+        self.lease_seconds = lease_seconds
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
         try:
@@ -415,7 +418,7 @@ class SqliteState:
         """Series still receiving (instances not yet in a job): the `received` stage."""
         return [_series(r) for r in self._query(
             "SELECT s.series_uid, s.study_uid, s.modality, s.last_at, COUNT(i.sop_uid) AS n, s.first_at,"
-            " MIN(i.path) AS sample_path FROM series s"
+            " MIN(i.sop_uid) AS sample_sop_uid FROM series s"
             " JOIN instances i ON i.series_uid = s.series_uid AND i.job_id IS NULL GROUP BY s.series_uid"
         )]
 
@@ -424,7 +427,7 @@ class SqliteState:
         Series Description) and when it started and last grew: what a study-level route's completion reads."""
         return [_series(r, study_uid) for r in self._query(
             "SELECT s.series_uid, s.modality, s.first_at, s.last_at, COUNT(i.sop_uid) AS n,"
-            " MIN(i.path) AS sample_path FROM series s"
+            " MIN(i.sop_uid) AS sample_sop_uid FROM series s"
             " JOIN instances i ON i.series_uid = s.series_uid WHERE s.study_uid = ? GROUP BY s.series_uid",
             (study_uid,),
         )]
@@ -575,8 +578,9 @@ class SqliteState:
             if row is None:
                 return None
             db.execute(
-                "UPDATE jobs SET state = ?, failed_stage = NULL, owner = ?, updated_at = ? WHERE id = ?",
-                (to_state, os.getpid(), now, row["id"]),
+                "UPDATE jobs SET state = ?, failed_stage = NULL, owner = ?, lease_expires_at = ?, updated_at = ?"
+                " WHERE id = ?",
+                (to_state, self.worker_id, now + self.lease_seconds, now, row["id"]),
             )
         return self.job(int(row["id"]))
 
@@ -612,9 +616,9 @@ class SqliteState:
         new_state = JobState.HELD if qa.hold else JobState.ENHANCED
         with self._tx() as db:
             row = db.execute("SELECT state, owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None or row["state"] != "enhancing" or row["owner"] != os.getpid():
+            if row is None or row["state"] != "enhancing" or row["owner"] != self.worker_id:
                 raise JobTakenOver(f"job {job_id} is {row and row['state']} (owner {row and row['owner']}), "
-                                   f"no longer enhancing by pid {os.getpid()}")
+                                   f"no longer enhancing by {self.worker_id}")
             db.execute(
                 "UPDATE jobs SET state = ?, derived_count = ?, psnr = ?, ssim = ?, enhance_seconds = ?,"
                 " error = ?, attempts = 0, next_try_at = NULL, updated_at = ?, strength = ?, noise_sigma = ?,"
@@ -691,7 +695,7 @@ class SqliteState:
         now = time.time()
         with self._tx() as db:
             row = db.execute("SELECT attempts, state, owner FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if stage == "enhancing" and (row["state"] != "enhancing" or row["owner"] != os.getpid()):
+            if stage == "enhancing" and (row["state"] != "enhancing" or row["owner"] != self.worker_id):
                 return JobState(row["state"])  # someone else owns it now: not ours to fail
             attempts = int(row["attempts"]) + 1
             state = JobState.FAILED if permanent or attempts < max_attempts else JobState.DEAD
@@ -710,9 +714,9 @@ class SqliteState:
         now = time.time()
         with self._tx() as db:
             cur = db.execute(
-                "UPDATE jobs SET state = 'queued', owner = NULL, error = ?, updated_at = ?"
+                "UPDATE jobs SET state = 'queued', owner = NULL, lease_expires_at = NULL, error = ?, updated_at = ?"
                 " WHERE id = ? AND state = 'enhancing' AND owner = ?",
-                (reason[:2000], now, job_id, os.getpid()),
+                (reason[:2000], now, job_id, self.worker_id),
             )
         return bool(cur.rowcount)
 
@@ -748,7 +752,8 @@ class SqliteState:
                 return None
             job_id, name = int(row["id"]), str(row["destination"])
             db.execute(
-                "UPDATE jobs SET state = 'sending', owner = ?, updated_at = ? WHERE id = ?", (os.getpid(), now, job_id)
+                "UPDATE jobs SET state = 'sending', owner = ?, lease_expires_at = ?, updated_at = ? WHERE id = ?",
+                (self.worker_id, now + self.lease_seconds, now, job_id),
             )
             db.execute(
                 "UPDATE deliveries SET state = 'sending' WHERE job_id = ? AND destination = ?", (job_id, name)
@@ -863,26 +868,52 @@ class SqliteState:
             )
         return target
 
-    def recover(self, owner: int | None = None) -> dict[str, int]:
-        """After a crash or restart: jobs caught mid-stage (by `owner`, or by anyone) go back to its queue.
+    def renew_lease(self, job_id: int, worker_id: str) -> bool:
+        """Extend `worker_id`'s claim on the job by a lease from now; False when another worker owns it now."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND owner = ?",
+                (time.time() + self.lease_seconds, job_id, worker_id),
+            )
+        return bool(cur.rowcount)
+
+    def lease_holders(self) -> list[str]:
+        """Owners of the jobs in flight (enhancing, sending), each once."""
+        rows = self._query(
+            "SELECT DISTINCT owner FROM jobs WHERE state IN ('enhancing', 'sending') AND owner IS NOT NULL"
+        )
+        return [str(r[0]) for r in rows]
+
+    def recover(self, owner: str | None = None, now: float | None = None) -> dict[str, int]:
+        """Jobs caught mid-stage go back to their queue: those of `owner` (known dead), else those whose lease
+        expired (or that a pid-era version claimed: no lease). Their deliveries in flight are pending again.
 
         Safe because every stage is idempotent: derived UIDs are deterministic, outgoing files are rewritten,
         and a destination that got part of a series receives the same instances again.
         """
-        now = time.time()
-        who, args = ("", ()) if owner is None else (" AND owner = ?", (owner,))
+        now = time.time() if now is None else now
+        args: tuple[object, ...]
+        if owner is None:
+            who, args = " AND (lease_expires_at IS NULL OR lease_expires_at < ?)", (now,)
+        else:
+            who, args = " AND owner = ?", (owner,)
         with self._tx() as db:
+            sending = [int(r[0]) for r in db.execute(f"SELECT id FROM jobs WHERE state = 'sending'{who}", args)]
             a = db.execute(
-                f"UPDATE jobs SET state = 'queued', owner = NULL, updated_at = ? WHERE state = 'enhancing'{who}",
+                "UPDATE jobs SET state = 'queued', owner = NULL, lease_expires_at = NULL, updated_at = ?"
+                f" WHERE state = 'enhancing'{who}",
                 (now, *args),
             ).rowcount
-            b = db.execute(
-                f"UPDATE jobs SET state = 'enhanced', owner = NULL, updated_at = ? WHERE state = 'sending'{who}",
-                (now, *args),
-            ).rowcount
-            if owner is None:  # deliveries in flight belong to the service process, whose restart this is
-                db.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'sending'")
-        return {"enhancing": a, "sending": b}
+            db.executemany(
+                "UPDATE jobs SET state = 'enhanced', owner = NULL, lease_expires_at = NULL, updated_at = ?"
+                " WHERE id = ?",
+                [(now, job_id) for job_id in sending],
+            )
+            db.executemany(
+                "UPDATE deliveries SET state = 'pending' WHERE job_id = ? AND state = 'sending'",
+                [(job_id,) for job_id in sending],
+            )
+        return {"enhancing": a, "sending": len(sending)}
 
     # --- reporting -------------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.errors import StateError
+from gateway.storage.spool import InstanceKey
 
 
 class JobState(StrEnum):
@@ -97,7 +98,7 @@ class Job:
     psnr: float | None
     ssim: float | None
     enhance_seconds: float | None
-    owner: str | None
+    owner: str | None            # worker id (host:pid:random) of the claim while enhancing or sending
     created_at: float
     updated_at: float
     finished_at: float | None
@@ -111,6 +112,7 @@ class Job:
     dr_ssim: float | None = None
     reviewed_at: float | None = None
     study_group: str | None = None
+    lease_expires_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -133,8 +135,12 @@ class QaOutcome:
 
 @dataclass(frozen=True)
 class Instance:
-    """A received instance. The fields after `size` are filled by `series_instances` (what `reprocess` and
-    reconciliation read), None elsewhere."""
+    """A received instance; its file is `spool.open(instance.key)`. The fields after `size` are filled by
+    `series_instances` (what `reprocess` and reconciliation read), None elsewhere.
+
+    `path` is transitional: where the file was written when it was received, recorded by releases that stored
+    paths in rows. Nothing outside `gateway.storage` reads it; the key is the address.
+    """
 
     sop_uid: str
     series_uid: str
@@ -147,11 +153,15 @@ class Instance:
     calling_aet: str | None = None
     received_at: float | None = None
 
+    @property
+    def key(self) -> InstanceKey:
+        return InstanceKey(self.study_uid, self.series_uid, self.sop_uid)
+
 
 @dataclass(frozen=True)
 class SeriesSummary:
     """A series as completion sees it: its instances (those not yet in a job, for `pending_series`), when it
-    started and last grew, and one instance's path to read its Series Description from."""
+    started and last grew, and one instance (`sample`) to read its Series Description from."""
 
     series_uid: str
     study_uid: str
@@ -159,7 +169,11 @@ class SeriesSummary:
     first_at: float
     last_at: float
     instances: int
-    sample_path: str
+    sample_sop_uid: str
+
+    @property
+    def sample(self) -> InstanceKey:
+        return InstanceKey(self.study_uid, self.series_uid, self.sample_sop_uid)
 
 
 @dataclass(frozen=True)
@@ -245,6 +259,10 @@ class StateStore(Protocol):
     #: Instance rows may be committed without syncing while a run marker lets a restart rebuild them
     #: (`record_instance`); an implementation that always syncs ignores it.
     fast_instance_rows: bool
+    #: Who this store's claims belong to (`gateway.storage.lease.new_worker_id`), and how long a claim lasts
+    #: without renewal.
+    worker_id: str
+    lease_seconds: float
 
     def check_writable(self) -> None: ...
     def close(self) -> None: ...
@@ -296,7 +314,9 @@ class StateStore(Protocol):
     ) -> JobState: ...
     def requeue_job(self, job_id: int, reason: str) -> bool: ...
     def retry(self, job_id: int) -> JobState: ...
-    def recover(self, owner: int | None = None) -> dict[str, int]: ...
+    def renew_lease(self, job_id: int, worker_id: str) -> bool: ...
+    def lease_holders(self) -> list[str]: ...
+    def recover(self, owner: str | None = None, now: float | None = None) -> dict[str, int]: ...
 
     # deliveries
     def deliveries(self, job_id: int) -> list[Delivery]: ...
@@ -330,6 +350,9 @@ class StateStore(Protocol):
     ) -> int: ...
     def audit(self, limit: int = 100, actor: str | None = None) -> list[AuditEntry]: ...
 
+    # --- derived series (gateway.enhance.finish.series_number_candidates) ---------------------------------
+    def derived_series_number(self, study_uid: str, derived_series_uid: str, candidates: Sequence[int]) -> int: ...
+
 
 if TYPE_CHECKING:
     from gateway.storage.sqlite_state import SqliteState
@@ -337,9 +360,6 @@ if TYPE_CHECKING:
     State = SqliteState
 else:
     def __getattr__(name: str) -> object:
-    # --- derived series (gateway.enhance.finish.series_number_candidates) ---------------------------------
-    def derived_series_number(self, study_uid: str, derived_series_uid: str, candidates: Sequence[int]) -> int: ...
-
         """`State`: the embedded default under its old name, for the call sites that construct a store
         (admin CLI, console, tests, benches). Transitional: new code names `SqliteState` where it builds a store
         and `StateStore` everywhere else. Resolved lazily because `sqlite_state` imports this module."""

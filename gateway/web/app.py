@@ -47,7 +47,7 @@ from gateway import logs
 from gateway.admin.ops import reject, release, reprocess
 from gateway.errors import ConfigError, GatewayError, StateError
 from gateway.settings import Settings
-from gateway.storage.spool import Spool
+from gateway.storage.local_spool import LocalSpool
 from gateway.storage.state import JOB_STATES, State
 from gateway.web import forms, imaging, jobs, pages
 from gateway.web.auth import Authenticator, Session, SlidingWindow, same_origin, valid_name
@@ -127,7 +127,7 @@ class Console:
             log.warning("web.no_state", state_db=str(settings.state_db),
                         hint="no gateway has run with this var_dir yet: the jobs pages stay empty; check --config")
         self.state = State(settings.state_db)
-        self.spool = Spool(settings.spool_dir)
+        self.spool = LocalSpool(settings.spool_dir)
         self.auth = Authenticator(self.state, session_hours=web.session_hours, login_failures=web.login_failures,
                                   secure=secure)
         self.actions = SlidingWindow(web.actions_per_minute, 60.0)

@@ -23,7 +23,7 @@ from dicom_utils.derive import derived_sop_uid
 from dicom_utils.errors import DicomUtilsError
 from dicom_utils.pixels import modality_frames
 from gateway.errors import GatewayError
-from gateway.storage.spool import Spool
+from gateway.storage.spool import InstanceKey, OutputKey, Spool, SpoolKey
 from gateway.storage.state import Delivery, Instance, Job, StateStore
 from gateway.web import imaging
 
@@ -42,32 +42,34 @@ class JobView:
     header: Dataset | None
 
 
-def _read(spool: Spool, path: str | None, *, pixels: bool) -> Dataset | None:
+def _read(spool: Spool, key: SpoolKey | None, *, pixels: bool) -> Dataset | None:
     """A spooled file, or None when it is gone (purged, delivered and cleaned) or unreadable."""
-    if path is None:
+    if key is None:
         return None
     try:
-        return pydicom.dcmread(io.BytesIO(spool.read(path)), stop_before_pixels=not pixels)
+        return pydicom.dcmread(io.BytesIO(spool.read(key)), stop_before_pixels=not pixels)
     except (OSError, GatewayError, pydicom.errors.InvalidDicomError):
         return None
 
 
-def _derived_path(job: Job, inst: Instance, outgoing: dict[str, str]) -> str | None:
+def _original(inst: Instance) -> InstanceKey:
+    return InstanceKey(inst.study_uid, inst.series_uid, inst.sop_uid)
+
+
+def _derived(job: Job, inst: Instance) -> OutputKey | None:
+    """The derived instance's key: the worker names it by a deterministic UID of the source and the enhancer."""
     if not job.enhancer or not job.enhancer_version:
         return None
-    return outgoing.get(derived_sop_uid(inst.sop_uid, job.enhancer, job.enhancer_version) + ".dcm")
-
-
-def _outgoing(spool: Spool, job_id: int) -> dict[str, str]:
-    return {p.name: str(p) for p in spool.outgoing_files(job_id)}
+    return OutputKey(job.id, derived_sop_uid(inst.sop_uid, job.enhancer, job.enhancer_version))
 
 
 def job_view(state: StateStore, spool: Spool, job_id: int) -> JobView:
     """Gather a job, its deliveries and the header of its first original (StateError when there is no such job)."""
     job = state.job(job_id)
     instances = state.job_instances(job_id)
-    header = next((ds for ds in (_read(spool, i.path, pixels=False) for i in instances[:3]) if ds is not None), None)
-    return JobView(job, state.deliveries(job_id), len(instances), len(_outgoing(spool, job_id)), header)
+    header = next((ds for ds in (_read(spool, _original(i), pixels=False) for i in instances[:3]) if ds is not None),
+                  None)
+    return JobView(job, state.deliveries(job_id), len(instances), len(spool.list_outputs(job_id)), header)
 
 
 def _values(ds: Dataset | None) -> npt.NDArray[np.float32] | None:
@@ -94,8 +96,8 @@ def slice_info(state: StateStore, spool: Spool, job_id: int, index: int) -> dict
     if found is None:
         return None
     job, inst = found
-    original = _read(spool, inst.path, pixels=True)
-    derived = _read(spool, _derived_path(job, inst, _outgoing(spool, job_id)), pixels=False)
+    original = _read(spool, _original(inst), pixels=True)
+    derived = _read(spool, _derived(job, inst), pixels=False)
     info: dict[str, object] = {"index": index, "instance_number": None, "original": None, "derived": None,
                                "unit": "HU" if job.modality == "CT" else "", "metrics": None}
     values = _values(original)
@@ -120,5 +122,4 @@ def slice_values(state: StateStore, spool: Spool, job_id: int, index: int, kind:
     if found is None:
         return None
     job, inst = found
-    path = inst.path if kind == "original" else _derived_path(job, inst, _outgoing(spool, job_id))
-    return _values(_read(spool, path, pixels=True))
+    return _values(_read(spool, _original(inst) if kind == "original" else _derived(job, inst), pixels=True))

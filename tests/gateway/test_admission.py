@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 
 from gateway.receive.scp import Receiver
 from gateway.settings import parse
-from gateway.storage.spool import Spool
+from gateway.storage.local_spool import LocalSpool
 from gateway.storage.state import State
 from tests.gateway.test_tls import _ca, _signed
 from tests.peers import dcmtk_env, require_binary, storescu, wait_until
@@ -48,7 +48,7 @@ def scp(tmp_path: Path) -> Iterator[Make]:
              "destinations": [{"name": "archive", "type": "folder", "path": "{var_dir}/archive"}]},
             environ={},
         )
-        receiver = Receiver(settings, State(settings.state_db), Spool(settings.spool_dir, min_free_mb=0))
+        receiver = Receiver(settings, State(settings.state_db), LocalSpool(settings.spool_dir, min_free_mb=0))
         receiver.start()
         made.append(receiver)
         return receiver

@@ -21,7 +21,7 @@ from gateway.errors import GatewayError
 from gateway.receive import admission
 from gateway.receive.scp import Receiver
 from gateway.settings import Settings
-from gateway.storage.spool import Spool
+from gateway.storage.local_spool import LocalSpool
 from gateway.storage.state import State
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,7 +114,7 @@ def test_a_missing_name_without_fallback_stops_the_start(monkeypatch: pytest.Mon
 def test_scp_listening_says_whether_the_fast_path_is_on(tmp_path: Path) -> None:
     settings = Settings(host="127.0.0.1", port=0, var_dir=tmp_path, min_free_mb=0)
     state = State(settings.state_db)
-    receiver = Receiver(settings, state, Spool(settings.spool_dir))
+    receiver = Receiver(settings, state, LocalSpool(settings.spool_dir))
     try:
         with structlog.testing.capture_logs() as logs:
             receiver.start()

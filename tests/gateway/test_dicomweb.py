@@ -21,7 +21,7 @@ from dicomweb_client.api import DICOMwebClient
 
 from gateway.receive.stow import ALREADY_STORED, STUDY_MISMATCH, StowService
 from gateway.settings import DicomwebSettings, Settings
-from gateway.storage.spool import Spool
+from gateway.storage.local_spool import LocalSpool
 from gateway.storage.state import State
 from gateway.web.auth import hash_password
 from tests.gateway.harness import GatewayProcess, wait_for
@@ -40,7 +40,7 @@ def stow(tmp_path: Path) -> Iterator[StowService]:
                                                                               max_instance_mb=2, max_request_mb=8))
     settings.var_dir.mkdir(parents=True)
     state = State(settings.state_db)
-    service = StowService(settings, state, Spool(settings.spool_dir, min_free_mb=0))
+    service = StowService(settings, state, LocalSpool(settings.spool_dir, min_free_mb=0))
     service.start()
     yield service
     service.stop()

@@ -14,7 +14,7 @@ from bench.drills.badinput import associate, body_of, fresh_instance, store_raw,
 from dicom_utils.nesting import nesting_problem
 from gateway.receive.scp import Receiver
 from gateway.settings import parse
-from gateway.storage.spool import Spool
+from gateway.storage.local_spool import LocalSpool
 from gateway.storage.state import State
 
 STUDY, SERIES = "1.2.826.0.1.3680043.8.498.8.1", "1.2.826.0.1.3680043.8.498.8.2"
@@ -26,7 +26,7 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
                       "destinations": [{"name": "archive", "type": "folder", "path": "{var_dir}/archive"}]},
                      environ={})
     settings.var_dir.mkdir()
-    scp = Receiver(settings, State(settings.state_db), Spool(settings.spool_dir))
+    scp = Receiver(settings, State(settings.state_db), LocalSpool(settings.spool_dir))
     scp.start()
     yield scp
     scp.stop(grace=1.0)

@@ -196,7 +196,7 @@ def test_an_old_database_gains_the_new_columns_and_keeps_its_rows(tmp_path: Path
     db.commit()
     assert "qa_verdict" not in {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
     db.close()
-    again = State(path)
+    again = State(path, worker_id=state.worker_id)  # the same worker, after the upgrade
     job = again.job(job_id)
     assert job.state == "enhancing" and job.qa_verdict is None
     assert {"held", "rejected"} <= set(JOB_STATES)

@@ -14,7 +14,8 @@ from pathlib import Path
 import pydicom
 
 from gateway.receive.reconcile import RunMarker, reconcile
-from gateway.storage.spool import Spool
+from gateway.storage.local_spool import LocalSpool
+from gateway.storage.spool import InstanceKey
 from gateway.storage.state import State
 from tests.gateway.harness import GatewayProcess
 from tests.peers import storescu
@@ -32,11 +33,14 @@ def _drop_rows(db: Path, sop_uids: list[str]) -> None:
 
 def test_reconcile_records_spool_files_without_rows_and_skips_the_rest(tmp_path: Path) -> None:
     files = make_series("693_UNCR.dcm", 3, tmp_path / "in", seed="reconcile")
-    spool, state = Spool(tmp_path / "spool"), State(tmp_path / "state.db")
+    spool, state = LocalSpool(tmp_path / "spool"), State(tmp_path / "state.db")
     sops = []
     for f in files:
         ds = pydicom.dcmread(f, stop_before_pixels=True)
-        path = spool.store_incoming(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, f.read_bytes())
+        key = InstanceKey(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        spool.put(key, f.read_bytes())
+        path = spool.local_path(key)
+        assert path is not None
         state.record_instance(sop_uid=ds.SOPInstanceUID, series_uid=ds.SeriesInstanceUID,
                               study_uid=ds.StudyInstanceUID, sop_class_uid=ds.SOPClassUID, modality="CT",
                               path=str(path), size=path.stat().st_size, calling_aet="CT01")
@@ -50,8 +54,7 @@ def test_reconcile_records_spool_files_without_rows_and_skips_the_rest(tmp_path:
     assert (found.recorded, found.unreadable) == (2, 1)
     assert state.recorded_sop_uids(str(ds.SeriesInstanceUID)) == set(sops)
     rows = {r.sop_uid: r for r in state.series_instances(str(ds.StudyInstanceUID))}
-    assert rows[sops[0]].path == str(spool.incoming_path(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID),
-                                                            sops[0]))
+    assert rows[sops[0]].key == InstanceKey(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), sops[0])
     assert rows[sops[2]].calling_aet == "CT01"  # the surviving row is untouched
     assert reconcile(spool, state).recorded == 0
 

@@ -23,7 +23,8 @@ from gateway.deliver.sender import Circuit, Sender
 from gateway.dimse.scu import Peer, send_files
 from gateway.errors import DeliveryError
 from gateway.settings import Settings, parse
-from gateway.storage.spool import Spool
+from gateway.storage.local_spool import LocalSpool
+from gateway.storage.spool import InstanceKey, OutputKey
 from gateway.storage.state import State
 from tests.peers import StoreSCP, free_port, wait_until
 from tests.realdata import make_series
@@ -67,24 +68,24 @@ def _settings(var: Path, destinations: list[dict[str, Any]], **sender: Any) -> S
                   "sender": {"base_seconds": 0.2, "cap_seconds": 1.0, "max_attempts": 50} | sender}, environ={})
 
 
-def _enhanced_jobs(cfg: Settings, state: State, spool: Spool, tmp: Path, count: int) -> list[int]:
+def _enhanced_jobs(cfg: Settings, state: State, spool: LocalSpool, tmp: Path, count: int) -> list[int]:
     """`count` jobs in state enhanced, their derived files in the spool (copies of real CT slices)."""
     ids = []
     for n in range(count):
         files = make_series("693_UNCR.dcm", 2, tmp / f"in{n}", seed=f"isolation-{n}")
         for path in files:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-            stored = spool.store_incoming(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID,
-                                          path.read_bytes())
+            size = spool.put(InstanceKey(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID),
+                             path.read_bytes())
             state.record_instance(sop_uid=ds.SOPInstanceUID, series_uid=ds.SeriesInstanceUID,
                                   study_uid=ds.StudyInstanceUID, sop_class_uid=ds.SOPClassUID, modality="CT",
-                                  path=str(stored), size=stored.stat().st_size, calling_aet="TEST", now=0.0)
+                                  path="", size=size, calling_aet="TEST", now=0.0)
         (job_id,) = state.make_jobs_for_stable_series(1.0, now=10.0)
         job = state.claim_job("queued", "enhancing")
         assert job is not None and job.id == job_id
         for path in files:
-            spool.store_outgoing(job_id, pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID,
-                                 path.read_bytes())
+            spool.put(OutputKey(job_id, pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID),
+                      path.read_bytes())
         state.finish_enhancement(job_id, destinations=[d.name for d in cfg.destinations], derived_count=2,
                                  psnr=None, ssim=None, seconds=0.1)
         ids.append(job_id)
@@ -103,7 +104,7 @@ def test_a_hung_pacs_delays_no_other_destination(tmp_path: Path, black_hole: Bla
             {"name": "pacs2", "type": "dicom", "ae_title": "STORESCP", "host": "127.0.0.1", "port": healthy.port},
         ], dimse_timeout=600)  # the hung attempt outlives the test: only independence lets the others through
         cfg.var_dir.mkdir()
-        state, spool = State(cfg.state_db), Spool(cfg.spool_dir)
+        state, spool = State(cfg.state_db), LocalSpool(cfg.spool_dir)
         jobs = _enhanced_jobs(cfg, state, spool, tmp_path, 3)
         stop = threading.Event()
         loop = threading.Thread(target=sender_mod.run_loop, args=(Sender(cfg, state, spool), stop, 0.05), daemon=True)
@@ -139,7 +140,7 @@ def test_the_circuit_opens_and_spares_the_other_jobs_attempts(tmp_path: Path) ->
         {"name": "down", "type": "dicom", "ae_title": "DOWN", "host": "127.0.0.1", "port": free_port()},
     ], circuit_failures=2, circuit_seconds=600, dimse_timeout=5)
     cfg.var_dir.mkdir()
-    state, spool = State(cfg.state_db), Spool(cfg.spool_dir)
+    state, spool = State(cfg.state_db), LocalSpool(cfg.spool_dir)
     jobs = _enhanced_jobs(cfg, state, spool, tmp_path, 4)
     snd = Sender(cfg, state, spool)
     with capture_logs() as logs:
@@ -167,7 +168,7 @@ def test_an_unconfigured_destination_still_ends_its_deliveries(tmp_path: Path) -
     cfg = _settings(tmp_path / "var", [{"name": "archive", "type": "folder", "path": str(tmp_path / "a")}],
                     max_attempts=1)
     cfg.var_dir.mkdir()
-    state, spool = State(cfg.state_db), Spool(cfg.spool_dir)
+    state, spool = State(cfg.state_db), LocalSpool(cfg.spool_dir)
     (job,) = _enhanced_jobs(cfg, state, spool, tmp_path, 1)
     with state._tx() as db:  # a destination removed from the config since the job was enhanced
         db.execute("INSERT INTO deliveries(job_id, destination, state, next_try_at) VALUES (?, 'gone', 'pending', 0)",
@@ -187,10 +188,10 @@ def test_a_job_with_no_derived_files_does_not_open_the_destinations_circuit(tmp_
     cfg = _settings(tmp_path / "var", [{"name": "archive", "type": "folder", "path": str(tmp_path / "a")}],
                     circuit_failures=2, circuit_seconds=600)
     cfg.var_dir.mkdir()
-    state, spool = State(cfg.state_db), Spool(cfg.spool_dir)
+    state, spool = State(cfg.state_db), LocalSpool(cfg.spool_dir)
     *broken, sound = _enhanced_jobs(cfg, state, spool, tmp_path, 3)
     for job in broken:
-        spool.clear_outgoing(job)
+        spool.clear_outputs(job)
     snd = Sender(cfg, state, spool)
     with capture_logs() as logs:
         assert snd.run_destination_once("archive") and snd.run_destination_once("archive")

@@ -19,7 +19,7 @@ from gateway.dimse.status import CANNOT_UNDERSTAND
 from gateway.errors import ConfigError
 from gateway.receive.stow import InstanceSink, StowService, read_stow
 from gateway.settings import DicomwebSettings, Settings, parse
-from gateway.storage.spool import Spool
+from gateway.storage.local_spool import LocalSpool
 from gateway.storage.state import State
 from tests.gateway.harness import GatewayProcess, write_config
 from tests.peers import free_port, port_accepts
@@ -39,7 +39,7 @@ def _part10(ds: pydicom.Dataset, body: bytes) -> bytes:
 def test_a_part_with_an_item_longer_than_its_sequence_is_refused(tmp_path: Path) -> None:
     """Issue 15, defect 8: the SCP refuses this with 0xC210; STOW-RS stored it (pydicom clips the item)."""
     state = State(tmp_path / "state.db")
-    sink = InstanceSink(state, Spool(tmp_path / "spool"))
+    sink = InstanceSink(state, LocalSpool(tmp_path / "spool"))
     ds = fresh_instance("stow-overrun", STUDY, SERIES)
     try:
         outcome = sink.accept(_part10(ds, with_item_overrun(body_of(ds), 20)), None, "token")
@@ -57,7 +57,7 @@ def test_a_malformed_content_length_is_answered_400(tmp_path: Path) -> None:
     settings = Settings(var_dir=tmp_path / "var", dicomweb=DicomwebSettings(enabled=True, port=0, tokens=(TOKEN,)))
     settings.var_dir.mkdir(parents=True)
     state = State(settings.state_db)
-    service = StowService(settings, state, Spool(settings.spool_dir, min_free_mb=0))
+    service = StowService(settings, state, LocalSpool(settings.spool_dir, min_free_mb=0))
     service.start()
     try:
         with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
@@ -112,7 +112,7 @@ def test_basic_credentials_are_verified_only_inside_a_request_slot(tmp_path: Pat
                         dicomweb=DicomwebSettings(enabled=True, port=0, user_roles=("admin",), max_requests=1))
     settings.var_dir.mkdir(parents=True)
     state = State(settings.state_db)
-    service = StowService(settings, state, Spool(settings.spool_dir, min_free_mb=0))
+    service = StowService(settings, state, LocalSpool(settings.spool_dir, min_free_mb=0))
     inside, release = threading.Event(), threading.Event()
     calls: list[str] = []
 
@@ -157,7 +157,7 @@ def test_one_stow_instance_is_held_in_memory_about_twice_not_three_times(tmp_pat
     del out
     body = b"--b0\r\nContent-Type: application/dicom\r\n\r\n" + part10 + b"\r\n--b0--\r\n"
     state = State(tmp_path / "state.db")
-    sink = InstanceSink(state, Spool(tmp_path / "spool"))
+    sink = InstanceSink(state, LocalSpool(tmp_path / "spool"))
     tracemalloc.start()
     try:
         result = read_stow(BytesIO(body), len(body), 'multipart/related; type="application/dicom"; boundary=b0',

@@ -17,7 +17,7 @@ from gateway.deliver.dicomweb import stow_files
 from gateway.errors import DeliveryError
 from gateway.receive.stow import StowService
 from gateway.settings import Destination, DicomwebSettings, Settings
-from gateway.storage.spool import Spool
+from gateway.storage.local_spool import LocalSpool
 from gateway.storage.state import State
 from tests.gateway.harness import GatewayProcess, wait_for
 from tests.gateway.test_dicomweb import ORTHANC_DICOMWEB
@@ -33,7 +33,7 @@ def test_stow_files_to_the_gateways_own_receiver(tmp_path: Path) -> None:
     settings = Settings(var_dir=tmp_path / "peer", dicomweb=DicomwebSettings(enabled=True, port=0, tokens=(TOKEN,)))
     settings.var_dir.mkdir()
     state = State(settings.state_db)
-    server = StowService(settings, state, Spool(settings.spool_dir, min_free_mb=0))
+    server = StowService(settings, state, LocalSpool(settings.spool_dir, min_free_mb=0))
     server.start()
     files = make_series(CT, 3, tmp_path / "in", seed="stow-dest")
     try:
@@ -85,7 +85,7 @@ def test_stow_over_https_verifies_the_servers_certificate(tmp_path: Path) -> Non
         enabled=True, port=0, tokens=(TOKEN,), cert=certs / "server.pem", key=certs / "server.key"))
     settings.var_dir.mkdir()
     state = State(settings.state_db)
-    server = StowService(settings, state, Spool(settings.spool_dir, min_free_mb=0))
+    server = StowService(settings, state, LocalSpool(settings.spool_dir, min_free_mb=0))
     server.start()
     files = make_series(CT, 2, tmp_path / "in", seed="stow-tls")
     try:

@@ -15,6 +15,8 @@ from structlog.testing import capture_logs
 
 from gateway.receive.completion import Completion
 from gateway.settings import Route, SeriesMatch
+from gateway.storage.local_spool import LocalSpool
+from gateway.storage.spool import InstanceKey
 from gateway.storage.state import State
 from tests.gateway.harness import GatewayProcess
 from tests.peers import storescu
@@ -33,11 +35,19 @@ def _series(tmp_path: Path, source: str, description: str, study: str, n: int = 
 
 
 def _record(state: State, files: list[Path], now: float) -> None:
+    """Store the files in the spool beside the state database (where completion reads descriptions) and record them."""
+    spool = _spool(state)
     for f in files:
         ds = pydicom.dcmread(f, stop_before_pixels=True)
+        key = InstanceKey(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        spool.put(key, f.read_bytes())
         state.record_instance(sop_uid=ds.SOPInstanceUID, series_uid=ds.SeriesInstanceUID,
                               study_uid=ds.StudyInstanceUID, sop_class_uid=ds.SOPClassUID, modality=ds.Modality,
-                              path=str(f), size=1, calling_aet="CT01", now=now)
+                              path="", size=1, calling_aet="CT01", now=now)
+
+
+def _spool(state: State) -> LocalSpool:
+    return LocalSpool(state.path.parent / f"{state.path.stem}-spool")
 
 
 def _route(on_timeout: str = "process") -> Route:
@@ -48,7 +58,7 @@ def _route(on_timeout: str = "process") -> Route:
 def test_a_study_waits_for_its_required_series_then_its_series_become_jobs_together(tmp_path: Path) -> None:
     state = State(tmp_path / "s.db")
     study = generate_uid()
-    completion = Completion(state, [_route()], stable_seconds=2.0)
+    completion = Completion(state, _spool(state), [_route()], stable_seconds=2.0)
     _record(state, _series(tmp_path, CT, "A", study), now=0.0)
     _record(state, _series(tmp_path, MR, "T1", study), now=0.0)  # no study route: a series job as usual
     (mr_job,) = completion.run_once(now=5.0)
@@ -73,16 +83,16 @@ def test_timeout_processes_what_is_there_or_discards_it_with_a_log_line(tmp_path
     kept, dropped = generate_uid(), generate_uid()
     _record(state, _series(tmp_path / "k", CT, "A", kept), now=0.0)
     _record(state, _series(tmp_path / "d", CT, "A", dropped), now=0.0)
-    process = Completion(state, [_route("process")], stable_seconds=2.0)
+    process = Completion(state, _spool(state), [_route("process")], stable_seconds=2.0)
     assert process.run_once(now=99.0) == []
     with capture_logs() as logs:
-        made = Completion(state, [_route("process")], stable_seconds=2.0).run_once(now=101.0)
+        made = Completion(state, _spool(state), [_route("process")], stable_seconds=2.0).run_once(now=101.0)
     assert {state.job(j).study_uid for j in made} == {kept, dropped}
     assert {e["event"] for e in logs} == {"study.timeout"} and logs[0]["missing"] == ["CT/^B$"]
     state2 = State(tmp_path / "s2.db")
     _record(state2, _series(tmp_path / "d2", CT, "A", dropped), now=0.0)
     with capture_logs() as logs:
-        (job,) = Completion(state2, [_route("discard")], stable_seconds=2.0).run_once(now=101.0)
+        (job,) = Completion(state2, _spool(state2), [_route("discard")], stable_seconds=2.0).run_once(now=101.0)
     assert state2.job(job).state == "skipped" and "missing CT/^B$" in (state2.job(job).skip_reason or "")
     assert [e["event"] for e in logs] == ["study.discarded"]
 
@@ -92,7 +102,7 @@ def test_the_sender_waits_until_every_series_of_the_study_is_enhanced(tmp_path: 
     study = generate_uid()
     _record(state, _series(tmp_path, CT, "A", study), now=0.0)
     _record(state, _series(tmp_path, CT, "B", study), now=0.0)
-    first, second = Completion(state, [_route()], stable_seconds=1.0).run_once(now=5.0)
+    first, second = Completion(state, _spool(state), [_route()], stable_seconds=1.0).run_once(now=5.0)
     for expected in (first, second):
         job = state.claim_job("queued", "enhancing")
         assert job is not None and job.id == expected
@@ -127,7 +137,7 @@ def test_the_series_description_cache_is_bounded_and_rereads_what_it_dropped(tmp
     studies = [generate_uid() for _ in range(3)]
     for n, study in enumerate(studies):
         _record(state, _series(tmp_path / str(n), CT, "A", study), now=0.0)
-    completion = Completion(state, [_route()], stable_seconds=1.0, descriptions_kept=2)
+    completion = Completion(state, _spool(state), [_route()], stable_seconds=1.0, descriptions_kept=2)
     assert completion.run_once(now=5.0) == []  # each study waits for its series B
     assert len(completion._descriptions) == 2
     _record(state, _series(tmp_path / "0", CT, "B", studies[0]), now=6.0)

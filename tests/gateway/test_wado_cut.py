@@ -13,7 +13,7 @@ from gateway.deliver.dicomweb import wado_series
 from gateway.errors import DeliveryError
 from gateway.receive.stow import InstanceSink
 from gateway.settings import Destination
-from gateway.storage.spool import Spool
+from gateway.storage.local_spool import LocalSpool
 from gateway.storage.state import State
 
 
@@ -39,7 +39,7 @@ def test_a_wado_answer_cut_off_is_a_delivery_error(tmp_path: Path) -> None:
     try:
         peer = Destination(name="web-pacs", type="dicomweb", url=f"http://127.0.0.1:{server.getsockname()[1]}")
         with pytest.raises(DeliveryError, match="web-pacs"):
-            wado_series(peer, InstanceSink(state, Spool(tmp_path / "spool")), "1.2.3", "1.2.3.4", ["1.2.3.4.5"],
+            wado_series(peer, InstanceSink(state, LocalSpool(tmp_path / "spool")), "1.2.3", "1.2.3.4", ["1.2.3.4.5"],
                         timeout=10)
     finally:
         thread.join(10)
