@@ -58,10 +58,10 @@ from gateway.errors import (
 )
 from gateway.settings import QaSettings, Settings
 from gateway.signals import StopSignals
+from gateway.storage.factory import open_state
 from gateway.storage.lease import Heartbeat
 from gateway.storage.local_spool import LocalSpool
 from gateway.storage.spool import OutputKey, Spool, SpoolKey
-from gateway.storage.sqlite_state import SqliteState
 from gateway.storage.state import (
     Instance,
     Job,
@@ -566,7 +566,7 @@ class Worker:
         for result in gate.slices():
             sop = derived_sop_uid(instances[result.order[1]].sop_uid, info.name, info.version)
             flags.setdefault(sop, []).append(result.verdict)
-        marker = verdict.action in ("flag", "hold")
+        marker = verdict.action in (QaAction.FLAG, QaAction.HOLD)
         for key in self.spool.list_outputs(job_id):
             self._check_service()
             ds = self._dcmread(key)
@@ -662,7 +662,7 @@ def run(settings: Settings, parent: int, poll_seconds: float = 0.5) -> None:
         return  # the service died while this process was still importing
     logs.configure()
     routing.load_plugins(settings.plugins)
-    state = SqliteState(settings.state_db, lease_seconds=settings.state.lease_seconds)
+    state = open_state(settings)
     worker = Worker(settings, state, LocalSpool(settings.spool_dir, min_free_mb=settings.min_free_mb), parent=parent)
     worker.heartbeat.start()
     log.info("worker.started")
