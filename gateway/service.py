@@ -25,9 +25,10 @@ from gateway.receive.scp import Receiver
 from gateway.receive.stow import StowService
 from gateway.settings import Settings
 from gateway.signals import StopSignals
+from gateway.storage.factory import describe as describe_state
+from gateway.storage.factory import open_state
 from gateway.storage.lease import recover_dead
 from gateway.storage.local_spool import LocalSpool
-from gateway.storage.sqlite_state import SqliteState
 from gateway.storage.state import StateStore
 
 log = logs.get("gateway.service")
@@ -77,7 +78,7 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.var_dir.mkdir(parents=True, exist_ok=True)
-        self.state = SqliteState(settings.state_db, lease_seconds=settings.state.lease_seconds)
+        self.state = open_state(settings)
         self.spool = LocalSpool(settings.spool_dir, min_free_mb=settings.min_free_mb)
         self.metrics = Metrics()
         self.metrics.watch_state(self.state)
@@ -144,6 +145,7 @@ class Gateway:
         log.info(
             "gateway.starting",
             var_dir=str(self.settings.var_dir),
+            state=describe_state(self.settings),  # a PostgreSQL URL without its password
             requeued_enhancing=recovered["enhancing"],
             requeued_sending=recovered["sending"],
             partial_files_removed=cleaned,

@@ -47,8 +47,9 @@ from gateway import logs
 from gateway.admin.ops import reject, release, reprocess
 from gateway.errors import ConfigError, GatewayError, StateError
 from gateway.settings import Settings
+from gateway.storage.factory import open_state
 from gateway.storage.local_spool import LocalSpool
-from gateway.storage.state import JOB_STATES, State
+from gateway.storage.state import JOB_STATES, StateStore
 from gateway.web import forms, imaging, jobs, pages
 from gateway.web.auth import Authenticator, Session, SlidingWindow, same_origin, valid_name
 from gateway.web.command import DEFAULT_HOST, DEFAULT_PORT
@@ -123,10 +124,10 @@ class Console:
         web = settings.web
         self.max_upload_bytes = web.max_upload_mb << 20
         self.login_csrf = secrets.token_urlsafe(24)  # the login form's token (no session yet)
-        if not settings.state_db.exists():
+        if not settings.state.url and not settings.state_db.exists():
             log.warning("web.no_state", state_db=str(settings.state_db),
                         hint="no gateway has run with this var_dir yet: the jobs pages stay empty; check --config")
-        self.state = State(settings.state_db)
+        self.state = open_state(settings)
         self.spool = LocalSpool(settings.spool_dir)
         self.auth = Authenticator(self.state, session_hours=web.session_hours, login_failures=web.login_failures,
                                   secure=secure)
@@ -657,7 +658,7 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
-def check_exposure(settings: Settings, host: str, state: State) -> None:
+def check_exposure(settings: Settings, host: str, state: StateStore) -> None:
     """Refuse a console reachable from other machines without HTTPS and without a user to log in."""
     if _is_loopback(host):
         return

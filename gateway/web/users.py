@@ -82,13 +82,13 @@ def run_command(args: argparse.Namespace) -> int:
     from gateway import logs
     from gateway import settings as settings_mod
     from gateway.errors import StateError
-    from gateway.storage.state import State
+    from gateway.storage.factory import open_state
     from gateway.web.auth import hash_password, valid_name
 
     cfg = settings_mod.load(getattr(args, "config", None))
     if args.var_dir is not None:
         cfg = cfg.with_overrides(var_dir=args.var_dir)
-    state = State(cfg.state_db)
+    state = open_state(cfg)  # `users add` may come before the first serve: it may create the store
     action = args.users_command
     try:
         if action == "list":

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.storage.state import State
+from gateway.storage.state import State, StateStore
 from tests.peers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,6 +58,7 @@ def write_config(
     enhance: dict[str, Any] | None = None,
     qa: dict[str, Any] | None = None,
     dicomweb: dict[str, Any] | None = None,
+    state: dict[str, Any] | None = None,
 ) -> Path:
     lines = ["[gateway]", "ae_title = \"ENHANCE_GW\"", "host = \"127.0.0.1\"", f"port = {port}"]
     lines += [f"var_dir = {_toml_value(var_dir)}", f"stable_seconds = {stable_seconds}"]
@@ -78,6 +79,8 @@ def write_config(
     lines += ["", "[metrics]", "host = \"127.0.0.1\"", f"port = {metrics_port}"]
     if dicomweb:
         lines += ["", "[dicomweb]"] + [f"{k} = {_toml_value(v)}" for k, v in dicomweb.items()]
+    if state:
+        lines += ["", "[state]"] + [f"{k} = {_toml_value(v)}" for k, v in state.items()]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -105,6 +108,8 @@ class GatewayProcess:
         )
         self.log_path = root / "gateway.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.state_url: str | None = (config.get("state") or {}).get("url")  # PostgreSQL instead of state.db
+        self._pg: StateStore | None = None
         atexit.register(self.kill_quietly)  # a failed test must not leave a gateway running
 
     @staticmethod
@@ -170,8 +175,15 @@ class GatewayProcess:
                 continue
         return out
 
-    def state(self) -> State:
-        return State(self.var_dir / "state.db")
+    def state(self) -> StateStore:
+        """The gateway's state as another process sees it (one PostgreSQL store kept open: it holds a pool)."""
+        if self.state_url is None:
+            return State(self.var_dir / "state.db")
+        if self._pg is None:
+            from gateway.storage.postgres_state import PostgresState
+
+            self._pg = PostgresState(self.state_url, migrate=False)
+        return self._pg
 
     def wait_jobs(self, states: set[str], count: int, timeout: float = 120.0) -> list[Any]:
         def ready() -> list[Any] | None:
