@@ -1,19 +1,28 @@
 """The spool in a POSIX folder: keys become paths under `<var_dir>/spool/`, the only place they do.
 
 Layout: `incoming/<study>/<series>/<sop>.dcm` (originals as received), `outgoing/<job>/<sop>.dcm` (derived
-objects waiting for delivery), `tmp/` (partial writes, cleaned at start). A shared POSIX folder (NFS, CephFS)
-serves several nodes as it is: every write is temp file + fsync + rename + fsync of the folder
+objects waiting for delivery), `tmp/<host>.<pid>/` (partial writes of one process). A shared POSIX folder
+(NFS, CephFS) serves several nodes as it is: every write is temp file + fsync + rename + fsync of the folder
 (`gateway.storage.spool.write_atomic`), so a reader never sees half a file.
+
+Why a temp folder per process: on a shared spool, or with several roles as separate processes on one host, a
+process that starts must remove the partial writes of its crashed predecessor but never the file another live
+receiver is writing at that moment. `clean_tmp` removes the folders of processes of this host that are gone
+(and any folder untouched for a day: a node that never came back), never a live one's.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from gateway.errors import OutOfSpaceError, SpoolError
+from gateway.storage.lease import dead_here
 from gateway.storage.spool import (
     FULL_BELOW_MB,
     Chunks,
@@ -26,6 +35,9 @@ from gateway.storage.spool import (
     write_atomic,
 )
 
+#: A temp folder of another host untouched this long belongs to a node that never came back.
+STALE_TMP_SECONDS = 86400.0
+
 
 class LocalSpool:
     """A spool in one POSIX folder (local, or shared by NFS/CephFS): keys map to files under `root`."""
@@ -35,7 +47,7 @@ class LocalSpool:
         self.min_free_mb = min_free_mb
         self.incoming = root / "incoming"
         self.outgoing = root / "outgoing"
-        self.tmp = root / "tmp"
+        self.tmp = root / "tmp" / f"{socket.gethostname()}.{os.getpid()}"
         for d in (self.incoming, self.outgoing, self.tmp):
             d.mkdir(parents=True, exist_ok=True)
 
@@ -92,11 +104,24 @@ class LocalSpool:
         return self._path(key)
 
     def clean_tmp(self) -> int:
-        """Remove partial writes left by a crash; they were never acknowledged."""
+        """Remove partial writes left by crashed processes (never acknowledged); the count of files removed."""
         removed = 0
-        for part in self.tmp.glob("*.part"):
+        top = self.tmp.parent
+        for part in top.glob("*.part"):  # the layout before per-process folders
             part.unlink(missing_ok=True)
             removed += 1
+        for folder in top.iterdir():
+            if folder == self.tmp or not folder.is_dir():
+                continue
+            host, _, pid = folder.name.rpartition(".")
+            gone = dead_here(f"{host}:{pid}:-")
+            try:
+                stale = time.time() - folder.stat().st_mtime > STALE_TMP_SECONDS
+            except FileNotFoundError:
+                continue
+            if gone or stale:
+                removed += sum(1 for _ in folder.glob("*.part"))
+                shutil.rmtree(folder, ignore_errors=True)
         return removed
 
     def free_mb(self) -> float:

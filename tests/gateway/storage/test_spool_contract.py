@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,9 +62,32 @@ def test_a_local_spool_hands_out_paths_only_for_streaming_and_cleans_partial_wri
     spool.put(key, b"x")
     path = spool.local_path(key)
     assert path is not None and path.read_bytes() == b"x" and path.is_relative_to(tmp_path / "spool")
-    assert not list((tmp_path / "spool" / "tmp").iterdir())  # the temp file was renamed into place
-    (tmp_path / "spool" / "tmp" / "crash.part").write_bytes(b"half")
+    assert not list(spool.tmp.iterdir())  # the temp file was renamed into place
+    (tmp_path / "spool" / "tmp" / "crash.part").write_bytes(b"half")  # the layout before per-process folders
     assert spool.clean_tmp() == 1
+
+
+def test_clean_tmp_removes_dead_processes_partial_writes_never_a_live_ones(tmp_path: Path) -> None:
+    """A shared spool: starting one process must not delete the file another live process is writing."""
+    host = socket.gethostname()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        root = tmp_path / "spool"
+        for pid in (gone.pid, live.pid):
+            (root / "tmp" / f"{host}.{pid}").mkdir(parents=True)
+            (root / "tmp" / f"{host}.{pid}" / "x.part").write_bytes(b"half")
+        (root / "tmp" / "other-node.123").mkdir()  # another host, recently active: its lease rules, not ours
+        (root / "tmp" / "other-node.123" / "y.part").write_bytes(b"half")
+        spool = LocalSpool(root)
+        assert spool.clean_tmp() == 1
+        assert not (root / "tmp" / f"{host}.{gone.pid}").exists()
+        assert (root / "tmp" / f"{host}.{live.pid}" / "x.part").exists()
+        assert (root / "tmp" / "other-node.123" / "y.part").exists()
+    finally:
+        live.kill()
+        live.wait()
 
 
 def test_put_refuses_below_the_watermark(open_spool: Callable[..., Spool]) -> None:
