@@ -8,6 +8,7 @@ raise PeerMissingError: the test fails, it is never skipped.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -101,5 +102,6 @@ def postgres_server() -> Iterator[Any]:
 @pytest.fixture
 def postgres_url(postgres_server: Any, request: pytest.FixtureRequest) -> str:
     """A fresh, empty database on the session's cluster: its URL (one per test, never shared)."""
-    name = "t_" + re.sub(r"\W+", "_", request.node.name).lower()[-50:]
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:10]
+    name = "t_" + re.sub(r"\W+", "_", request.node.name).lower()[-40:] + "_" + digest
     return str(postgres_server.create_database(name))

@@ -20,13 +20,25 @@ from gateway.storage.state import StateStore
 OpenStore = Callable[..., StateStore]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> OpenStore:
     if request.param == "sqlite":
         def open_sqlite(worker_id: str | None = None, lease_seconds: float = LEASE_SECONDS) -> StateStore:
             return SqliteState(tmp_path / "state.db", worker_id=worker_id, lease_seconds=lease_seconds)
 
         return open_sqlite
+    if request.param == "postgres":  # a fresh database of the session's real server (tests/conftest.py)
+        from gateway.storage.postgres_state import PostgresState
+
+        url = request.getfixturevalue("postgres_url")
+        opened: list[PostgresState] = []
+
+        def open_postgres(worker_id: str | None = None, lease_seconds: float = LEASE_SECONDS) -> StateStore:
+            opened.append(PostgresState(url, worker_id=worker_id, lease_seconds=lease_seconds))
+            return opened[-1]
+
+        request.addfinalizer(lambda: [s.close() for s in opened])
+        return open_postgres
     raise AssertionError(f"no state store implementation {request.param!r}")
 
 
