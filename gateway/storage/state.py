@@ -252,7 +252,9 @@ class JobTakenOver(StateError):
 class StateStore(Protocol):
     """Every state transition is one short transaction; a restart resumes from the last committed state.
 
-    Implementations: `gateway.storage.sqlite_state.SqliteState` (one node). The contract is
+    Implementations: `gateway.storage.sqlite_state.SqliteState` (one node) and
+    `gateway.storage.postgres_state.PostgresState` (several processes and machines on one database); the one a
+    process opens is chosen by `gateway.storage.factory.open_state`. The contract is
     `tests/gateway/storage/test_state_contract.py`, parametrised over implementations.
     """
 
