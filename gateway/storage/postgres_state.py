@@ -8,7 +8,9 @@ things a shared work queue needs without a home-made coordinator: row locks that
 durable commits that survive a crash of any node, and LISTEN/NOTIFY to wake idle workers (`pg_wake`).
 
 Every transition is one transaction, as in the SQLite store; the SQL mirrors it method by method. Where SQLite
-relied on its single writer (read a row, then update it), this store takes the row lock first (`FOR UPDATE`).
+relied on its single writer (read a row, then update it), this store takes the row lock first (`FOR UPDATE`),
+in one order: a series before its instances, and a job's deliveries before the job wherever a sender may be
+claiming one of them at the same time (`claim_delivery`, `retry`), so two transactions never wait on each other.
 Connection failures (server down, restarted, unreachable) become `StateError` with the server named and the
 password redacted: the receiver answers 0xA700 and nothing it acknowledged depends on the lost transaction. The
 pool checks a connection before lending it, so the store reconnects by itself once the server is back.
@@ -585,6 +587,9 @@ class PostgresState:
     def retry(self, job_id: int) -> JobState:
         now = time.time()
         with self._tx() as db:
+            # Deliveries before the job, the order `claim_delivery` takes them in (a sender may be claiming one of
+            # this failed job's deliveries right now): the other order could deadlock with it.
+            db.execute("SELECT 1 FROM deliveries WHERE job_id = %s ORDER BY destination FOR UPDATE", (job_id,))
             row = db.execute("SELECT state, failed_stage FROM jobs WHERE id = %s FOR UPDATE", (job_id,)).fetchone()
             if row is None:
                 raise StateError(f"no job {job_id}; `enhance-gateway status` lists jobs")
