@@ -95,11 +95,18 @@ class Metrics:
         self.registry.register(_DiskCollector(free_bytes, min_free_mb))
 
 
-def health_checks(state: StateStore, scp_port: Callable[[], int | None], spool_check: Callable[[], None]) -> dict[str, str]:
-    """Each check: "ok" or what is wrong. Healthy only when the SCP accepts, the store writes, disk is fine."""
+def health_checks(
+    state: StateStore, scp_port: Callable[[], int | None] | None, spool_check: Callable[[], None]
+) -> dict[str, str]:
+    """Each check: "ok" or what is wrong. Healthy only when the SCP accepts, the store writes, disk is fine.
+
+    `scp_port` None: a process without the receive role (`serve --role`), which has no SCP to check.
+    """
     out: dict[str, str] = {}
-    port = scp_port()
-    if port is None:
+    port = scp_port() if scp_port is not None else None
+    if scp_port is None:
+        pass
+    elif port is None:
         out["scp"] = "not listening"
     else:
         try:

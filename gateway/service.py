@@ -3,6 +3,12 @@
 Why this split: reception and sending are I/O bound and share the state store; enhancement is CPU/GPU bound
 and runs in spawned processes so a long inference never stalls a C-STORE and CUDA is never forked.
 SIGTERM stops new associations, lets in-flight C-STOREs finish, and leaves the state consistent.
+
+Roles (`serve --role receive,complete,enhance,send`, default all): a site that outgrows one machine runs the
+same program as several processes on several machines sharing one PostgreSQL state and one spool folder
+(docs/scale-out.md): receivers behind a TCP load balancer, a worker process per GPU, a sender. Each role is
+safe to run several times: completion and claims are transactions on the shared state, ownership is a lease.
+Every process, whatever its roles, re-queues the jobs of dead owners (expired leases) once a second.
 """
 
 from __future__ import annotations
@@ -32,6 +38,20 @@ from gateway.storage.local_spool import LocalSpool
 from gateway.storage.state import StateStore
 
 log = logs.get("gateway.service")
+
+#: What `serve --role` accepts; all four by default (the single-node gateway).
+ROLES: tuple[str, ...] = ("receive", "complete", "enhance", "send")
+
+
+def parse_roles(text: str) -> frozenset[str]:
+    """`receive,enhance` -> the set; an unknown or empty list is a ConfigError naming the valid roles."""
+    roles = frozenset(r.strip().lower() for r in text.split(",") if r.strip())
+    unknown = sorted(roles - set(ROLES))
+    if unknown or not roles:
+        raise ConfigError(
+            f"--role {text!r}: expected a comma-separated list of {', '.join(ROLES)} (e.g. --role receive,complete)"
+        )
+    return roles
 
 
 def _completion_loop(
@@ -75,18 +95,21 @@ def _run_worker(settings: Settings, parent: int) -> None:
 class Gateway:
     """Start/stop the whole service; `serve()` blocks until SIGTERM/SIGINT."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, roles: frozenset[str] = frozenset(ROLES)) -> None:
         self.settings = settings
+        self.roles = roles
         settings.var_dir.mkdir(parents=True, exist_ok=True)
         self.state = open_state(settings)
         self.spool = LocalSpool(settings.spool_dir, min_free_mb=settings.min_free_mb)
         self.metrics = Metrics()
         self.metrics.watch_state(self.state)
         self.metrics.watch_disk(lambda: self.spool.free_mb() * 1e6, settings.min_free_mb)
-        self.receiver = Receiver(settings, self.state, self.spool, self.metrics)
+        receives = "receive" in roles
+        self.receiver = Receiver(settings, self.state, self.spool, self.metrics) if receives else None
         self.http: HttpEndpoint | None = None
         # STOW-RS reception beside the SCP, same spool and state (`[dicomweb] enabled`)
-        self.stow = StowService(settings, self.state, self.spool, self.metrics) if settings.dicomweb.enabled else None
+        stow = receives and settings.dicomweb.enabled
+        self.stow = StowService(settings, self.state, self.spool, self.metrics) if stow else None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ctx = multiprocessing.get_context("spawn")
@@ -122,7 +145,8 @@ class Gateway:
                     self.http.server.server_close()
                 raise
         try:
-            unclean = self.marker.begin()
+            # the marker protects unsynced instance rows, which only reception writes
+            unclean = self.marker.begin() if self.receiver is not None else False
         except OSError as exc:  # a full or read-only var_dir must not keep the gateway from starting
             unclean = True  # cannot tell; a reconciliation pass is harmless
             self.state.fast_instance_rows = False  # no marker to protect unsynced rows: sync them
@@ -146,44 +170,54 @@ class Gateway:
             "gateway.starting",
             var_dir=str(self.settings.var_dir),
             state=describe_state(self.settings),  # a PostgreSQL URL without its password
+            roles=sorted(self.roles),
             requeued_enhancing=recovered["enhancing"],
             requeued_sending=recovered["sending"],
             partial_files_removed=cleaned,
             destinations=[d.name for d in self.settings.destinations],
-            workers=self.settings.enhance.workers,
+            workers=self.settings.enhance.workers if "enhance" in self.roles else 0,
         )
-        for _ in range(self.settings.enhance.workers):
-            self._start_worker()
-        snd = sender.Sender(self.settings, self.state, self.spool, self.metrics)
-        self._threads = [
-            threading.Thread(
+        if "enhance" in self.roles:
+            for _ in range(self.settings.enhance.workers):
+                self._start_worker()
+        self._threads = [threading.Thread(target=self._watch_workers, name="workers", daemon=True)]
+        if "complete" in self.roles:
+            completion = Completion(self.state, self.spool, self.settings.routes, self.settings.stable_seconds)
+            self._threads.append(threading.Thread(
                 target=_completion_loop,
-                args=(self.state, self.settings.stable_seconds, self._stop, self.metrics,
-                      Completion(self.state, self.spool, self.settings.routes, self.settings.stable_seconds)),
+                args=(self.state, self.settings.stable_seconds, self._stop, self.metrics, completion),
                 name="completion",
                 daemon=True,
-            ),
-            threading.Thread(target=sender.run_loop, args=(snd, self._stop), name="sender", daemon=True),
-            threading.Thread(target=self._watch_workers, name="workers", daemon=True),
-        ]
+            ))
+        if "send" in self.roles:
+            snd = sender.Sender(self.settings, self.state, self.spool, self.metrics)
+            self._threads.append(
+                threading.Thread(target=sender.run_loop, args=(snd, self._stop), name="sender", daemon=True)
+            )
         for t in self._threads:
             t.start()
-        self.receiver.start()
+        if self.receiver is not None:
+            self.receiver.start()
         if self.stow is not None:
             self.stow.start()
         if self.http is not None:
             self.http.start()
 
     def health(self) -> dict[str, str]:
+        receiver = self.receiver
+        if receiver is None:  # a node without the receive role has no SCP to check
+            return health_checks(self.state, None, self.spool.check_health)
         checks = health_checks(
-            self.state, lambda: self.receiver.port if self.receiver.server else None, self.spool.check_health
+            self.state, lambda: receiver.port if receiver.server else None, self.spool.check_health
         )
         if checks.get("scp") == "ok":  # listening is not enough: a sender must also find a free slot
-            checks["scp"] = self.receiver.slots()
+            checks["scp"] = receiver.slots()
         return checks
 
     @property
     def port(self) -> int:
+        if self.receiver is None:
+            raise ConfigError("this gateway process has no receive role: it listens on no DICOM port")
         return self.receiver.port
 
     def _start_worker(self) -> None:
@@ -214,7 +248,8 @@ class Gateway:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful: no new associations, threads and workers finish their current step."""
-        self.receiver.stop()
+        if self.receiver is not None:
+            self.receiver.stop()
         if self.stow is not None:
             self.stow.stop()
         if self.http is not None:
@@ -231,7 +266,8 @@ class Gateway:
                 proc.kill()
                 proc.join(5)
         self.state.close()
-        self.marker.end()
+        if self.receiver is not None:  # only reception began it (another role's process may share var_dir)
+            self.marker.end()
         log.info("gateway.stopped")
 
     def serve(self) -> None:

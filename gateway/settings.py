@@ -312,10 +312,12 @@ class Settings:
     dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
     plugins: tuple[str, ...] = ()  # modules imported by workers and `config check` (site enhancers)
     source_file: Path | None = None
+    # `[gateway] spool_dir`: a spool shared by several nodes (NFS/CephFS, docs/scale-out.md); None: var_dir/spool
+    shared_spool: Path | None = None
 
     @property
     def spool_dir(self) -> Path:
-        return self.var_dir / "spool"
+        return self.shared_spool if self.shared_spool is not None else self.var_dir / "spool"
 
     @property
     def state_db(self) -> Path:
@@ -661,9 +663,11 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
     known = {
         "ae_title", "host", "port", "var_dir", "stable_seconds", "allowed_calling_aets", "max_pdu", "min_free_mb",
         "tls", "peer_hosts", "max_associations", "max_associations_per_host", "pre_association_timeout",
+        "spool_dir",
     }
     _reject_unknown(gw, known, "[gateway]")
     var_dir = Path(_str(gw.get("var_dir", "var"), "gateway.var_dir"))
+    shared_spool = _path(gw["spool_dir"], "gateway.spool_dir", var_dir) if "spool_dir" in gw else None
     allowed = gw.get("allowed_calling_aets", [])
     if not isinstance(allowed, list):
         raise ConfigError("gateway.allowed_calling_aets must be a list of AE titles, e.g. [\"CT01\", \"PACS\"]")
@@ -741,6 +745,7 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
         host=_str(gw.get("host", "0.0.0.0"), "gateway.host"),
         port=_port(gw.get("port", 11112), "gateway.port"),
         var_dir=var_dir,
+        shared_spool=shared_spool,
         stable_seconds=_number(gw.get("stable_seconds", 10), "gateway.stable_seconds"),
         allowed_calling_aets=tuple(_aet(a, "gateway.allowed_calling_aets[]") for a in allowed),
         max_pdu=max_pdu,

@@ -101,7 +101,7 @@ def _when(ts: float | None) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway import logs
     from gateway.enhance import routing
-    from gateway.service import Gateway
+    from gateway.service import Gateway, parse_roles
 
     logs.configure()
     cfg = _settings(args)
@@ -109,7 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     routing.validate(cfg.routes)
     for warning in routing.hallucination_risks(cfg.routes):
         logs.get("gateway.routing").warning("route.hallucination_risk", detail=warning)
-    Gateway(cfg).serve()
+    Gateway(cfg, parse_roles(args.role)).serve()
     return 0
 
 
@@ -436,6 +436,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", parents=[config, var_dir],
                        help="run the gateway in the foreground (SIGTERM stops it cleanly)")
     p.add_argument("--port", type=int, help="override gateway.port")
+    p.add_argument("--role", default="receive,complete,enhance,send", metavar="ROLES",
+                   help="what this process does, comma-separated: receive (C-STORE and STOW-RS), complete (series"
+                        " -> jobs), enhance (worker processes), send (deliveries); default all four. Several"
+                        " processes on several machines share one PostgreSQL state ([state] url) and one spool:"
+                        " docs/scale-out.md")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", parents=[*state, as_json],

@@ -98,8 +98,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 class GatewayProcess:
     """A gateway child process on a free loopback port with its var dir under `root`."""
 
-    def __init__(self, root: Path, **config: Any) -> None:
+    def __init__(self, root: Path, *, roles: str | None = None, **config: Any) -> None:
         self.root = root
+        self.roles = roles  # `serve --role ...`; None: all roles (and the SCP is what start() waits for)
         self.var_dir = root / "var"
         self.port = free_port()
         self.metrics_port = free_port()
@@ -126,22 +127,25 @@ class GatewayProcess:
     def start(self, timeout: float = 60.0) -> GatewayProcess:
         env = self.env()
         with open(self.log_path, "ab") as log:
+            role = ["--role", self.roles] if self.roles else []
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.admin.cli", "--config", str(self.config), "serve"],
+                [sys.executable, "-m", "gateway.admin.cli", "--config", str(self.config), "serve", *role],
                 cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env,
             )
+        # a process without the receive role listens only on its metrics port (after it has started)
+        port = self.port if not self.roles or "receive" in self.roles else self.metrics_port
 
         def listening() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                     return True
             except OSError:
                 return False
 
-        wait_for(listening, timeout, "the gateway's SCP to listen")
+        wait_for(listening, timeout, f"the gateway ({self.roles or 'all roles'}) to listen on {port}")
         return self
 
     def kill(self) -> None:
