@@ -3,8 +3,10 @@ PostgreSQL state and one spool folder shared by all (docs/scale-out.md).
 
 What is proved: every instance dcmtk pushed (four series at once, through the load balancer) is derived and
 delivered exactly once, also when an enhance worker is killed with SIGKILL in the middle of a job (another
-worker resumes it) and when PostgreSQL itself is killed and restarted while series are flowing (reception
-refuses with 0xA700 while it is down, the sender's retry is stored, nothing acknowledged is lost).
+worker resumes it), when a receiver is killed in the middle of an association (the modality's resend goes
+through the other receiver; the instances the dead one acknowledged are kept, and both halves make one job)
+and when PostgreSQL itself is killed and restarted while series are flowing (reception refuses with 0xA700
+while it is down, the sender's retry is stored, nothing acknowledged is lost).
 "Exactly once" is counted at a dcmtk storescp destination, which logs every C-STORE it receives (a PACS such
 as Orthanc silently ignores a resent instance, so it cannot show a duplicate); Orthanc is the second
 destination, the PACS a site would run.
@@ -187,6 +189,50 @@ def test_postgresql_killed_mid_flow_loses_nothing_acknowledged(
         return jobs if len(jobs) == 4 and all(j.state == JobState.DONE for j in jobs) else None
 
     wait_for(all_done, 180, f"4 jobs done after the restart; hub log:\n{site.hub.log_text()[-2000:]}")
+    storescp.wait_for(total)
+    wait_for(lambda: orthanc.count_instances() >= total, 60, "the derived series in Orthanc")
+    assert orthanc.count_instances() == total
+    assert _received_stores(storescp) == total
+
+
+def test_a_receiver_killed_mid_association_loses_nothing_and_the_retry_goes_through_the_other(
+    tmp_path: Path, site: Site, orthanc: Orthanc, storescp: StoreSCP
+) -> None:
+    from pydicom import dcmread
+    from pynetdicom import AE
+
+    files = make_series("CT_small.dcm", 6, tmp_path / "m", seed="scale-mid-association")
+    datasets = [dcmread(f) for f in files]
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(datasets[0].SOPClassUID, datasets[0].file_meta.TransferSyntaxUID)
+    assert site.proxy is not None
+    assoc = ae.associate("127.0.0.1", site.proxy.port, ae_title="ENHANCE_GW")
+    assert assoc.is_established
+    for ds in datasets[:3]:  # acknowledged by the receiver HAProxy chose
+        assert assoc.send_c_store(ds).Status == 0x0000
+
+    def serving() -> GatewayProcess | None:
+        return next((r for r in site.receivers
+                     if any(e.get("event") == "association.accepted" for e in r.events())), None)
+
+    victim = wait_for(serving, 30, "the receiver serving the association")
+    assert victim.proc is not None
+    _kill_tree(victim.proc.pid)  # mid-association: three instances acknowledged, three not yet sent
+    status = assoc.send_c_store(datasets[3]) if assoc.is_established else None
+    assert status is None or "Status" not in status  # no answer: the association died with the receiver
+    assoc.abort()
+
+    site.push([files], retry_for=60)  # the modality resends the series; HAProxy routes it to the survivor
+    survivor = next(r for r in site.receivers if r is not victim)
+    assert any(e.get("event") == "association.accepted" for e in survivor.events())
+
+    def done() -> list[Any] | None:
+        jobs = site.jobs()
+        return jobs if len(jobs) == 1 and jobs[0].state == JobState.DONE else None
+
+    (job,) = wait_for(done, 120, f"one job done; hub log:\n{site.hub.log_text()[-2000:]}")
+    assert job.instance_count == 6  # the three acknowledged by the dead receiver and the three resent: one job
+    total = 6 + 1
     storescp.wait_for(total)
     wait_for(lambda: orthanc.count_instances() >= total, 60, "the derived series in Orthanc")
     assert orthanc.count_instances() == total
