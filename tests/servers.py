@@ -58,7 +58,10 @@ class PostgresServer:
     `url(db)` gives a libpq URL; `create_database(name)` makes a fresh database (one per test, cheap).
     """
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, *, fsync: bool = False) -> None:
+        """`fsync` False (the tests' default): commits are not flushed, a throw-away cluster needs no durability.
+        bench/scale.py turns it on, so PostgreSQL's commits are timed against SQLite's, which sync."""
+        self.fsync = fsync
         self._owned = root is None
         self.root = Path(tempfile.mkdtemp(prefix="pg-")) if root is None else root
         self.data = self.root / "data"
@@ -92,7 +95,8 @@ class PostgresServer:
         self.proc = subprocess.Popen(
             _as_postgres([
                 _pg_bin("postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.sockets),
-                "-c", f"listen_addresses={LOOPBACK}", "-c", "fsync=off", "-c", "max_connections=200",
+                "-c", f"listen_addresses={LOOPBACK}", "-c", f"fsync={'on' if self.fsync else 'off'}",
+                "-c", "max_connections=200",
             ]),
             stdout=log, stderr=log, start_new_session=True,
         )
