@@ -91,7 +91,6 @@ def durability_floor(template: Path, threads: int, count: int = 100) -> float:
                     study_uid="1.2.826.0.1.3680043.10.2",
                     sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
                     modality="CT",
-                    path=str(spool.local_path(key)),
                     size=len(data),
                     calling_aet="BENCH",
                 )

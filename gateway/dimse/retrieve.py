@@ -43,7 +43,7 @@ def retrieve_series(
             sop = str(ds.SOPInstanceUID)
             key = InstanceKey(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), sop)
             spool.put(key, event.encoded_dataset(include_meta=True))
-            state.mark_restored(sop, str(spool.local_path(key) or ""))  # the transitional path column
+            state.mark_restored(sop)
         except Exception as exc:  # noqa: BLE001 - a handler never raises: the peer gets a status
             log.warning("retrieve.store_failed", reason=str(exc)[:300])
             return OUT_OF_RESOURCES

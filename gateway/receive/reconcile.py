@@ -55,7 +55,6 @@ def reconcile(spool: Spool, state: StateStore) -> Reconciled:
                     study_uid=str(ds.StudyInstanceUID),
                     sop_class_uid=str(ds.SOPClassUID),
                     modality=str(ds.get("Modality", "") or ""),
-                    path=str(spool.local_path(key) or ""),
                     size=size,
                     calling_aet="",  # not in the file; the association that brought it is gone
                 )

@@ -119,13 +119,12 @@ def spool_instance(
         return None
     key = InstanceKey(study, series, sop)
     size = spool.put(key, (meta, body))  # written in turn: no joined copy in memory
-    where = str(spool.local_path(key) or "")  # the rows' transitional path column (gateway.storage.state.Instance)
     if purged:
-        state.mark_restored(sop, where)
+        state.mark_restored(sop)
     else:
         state.record_instance(
             sop_uid=sop, series_uid=series, study_uid=study, sop_class_uid=sop_class_uid, modality=modality,
-            path=where, size=size, calling_aet=calling_aet,
+            size=size, calling_aet=calling_aet,
         )
     return size
 

@@ -146,8 +146,16 @@ CREATE TABLE derived_series_numbers (
 );
 """
 
+#: Rows store keys, not paths: the spool maps (study, series, SOP) to its file, so a row's path could only go
+#: stale (a spool moved to shared storage) or be read around the spool. A node of the release before still writes
+#: the column and cannot record an instance once this is applied (by `db upgrade` or the first new node to start):
+#: stop those nodes first. (No release shipped migration 1 alone, so no rolling upgrade crosses this one.)
+_V2 = """
+ALTER TABLE instances DROP COLUMN path;
+"""
+
 #: Migration N is MIGRATIONS[N - 1]; append only.
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 LATEST = len(MIGRATIONS)
 
 _VERSION_TABLE = (

@@ -106,7 +106,7 @@ def _series(row: DictRow, study_uid: str | None = None) -> SeriesSummary:
 def _instance(row: DictRow) -> Instance:
     return Instance(
         sop_uid=str(row["sop_uid"]), series_uid=str(row["series_uid"]), study_uid=str(row["study_uid"]),
-        sop_class_uid=str(row["sop_class_uid"]), path=str(row["path"]), size=int(row["size"]),
+        sop_class_uid=str(row["sop_class_uid"]), size=int(row["size"]),
         modality=str(row["modality"]) if "modality" in row else None,
         purged_at=row.get("purged_at"), calling_aet=row.get("calling_aet"), received_at=row.get("received_at"),
     )
@@ -230,8 +230,8 @@ class PostgresState:
         return None if not rows else rows[0]["purged_at"] is not None
 
     def record_instance(
-        self, *, sop_uid: str, series_uid: str, study_uid: str, sop_class_uid: str, modality: str, path: str,
-        size: int, calling_aet: str, now: float | None = None,
+        self, *, sop_uid: str, series_uid: str, study_uid: str, sop_class_uid: str, modality: str, size: int,
+        calling_aet: str, now: float | None = None,
     ) -> bool:
         """Record a stored instance; False when the SOP Instance UID was already recorded (stored once).
 
@@ -245,9 +245,9 @@ class PostgresState:
                 (series_uid, study_uid, modality, now, now),
             )
             cur = db.execute(
-                "INSERT INTO instances(sop_uid, series_uid, study_uid, sop_class_uid, path, size, calling_aet,"
-                " received_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (sop_uid) DO NOTHING",
-                (sop_uid, series_uid, study_uid, sop_class_uid, path, size, calling_aet, now),
+                "INSERT INTO instances(sop_uid, series_uid, study_uid, sop_class_uid, size, calling_aet,"
+                " received_at) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (sop_uid) DO NOTHING",
+                (sop_uid, series_uid, study_uid, sop_class_uid, size, calling_aet, now),
             )
             return cur.rowcount > 0
 
@@ -256,9 +256,9 @@ class PostgresState:
             "SELECT sop_uid FROM instances WHERE series_uid = %s", (series_uid,)
         )}
 
-    def mark_restored(self, sop_uid: str, path: str) -> None:
+    def mark_restored(self, sop_uid: str) -> None:
         with self._tx() as db:
-            db.execute("UPDATE instances SET path = %s, purged_at = NULL WHERE sop_uid = %s", (path, sop_uid))
+            db.execute("UPDATE instances SET purged_at = NULL WHERE sop_uid = %s", (sop_uid,))
 
     # --- completion ------------------------------------------------------------------------------------
 
@@ -358,7 +358,7 @@ class PostgresState:
 
     def job_instances(self, job_id: int) -> list[Instance]:
         return [_instance(r) for r in self._query(
-            "SELECT i.sop_uid, i.series_uid, i.study_uid, i.sop_class_uid, i.path, i.size FROM instances i"
+            "SELECT i.sop_uid, i.series_uid, i.study_uid, i.sop_class_uid, i.size FROM instances i"
             " JOIN job_members m ON m.sop_uid = i.sop_uid WHERE m.job_id = %s ORDER BY i.received_at, i.sop_uid",
             (job_id,),
         )]

@@ -111,7 +111,6 @@ CREATE TABLE IF NOT EXISTS instances (
     series_uid TEXT NOT NULL REFERENCES series(series_uid),
     study_uid TEXT NOT NULL,
     sop_class_uid TEXT NOT NULL,
-    path TEXT NOT NULL,
     size INTEGER NOT NULL,
     calling_aet TEXT NOT NULL,
     received_at REAL NOT NULL,
@@ -217,7 +216,7 @@ def _instance(row: sqlite3.Row) -> Instance:
     keys = row.keys()
     return Instance(
         sop_uid=str(row["sop_uid"]), series_uid=str(row["series_uid"]), study_uid=str(row["study_uid"]),
-        sop_class_uid=str(row["sop_class_uid"]), path=str(row["path"]), size=int(row["size"]),
+        sop_class_uid=str(row["sop_class_uid"]), size=int(row["size"]),
         modality=str(row["modality"]) if "modality" in keys else None,
         purged_at=row["purged_at"] if "purged_at" in keys else None,
         calling_aet=row["calling_aet"] if "calling_aet" in keys else None,
@@ -259,13 +258,19 @@ class SqliteState:
         self.fast_instance_rows = True
 
     def _migrate(self) -> None:
-        """Add the columns newer versions need to a database an older version created (idempotent)."""
+        """Add the columns newer versions need to a database an older version created, and drop the ones they
+        no longer write (idempotent)."""
         self._db.executescript(_ADDED_TABLES)
         with self._tx() as db:
             have = {str(r["name"]) for r in db.execute("PRAGMA table_info(jobs)")}
             for name, kind in _ADDED_JOB_COLUMNS:
                 if name not in have:
                     db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+            # Rows store keys, not paths (the spool maps a key to its file); older releases wrote `path TEXT NOT
+            # NULL`, which would refuse every row written without it. DROP COLUMN (SQLite 3.35+) rewrites the
+            # table once, at the first start of this release.
+            if "path" in {str(r["name"]) for r in db.execute("PRAGMA table_info(instances)")}:
+                db.execute("ALTER TABLE instances DROP COLUMN path")
 
     def check_writable(self) -> None:
         """Take the write lock and give it back: raises when the database cannot be written."""
@@ -311,7 +316,6 @@ class SqliteState:
         study_uid: str,
         sop_class_uid: str,
         modality: str,
-        path: str,
         size: int,
         calling_aet: str,
         now: float | None = None,
@@ -339,9 +343,9 @@ class SqliteState:
                     if not cur.rowcount:
                         db.execute("UPDATE series SET last_at = ? WHERE series_uid = ?", (now, series_uid))
                     cur = db.execute(
-                        "INSERT OR IGNORE INTO instances(sop_uid, series_uid, study_uid, sop_class_uid, path, size,"
-                        " calling_aet, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (sop_uid, series_uid, study_uid, sop_class_uid, path, size, calling_aet, now),
+                        "INSERT OR IGNORE INTO instances(sop_uid, series_uid, study_uid, sop_class_uid, size,"
+                        " calling_aet, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (sop_uid, series_uid, study_uid, sop_class_uid, size, calling_aet, now),
                     )
                     return bool(cur.rowcount)
             finally:
@@ -423,7 +427,7 @@ class SqliteState:
         )]
 
     def study_series(self, study_uid: str) -> list[SeriesSummary]:
-        """Every series of a study, received before or still receiving, with one instance's path (to read its
+        """Every series of a study, received before or still receiving, with one instance's key (to read its
         Series Description) and when it started and last grew: what a study-level route's completion reads."""
         return [_series(r, study_uid) for r in self._query(
             "SELECT s.series_uid, s.modality, s.first_at, s.last_at, COUNT(i.sop_uid) AS n,"
@@ -454,7 +458,7 @@ class SqliteState:
 
     def job_instances(self, job_id: int) -> list[Instance]:
         rows = self._query(
-            "SELECT i.sop_uid, i.series_uid, i.study_uid, i.sop_class_uid, i.path, i.size FROM instances i"
+            "SELECT i.sop_uid, i.series_uid, i.study_uid, i.sop_class_uid, i.size FROM instances i"
             " JOIN job_members m ON m.sop_uid = i.sop_uid WHERE m.job_id = ? ORDER BY i.received_at, i.sop_uid",
             (job_id,),
         )
@@ -502,10 +506,10 @@ class SqliteState:
             )
         return job_id
 
-    def mark_restored(self, sop_uid: str, path: str) -> None:
+    def mark_restored(self, sop_uid: str) -> None:
         """A purged original was retrieved again (C-GET) and is back in the spool."""
         with self._tx() as db:
-            db.execute("UPDATE instances SET path = ?, purged_at = NULL WHERE sop_uid = ?", (path, sop_uid))
+            db.execute("UPDATE instances SET purged_at = NULL WHERE sop_uid = ?", (sop_uid,))
 
     def purgeable(self, older_than: float) -> tuple[list[Instance], list[int]]:
         """Originals and job outputs past retention: only of series whose every job is finished.

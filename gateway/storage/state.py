@@ -138,15 +138,14 @@ class Instance:
     """A received instance; its file is `spool.open(instance.key)`. The fields after `size` are filled by
     `series_instances` (what `reprocess` and reconciliation read), None elsewhere.
 
-    `path` is transitional: where the file was written when it was received, recorded by releases that stored
-    paths in rows. Nothing outside `gateway.storage` reads it; the key is the address.
+    No path: the key is the file's address, and only the spool knows where that is (rows of older releases
+    stored paths; the stores dropped that column).
     """
 
     sop_uid: str
     series_uid: str
     study_uid: str
     sop_class_uid: str
-    path: str
     size: int
     modality: str | None = None
     purged_at: float | None = None
@@ -272,11 +271,11 @@ class StateStore(Protocol):
     # reception
     def instance_purged(self, sop_uid: str) -> bool | None: ...
     def record_instance(
-        self, *, sop_uid: str, series_uid: str, study_uid: str, sop_class_uid: str, modality: str, path: str,
-        size: int, calling_aet: str, now: float | None = None,
+        self, *, sop_uid: str, series_uid: str, study_uid: str, sop_class_uid: str, modality: str, size: int,
+        calling_aet: str, now: float | None = None,
     ) -> bool: ...
     def recorded_sop_uids(self, series_uid: str) -> set[str]: ...
-    def mark_restored(self, sop_uid: str, path: str) -> None: ...
+    def mark_restored(self, sop_uid: str) -> None: ...
 
     # completion
     def make_jobs_for_stable_series(

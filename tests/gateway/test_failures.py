@@ -52,7 +52,7 @@ def _receive(state: State, spool: LocalSpool, files: list[Path]) -> int:
         spool.put(key, data)
         state.record_instance(
             sop_uid=ds.SOPInstanceUID, series_uid=ds.SeriesInstanceUID, study_uid=ds.StudyInstanceUID,
-            sop_class_uid=ds.SOPClassUID, modality=str(ds.Modality), path="", size=len(data),
+            sop_class_uid=ds.SOPClassUID, modality=str(ds.Modality), size=len(data),
             calling_aet="TEST", now=0.0,
         )
     (job_id,) = state.make_jobs_for_stable_series(1.0, now=10.0)

@@ -152,7 +152,7 @@ def test_bad_qa_and_strength_values_name_the_key(doc: dict[str, object], fragmen
 
 def _job(state: State) -> int:
     state.record_instance(sop_uid="1.2.3.1", series_uid="1.2.3", study_uid="1.2", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
-                          modality="CT", path="/x", size=1, calling_aet="T", now=0.0)
+                          modality="CT", size=1, calling_aet="T", now=0.0)
     (job_id,) = state.make_jobs_for_stable_series(1.0, now=10.0)
     assert state.claim_job("queued", "enhancing") is not None
     return job_id

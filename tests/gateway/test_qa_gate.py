@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from dicom_utils.private_tags import read_block
+from gateway.storage.local_spool import LocalSpool
 from tests.dicom_utils.helpers import dciodvfy_errors
 from tests.gateway.harness import GatewayProcess, wait_for
 from tests.peers import Orthanc, storescu
@@ -99,8 +100,9 @@ def test_reject_drops_the_outputs_and_keeps_the_originals(tmp_path: Path) -> Non
         assert rejected.state == "rejected" and rejected.finished_at is not None
         assert not list(outgoing.glob("*.dcm"))
         assert gw.state().deliveries(job.id) == []
-        originals = [i.path for i in gw.state().job_instances(job.id)]
-        assert len(originals) == 3 and all(Path(p).exists() for p in originals)
+        originals = [i.key for i in gw.state().job_instances(job.id)]
+        spool = LocalSpool(gw.var_dir / "spool")
+        assert len(originals) == 3 and all(spool.exists(key) for key in originals)
         assert gw.cli("release", str(job.id), check=False).returncode == 1
         assert not list((gw.var_dir / "archive").rglob("*.dcm"))
         assert "enhance_gw_held 0.0" in _metrics(gw)

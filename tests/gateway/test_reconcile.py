@@ -43,7 +43,7 @@ def test_reconcile_records_spool_files_without_rows_and_skips_the_rest(tmp_path:
         assert path is not None
         state.record_instance(sop_uid=ds.SOPInstanceUID, series_uid=ds.SeriesInstanceUID,
                               study_uid=ds.StudyInstanceUID, sop_class_uid=ds.SOPClassUID, modality="CT",
-                              path=str(path), size=path.stat().st_size, calling_aet="CT01")
+                              size=path.stat().st_size, calling_aet="CT01")
         sops.append(str(ds.SOPInstanceUID))
     (path.parent / "1.2.3.999.dcm").write_bytes(b"not DICOM at all")  # a stray file: logged, not fatal
     state.close()

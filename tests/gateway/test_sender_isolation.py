@@ -79,7 +79,7 @@ def _enhanced_jobs(cfg: Settings, state: State, spool: LocalSpool, tmp: Path, co
                              path.read_bytes())
             state.record_instance(sop_uid=ds.SOPInstanceUID, series_uid=ds.SeriesInstanceUID,
                                   study_uid=ds.StudyInstanceUID, sop_class_uid=ds.SOPClassUID, modality="CT",
-                                  path="", size=size, calling_aet="TEST", now=0.0)
+                                  size=size, calling_aet="TEST", now=0.0)
         (job_id,) = state.make_jobs_for_stable_series(1.0, now=10.0)
         job = state.claim_job("queued", "enhancing")
         assert job is not None and job.id == job_id

@@ -43,7 +43,7 @@ def _record(state: State, files: list[Path], now: float) -> None:
         spool.put(key, f.read_bytes())
         state.record_instance(sop_uid=ds.SOPInstanceUID, series_uid=ds.SeriesInstanceUID,
                               study_uid=ds.StudyInstanceUID, sop_class_uid=ds.SOPClassUID, modality=ds.Modality,
-                              path="", size=1, calling_aet="CT01", now=now)
+                              size=1, calling_aet="CT01", now=now)
 
 
 def _spool(state: State) -> LocalSpool:

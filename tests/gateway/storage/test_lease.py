@@ -23,7 +23,7 @@ def _gone_pid() -> int:
 
 def _claim(state: StateStore, series: str) -> int:
     state.record_instance(sop_uid=f"1.2.3.{series}", series_uid=f"1.2.{series}", study_uid="1.2",
-                          sop_class_uid="1.2.840", modality="CT", path="/x", size=1, calling_aet="CT01", now=1.0)
+                          sop_class_uid="1.2.840", modality="CT", size=1, calling_aet="CT01", now=1.0)
     state.make_jobs_for_stable_series(0, now=2.0)
     job = state.claim_job(JobState.QUEUED, JobState.ENHANCING)
     assert job is not None

@@ -47,7 +47,7 @@ def _receive(state: StateStore, series: str, n: int, now: float, study: str = "1
     for i in range(n):
         state.record_instance(
             sop_uid=f"1.2.3.{series}.{i}", series_uid=f"1.2.{series}", study_uid=study, sop_class_uid="1.2.840",
-            modality="CT", path=f"/x/{series}/{i}", size=10, calling_aet="CT01", now=now,
+            modality="CT", size=10, calling_aet="CT01", now=now,
         )
 
 
@@ -201,6 +201,29 @@ def test_a_database_without_schema_or_newer_than_the_code_is_refused(postgres_ur
             PostgresState(postgres_url, migrate=migrate)
 
 
+def test_migration_2_drops_the_path_column_and_keeps_the_instances(postgres_url: str) -> None:
+    """A database at migration 1 (rows stored paths) upgrades in place: its instances survive without paths."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(pg_schema._VERSION_TABLE)
+        conn.execute(pg_schema.MIGRATIONS[0])
+        conn.execute("INSERT INTO schema_version VALUES (1, 0)")
+        conn.execute("INSERT INTO series VALUES ('1.2.3', '1.2', 'CT', 1, 1)")
+        conn.execute("INSERT INTO instances(sop_uid, series_uid, study_uid, sop_class_uid, path, size, calling_aet,"
+                     " received_at) VALUES ('1.2.3.1', '1.2.3', '1.2', '1.2.840', '/old/1.dcm', 7, 'CT01', 1)")
+    assert pg_schema.upgrade(postgres_url) == list(range(2, pg_schema.LATEST + 1))
+    with psycopg.connect(postgres_url) as conn:
+        columns = {r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'instances'")}
+    assert "path" not in columns
+    store = PostgresState(postgres_url, migrate=False)
+    try:
+        assert store.record_instance(sop_uid="1.2.3.2", series_uid="1.2.3", study_uid="1.2", sop_class_uid="1.2.840",
+                                     modality="CT", size=9, calling_aet="CT01", now=2.0)
+        assert [(i.sop_uid, i.size) for i in store.series_instances("1.2")] == [("1.2.3.1", 7), ("1.2.3.2", 9)]
+    finally:
+        store.close()
+
+
 # --- a crashed server -------------------------------------------------------------------------------------------
 
 
@@ -216,7 +239,7 @@ def test_kill_9_of_the_server_loses_no_committed_row_and_the_store_reconnects(
     try:
         with pytest.raises(StateError, match="unavailable") as down:
             store.record_instance(sop_uid="1.2.3.9.0", series_uid="1.2.9", study_uid="1.2", sop_class_uid="1",
-                                  modality="CT", path="/y", size=1, calling_aet="CT01")
+                                  modality="CT", size=1, calling_aet="CT01")
         assert "127.0.0.1" in str(down.value)
         with pytest.raises(StateError):
             store.check_writable()  # what /healthz asks
@@ -329,8 +352,8 @@ def _scenario(state: StateStore) -> list[Any]:
     state.mark_purged(["1.2.3.3.0"])
     seen.append((state.instance_purged("1.2.3.3.0"), state.instance_purged("1.2.3.1.0"), state.instance_purged("x")))
     seen.append([(i.sop_uid, i.modality, i.purged_at is not None) for i in state.series_instances("1.3")])
-    state.mark_restored("1.2.3.3.0", "/restored")
-    seen.append([(i.path, i.purged_at) for i in state.series_instances("1.3", "1.2.3")])
+    state.mark_restored("1.2.3.3.0")
+    seen.append([(i.sop_uid, i.purged_at) for i in state.series_instances("1.3", "1.2.3")])
     seen.append(sorted((s.study_uid, s.series, s.instances, [j.state for j in s.jobs]) for s in state.studies()))
     seen.append(state.derived_series_number("1.2", "2.25.1", [1001, 1002]))
     seen.append(state.derived_series_number("1.2", "2.25.2", [1001, 1002]))

@@ -56,3 +56,28 @@ def test_a_pid_owned_database_gains_leases_and_its_jobs_in_flight_resume(tmp_pat
     assert state.deliveries(2)[0].state == "pending"
     state.close()
     SqliteState(path).close()  # opening a migrated database again changes nothing
+
+
+def test_a_database_that_stored_paths_drops_the_column_and_keeps_its_instances(tmp_path: Path) -> None:
+    """Rows store keys, not paths: the old `path TEXT NOT NULL` would refuse every row written without it."""
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SCHEMA)
+    db.execute("INSERT INTO series VALUES ('1.2.3', '1.2', 'CT', 1, 1)")
+    db.execute("INSERT INTO instances VALUES ('1.2.3.1', '1.2.3', '1.2', '1.2.840', '/old/1.dcm', 7, 'CT01', 1,"
+               " NULL, 5)")
+    db.commit()
+    db.close()
+
+    state = SqliteState(path)
+    assert "path" not in {r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(instances)")}
+    assert state.instance_purged("1.2.3.1") is True
+    state.mark_restored("1.2.3.1")
+    assert state.record_instance(sop_uid="1.2.3.2", series_uid="1.2.3", study_uid="1.2", sop_class_uid="1.2.840",
+                                 modality="CT", size=9, calling_aet="CT01", now=2.0)
+    assert [(i.sop_uid, i.size, i.purged_at) for i in state.series_instances("1.2")] == [
+        ("1.2.3.1", 7, None), ("1.2.3.2", 9, None)]
+    (job_id,) = state.make_jobs_for_stable_series(1.0, now=10.0)
+    assert [i.key.sop_uid for i in state.job_instances(job_id)] == ["1.2.3.1", "1.2.3.2"]
+    state.close()
+    SqliteState(path).close()  # opening a migrated database again changes nothing

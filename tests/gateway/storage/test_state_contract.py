@@ -25,7 +25,7 @@ def _receive(state: StateStore, series: str, n: int, now: float, start: int = 0)
     for i in range(start, start + n):
         state.record_instance(
             sop_uid=f"1.2.3.{series}.{i}", series_uid=f"1.2.{series}", study_uid="1.2", sop_class_uid="1.2.840",
-            modality="CT", path=f"/x/{i}", size=10, calling_aet="CT01", now=now,
+            modality="CT", size=10, calling_aet="CT01", now=now,
         )
 
 
@@ -47,7 +47,7 @@ def test_same_sop_instance_recorded_once(store: StateStore) -> None:
     _receive(state, "1", 1, now=1.0)
     assert not state.record_instance(
         sop_uid="1.2.3.1.0", series_uid="1.2.1", study_uid="1.2", sop_class_uid="1", modality="CT",
-        path="/y", size=1, calling_aet="X",
+        size=1, calling_aet="X",
     )
     assert state.instance_count() == 1
 
