@@ -21,7 +21,7 @@ from gateway.metrics import Metrics
 from gateway.settings import Destination, Settings
 from gateway.storage.lease import Heartbeat
 from gateway.storage.spool import Spool, ensure_space, write_atomic
-from gateway.storage.state import Job, JobState, StateStore
+from gateway.storage.state import Job, JobState, StateStore, WorkKind, idle_wait
 
 log = logs.get("gateway.sender")
 
@@ -276,5 +276,5 @@ def _destination_loop(sender: Sender, name: str | None, stop: threading.Event, p
         except Exception as exc:  # noqa: BLE001 - see the docstring
             stop.wait(max(poll_seconds, outage.failed(exc, destination=name)))
             continue
-        if not busy:
-            stop.wait(poll_seconds)
+        if not busy:  # until a delivery is due anywhere (PostgreSQL: NOTIFY), at most the poll interval
+            idle_wait(sender.state, WorkKind.DELIVERIES, poll_seconds, stop.is_set)

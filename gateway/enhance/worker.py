@@ -71,6 +71,8 @@ from gateway.storage.state import (
     QaOutcome,
     QaVerdict,
     StateStore,
+    WorkKind,
+    idle_wait,
 )
 
 #: How many instances, evenly spaced over the series, are decoded before the batch loop to estimate its noise
@@ -676,8 +678,10 @@ def run(settings: Settings, parent: int, poll_seconds: float = 0.5) -> None:
         except Exception as exc:  # noqa: BLE001 - see above
             stops.sleep(max(poll_seconds, outage.failed(exc)))
             continue
-        if not busy:
-            stops.sleep(worker.pause(poll_seconds))
+        if not busy and worker.disk.active:
+            stops.sleep(worker.pause(poll_seconds))  # waiting for disk space: new jobs would not help
+        elif not busy:  # until a job is queued anywhere (PostgreSQL: NOTIFY), at most the poll interval
+            idle_wait(state, WorkKind.JOBS, poll_seconds, lambda: stops.received is not None or os.getppid() != parent)
     worker.heartbeat.stop()
     state.close()
     log.info("worker.stopped")

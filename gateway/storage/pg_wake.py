@@ -6,7 +6,9 @@ uses and would drop its LISTEN). The thread keeps one autocommit connection that
 counts the notifications per channel; waiters block on a condition until the count moves.
 
 Why a count per thread and not a plain event: a notification that arrives while a caller is busy claiming
-(between its empty claim and its next wait) is not lost: the next `wait` returns at once.
+(between its empty claim and its next wait) is not lost: the next `wait` returns at once. A thread's count
+starts at zero, so its first `wait` also returns at once when anything was announced since LISTEN took effect
+(one needless claim at worst, instead of a notification missed by a thread that had not waited yet).
 
 Polling stays the fallback, by construction: `wait` returns after `timeout` whatever happens, and while the
 server is unreachable the thread reconnects with growing pauses and waiters simply time out.
@@ -20,12 +22,15 @@ from collections.abc import Sequence
 import psycopg
 
 from gateway import logs
+from gateway.storage.state import WorkKind
 
 log = logs.get("gateway.storage.pg_wake")
 
 JOBS_CHANNEL = "enhance_gw_jobs"
 DELIVERIES_CHANNEL = "enhance_gw_deliveries"
 CHANNELS: tuple[str, ...] = (JOBS_CHANNEL, DELIVERIES_CHANNEL)
+#: The channel each kind of work is announced on (`StateStore.wait_for_work`).
+CHANNEL_OF: dict[WorkKind, str] = {WorkKind.JOBS: JOBS_CHANNEL, WorkKind.DELIVERIES: DELIVERIES_CHANNEL}
 
 
 class Listener:
@@ -51,7 +56,7 @@ class Listener:
         self._start()
         seen: dict[str, int] = self._seen.__dict__.setdefault("counts", {})
         with self._cond:
-            last = seen.setdefault(channel, self._counts[channel])
+            last = seen.setdefault(channel, 0)
             woke = self._cond.wait_for(lambda: self._counts[channel] != last or self._closed.is_set(), timeout)
             seen[channel] = self._counts[channel]
         return bool(woke) and not self._closed.is_set()

@@ -33,7 +33,7 @@ from psycopg_pool import ConnectionPool
 from gateway.errors import StateError
 from gateway.storage import pg_schema
 from gateway.storage.lease import LEASE_SECONDS, new_worker_id
-from gateway.storage.pg_wake import DELIVERIES_CHANNEL, JOBS_CHANNEL, Listener
+from gateway.storage.pg_wake import CHANNEL_OF, DELIVERIES_CHANNEL, JOBS_CHANNEL, Listener
 from gateway.storage.state import (
     FINISHED_STATES,
     JOB_STATES,
@@ -55,6 +55,7 @@ from gateway.storage.state import (
     StudySummary,
     User,
     UserRole,
+    WorkKind,
     backoff_delay,
 )
 
@@ -195,10 +196,10 @@ class PostgresState:
         with self._pool_lock:
             self._pool.close()
 
-    def wait_for_work(self, channel: str, timeout: float) -> bool:
-        """Sleep until a NOTIFY on `channel` (`pg_wake.JOBS_CHANNEL` or `DELIVERIES_CHANNEL`) or `timeout`;
-        True when woken. Callers claim again either way: polling remains the fallback."""
-        return self._listener.wait(channel, timeout)
+    def wait_for_work(self, kind: WorkKind, timeout: float) -> bool:
+        """Sleep until a NOTIFY announces work of `kind` (`pg_wake.CHANNEL_OF`) or `timeout`; True when woken.
+        Callers claim again either way: polling remains the fallback."""
+        return self._listener.wait(CHANNEL_OF[kind], timeout)
 
     @contextmanager
     def _tx(self, wait: float | None = None) -> Iterator[Cursor]:

@@ -39,6 +39,7 @@ from gateway.storage.state import (
     StudySummary,
     User,
     UserRole,
+    WorkKind,
     backoff_delay,
 )
 
@@ -242,6 +243,7 @@ class SqliteState:
         self.worker_id = worker_id or new_worker_id()
         self.lease_seconds = lease_seconds
         self._lock = threading.RLock()
+        self._closed = threading.Event()  # ends the idle waits of `wait_for_work`
         self._db = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
         try:
             self._db.row_factory = sqlite3.Row
@@ -278,8 +280,15 @@ class SqliteState:
             pass
 
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             self._db.close()
+
+    def wait_for_work(self, kind: WorkKind, timeout: float) -> bool:
+        """Sleep `timeout` seconds (less once closed) and answer False: nothing announces work in a file that
+        other processes write, so the caller polls, as it always has on one node."""
+        self._closed.wait(timeout)
+        return False
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

@@ -14,7 +14,8 @@ The QA gate adds held (enhancing -> held: outputs kept, nothing delivered until 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
@@ -48,6 +49,13 @@ class DeliveryState(StrEnum):
     SENDING = "sending"      # in flight: claimed by a sender worker
     DONE = "done"
     DEAD = "dead"
+
+
+class WorkKind(StrEnum):
+    """What an idle loop waits for (`StateStore.wait_for_work`): jobs to enhance, or deliveries to send."""
+
+    JOBS = "jobs"
+    DELIVERIES = "deliveries"
 
 
 class QaVerdict(StrEnum):
@@ -203,7 +211,7 @@ class DestinationHealth:
 
 @dataclass(frozen=True)
 class User:
-    """A console user: the hash is argon2id (see gateway.web.auth); the password itself is never stored."""
+    """A console user: the hash is argon2id (see gateway.auth); the password itself is never stored."""
 
     name: str
     role: UserRole
@@ -244,6 +252,25 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     return float(min(cap, base * (2 ** max(0, attempt - 1))))
 
 
+def idle_wait(state: StateStore, kind: WorkKind, seconds: float, stopped: Callable[[], bool],
+              step: float = 0.1) -> bool:
+    """A worker's or sender's wait after an empty claim: until work of `kind` may be there (True), `seconds`
+    passed or `stopped()` (False).
+
+    Why in steps: `seconds` is the poll interval, which may be long once wake-ups do the work, and a process
+    asked to stop must not sit out the rest of it. Between steps nothing is lost: a wake-up that arrives while
+    the caller is not waiting is kept for its next wait (`gateway.storage.pg_wake`).
+    """
+    deadline = time.monotonic() + seconds
+    while not stopped():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        if state.wait_for_work(kind, min(step, left)):
+            return True
+    return False
+
+
 class JobTakenOver(StateError):
     """This process no longer owns the job (a restarted service re-queued it and another worker claimed it)."""
 
@@ -267,6 +294,15 @@ class StateStore(Protocol):
 
     def check_writable(self) -> None: ...
     def close(self) -> None: ...
+    def wait_for_work(self, kind: WorkKind, timeout: float) -> bool:
+        """Block until work of `kind` may have become claimable (True) or `timeout` passed (False).
+
+        A hint, never a promise: True does not mean a claim will succeed (another node may win it), and work
+        can appear without a wake-up (a retry whose backoff ran out, a notification lost while the server
+        restarted), so callers claim again after every wait and keep `timeout` at their poll interval. The
+        embedded store only sleeps (its one node has no one to hear from); PostgreSQL wakes on LISTEN/NOTIFY.
+        """
+        ...
 
     # reception
     def instance_purged(self, sop_uid: str) -> bool | None: ...

@@ -1,7 +1,7 @@
 """What only the PostgreSQL store promises, on a real server (`postgres_server` in tests/conftest.py): claims by
 several workers at once never overlap, migrations are versioned and safe to run twice or concurrently, a crashed
-server loses no committed row and the store reconnects (StateError while it is down), NOTIFY wakes a waiting
-worker, and no password is ever printed. The behaviours both stores share are in test_state_contract.py; the
+server loses no committed row and the store reconnects (StateError while it is down), and no password is ever
+printed (NOTIFY wake-ups: test_wake.py). The behaviours both stores share are in test_state_contract.py; the
 methods it does not cover are run here on both stores and must answer alike (`test_both_stores_answer_alike`).
 """
 
@@ -19,7 +19,6 @@ import pytest
 
 from gateway.errors import StateError
 from gateway.storage import pg_schema
-from gateway.storage.pg_wake import DELIVERIES_CHANNEL, JOBS_CHANNEL
 from gateway.storage.postgres_state import PostgresState
 from gateway.storage.sqlite_state import SqliteState
 from gateway.storage.state import JobState, QaAction, QaOutcome, QaVerdict, StateStore
@@ -260,33 +259,6 @@ def test_no_password_in_errors_or_descriptions() -> None:
     with pytest.raises(StateError) as refused:
         PostgresState(url, timeout=2.0)
     assert "s3cret-pw" not in str(refused.value) and "gw:***@127.0.0.1" in str(refused.value)
-
-
-# --- wake-ups ---------------------------------------------------------------------------------------------------
-
-
-def test_notify_wakes_a_waiting_worker_and_sender(open_pg: Callable[..., PostgresState]) -> None:
-    worker, receiver = open_pg(), open_pg()
-    assert not worker.wait_for_work(JOBS_CHANNEL, 0.2)  # nothing happened: the poll interval passes
-    assert worker._listener.listening.wait(30)
-    woke: list[bool] = []
-    waiting = threading.Thread(target=lambda: woke.append(worker.wait_for_work(JOBS_CHANNEL, 60)))
-    waiting.start()
-    _receive(receiver, "1", 1, now=1.0)
-    receiver.make_jobs_for_stable_series(0, now=2.0)
-    waiting.join()
-    assert woke == [True]
-    job = worker.claim_job(JobState.QUEUED, JobState.ENHANCING)
-    assert job is not None
-    sender = receiver
-    assert not sender.wait_for_work(DELIVERIES_CHANNEL, 0)
-    assert sender._listener.listening.wait(30)
-    # A notification that arrives while the sender is busy (not waiting) is kept for its next wait, not lost.
-    worker.finish_enhancement(job.id, destinations=["x"], derived_count=1, psnr=None, ssim=None, seconds=0)
-    assert sender.wait_for_work(DELIVERIES_CHANNEL, 60)
-    assert sender.claim_delivery("x") is not None
-    with pytest.raises(ValueError):
-        worker.wait_for_work("another_channel", 0)
 
 
 # --- the methods the contract suite does not exercise, on both stores -------------------------------------------
