@@ -21,9 +21,43 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
 
 from dicom_utils.errors import PixelDecodeError, PixelEncodeError
+
+#: The transfer syntaxes whose Pixel Data this module decodes (with the backends above), most preferred first:
+#: what the gateway accepts on every way in (C-STORE, STOW-RS, C-GET), since an instance it could not decode
+#: could not be enhanced. Uncompressed first, so a peer that offers both sends what costs nothing to read.
+DECODABLE_TRANSFER_SYNTAXES: tuple[UID, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    RLELossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+)
 
 _PLUGIN_HINT: dict[str, str] = {
     "JPEG 2000": "pip install pylibjpeg pylibjpeg-openjpeg",

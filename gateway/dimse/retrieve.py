@@ -18,11 +18,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from dicom_utils.pixels import DECODABLE_TRANSFER_SYNTAXES
 from gateway import logs
 from gateway.dimse.scu import Peer, requestor_ae
 from gateway.dimse.status import MOVE_DESTINATION_UNKNOWN, OUT_OF_RESOURCES, SUCCESS, WARNING
 from gateway.errors import DeliveryError
-from gateway.receive.scp import ACCEPTED_TRANSFER_SYNTAXES
 from gateway.storage.spool import InstanceKey, Spool
 from gateway.storage.state import StateStore
 
@@ -54,7 +54,7 @@ def retrieve_series(
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     classes = list(dict.fromkeys(sop_classes))[:127]
     for uid in classes:
-        ae.add_requested_context(uid, ACCEPTED_TRANSFER_SYNTAXES)
+        ae.add_requested_context(uid, DECODABLE_TRANSFER_SYNTAXES)
     roles: list[Any] = [build_role(uid, scp_role=True) for uid in classes]
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, ext_neg=roles,
                          evt_handlers=[(evt.EVT_C_STORE, on_store)])

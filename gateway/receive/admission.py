@@ -141,8 +141,9 @@ class _Throttle:
 class GuardedServer(ThreadedAssociationServer):
     """An association server that admits connections as the module docstring says.
 
-    Built by `netopts.TunedAE.make_server` when the AE has `admission` limits; pynetdicom's own TLS wrapping
-    in `get_request` is bypassed (the context is kept here and used in each connection's thread).
+    Built by `netopts.TunedAE.make_server` when the receiver sets it as the AE's `server_class` (with `admission`
+    limits); pynetdicom's own TLS wrapping in `get_request` is bypassed (the context is kept here and used in each
+    connection's thread).
     """
 
     daemon_threads = True

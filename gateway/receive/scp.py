@@ -16,22 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom.uid import (
-    JPEG2000,
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -39,6 +24,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from structlog.contextvars import bound_contextvars
 
 from dicom_utils import part10
+from dicom_utils.pixels import DECODABLE_TRANSFER_SYNTAXES
 from dicom_utils.validate import SopClassMismatch, check_instance
 from gateway import logs
 from gateway.dimse.fast import compat, netopts
@@ -57,22 +43,6 @@ from gateway.receive.admission import GuardedServer, Limits
 from gateway.settings import Settings
 from gateway.storage.spool import InstanceKey, Spool
 from gateway.storage.state import StateStore
-
-ACCEPTED_TRANSFER_SYNTAXES: list[UID] = [
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    RLELossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
-]
 
 log = logs.get("gateway.scp")
 
@@ -155,12 +125,13 @@ class Receiver:
             pre_association_timeout=self.settings.pre_association_timeout,
         )
         ae.screen = self._screen
+        ae.server_class = GuardedServer
         ae.dimse_timeout = 60
         ae.network_timeout = 60
         ae.acse_timeout = 30
         for cx in AllStoragePresentationContexts:
             if cx.abstract_syntax is not None:
-                ae.add_supported_context(cx.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+                ae.add_supported_context(cx.abstract_syntax, DECODABLE_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         ae.store_sink = self.store
         if self.settings.allowed_calling_aets:

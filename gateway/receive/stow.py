@@ -38,12 +38,13 @@ from pydicom.uid import UID
 from pynetdicom.presentation import AllStoragePresentationContexts
 from structlog.contextvars import bound_contextvars
 
+from dicom_utils.pixels import DECODABLE_TRANSFER_SYNTAXES
 from dicom_utils.validate import SopClassMismatch, check_instance
 from gateway import logs, multipart
 from gateway.dimse.status import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SOP_CLASS_MISMATCH, WARNING
 from gateway.errors import ConfigError, OutOfSpaceError, SpoolError, StateError
 from gateway.metrics import Metrics
-from gateway.receive.scp import ACCEPTED_TRANSFER_SYNTAXES, file_meta_bytes, spool_instance
+from gateway.receive.scp import file_meta_bytes, spool_instance
 from gateway.settings import DicomwebSettings, Settings
 from gateway.storage.spool import InstanceKey, Spool
 from gateway.storage.state import StateStore
@@ -59,7 +60,7 @@ STUDY_MISMATCH = 0xA901
 ALREADY_STORED = WARNING
 
 _STORAGE_CLASSES = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
-_ACCEPTED_SYNTAXES = frozenset(str(uid) for uid in ACCEPTED_TRANSFER_SYNTAXES)
+_ACCEPTED_SYNTAXES = frozenset(str(uid) for uid in DECODABLE_TRANSFER_SYNTAXES)
 _PATH_RE = re.compile(r"^/dicomweb/studies(?:/([0-9.]{1,64}))?/?$")
 #: Bytes of one part's headers and of the body outside the parts (boundaries, preamble of the multipart).
 _SLACK = 1 << 20
@@ -311,7 +312,7 @@ class Credentials:
 
     def __init__(self, settings: DicomwebSettings, state: StateStore) -> None:
         # argon2 and the console's throttling, loaded only when a receiver is built
-        from gateway.web.auth import Authenticator
+        from gateway.auth import Authenticator
 
         self.settings = settings
         self.auth = Authenticator(state, session_hours=1.0, login_failures=5, secure=True)

@@ -5,7 +5,7 @@ Why the standard library: the console serves a few pages to a few people on one 
 production server unchanged.
 
 Why these rules:
-- Everyone logs in (`gateway.web.auth`: argon2id hashes in the state database, signed HttpOnly SameSite=Strict
+- Everyone logs in (`gateway.auth`: argon2id hashes in the state database, signed HttpOnly SameSite=Strict
   session cookies). `viewer`s see jobs and try enhancers; only `admin`s retry, reprocess, release or reject.
   With no user yet the console serves only the page that says how to create the first admin. Every admin
   action, login and logout is audited: one `web.audit` log line and one row in the state database.
@@ -45,13 +45,13 @@ import numpy as np
 from enhancers import registry
 from gateway import logs
 from gateway.admin.ops import reject, release, reprocess
+from gateway.auth import Authenticator, Session, SlidingWindow, same_origin, valid_name
 from gateway.errors import ConfigError, GatewayError, StateError
 from gateway.settings import Settings
 from gateway.storage.factory import open_state
 from gateway.storage.local_spool import LocalSpool
 from gateway.storage.state import JOB_STATES, StateStore
 from gateway.web import forms, imaging, jobs, pages
-from gateway.web.auth import Authenticator, Session, SlidingWindow, same_origin, valid_name
 from gateway.web.command import DEFAULT_HOST, DEFAULT_PORT
 from gateway.web.enhance import Enhancer
 from gateway.web.pages import Who

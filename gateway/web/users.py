@@ -50,7 +50,7 @@ def add_command(subparsers: Any) -> None:
 
 
 def _password(args: argparse.Namespace) -> str:
-    from gateway.web.auth import check_password
+    from gateway.auth import check_password
 
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -81,9 +81,9 @@ def _when(ts: float | None) -> str:
 def run_command(args: argparse.Namespace) -> int:
     from gateway import logs
     from gateway import settings as settings_mod
+    from gateway.auth import hash_password, valid_name
     from gateway.errors import StateError
     from gateway.storage.factory import open_state
-    from gateway.web.auth import hash_password, valid_name
 
     cfg = settings_mod.load(getattr(args, "config", None))
     if args.var_dir is not None:

@@ -19,11 +19,11 @@ import pytest
 import requests
 from dicomweb_client.api import DICOMwebClient
 
+from gateway.auth import hash_password
 from gateway.receive.stow import ALREADY_STORED, STUDY_MISMATCH, StowService
 from gateway.settings import DicomwebSettings, Settings
 from gateway.storage.local_spool import LocalSpool
 from gateway.storage.state import State
-from gateway.web.auth import hash_password
 from tests.gateway.harness import GatewayProcess, wait_for
 from tests.peers import Orthanc, PeerMissingError, free_port
 from tests.realdata import make_series

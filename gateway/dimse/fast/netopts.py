@@ -460,19 +460,21 @@ class TunedAE(AE):
     """
 
     store_sink: StoreSink | None = None
-    #: `gateway.receive.admission.Limits`: when set, servers are `gateway.receive.admission.GuardedServer`s (TLS handshake and
-    #: A-ASSOCIATE-RQ read in each connection's own thread, with a deadline; slots for associations only).
+    #: The server class to build instead of pynetdicom's: the receiver sets `gateway.receive.admission.GuardedServer`
+    #: (TLS handshake and A-ASSOCIATE-RQ read in each connection's own thread, with a deadline; slots for
+    #: associations only). Set by the caller because this layer does not import the receive stage.
+    server_class: Any = None
+    #: `gateway.receive.admission.Limits`, read by `server_class`.
     admission: Any = None
     #: `gateway.receive.admission.Screen` applied to each complete A-ASSOCIATE-RQ before it takes a slot.
     screen: Any = None
 
     def make_server(self, *args: Any, **kwargs: Any) -> Any:
-        if FAST_PATH or self.admission is not None:
+        # The admission server reads the A-ASSOCIATE-RQ ahead of pynetdicom: only TunedRequestHandler replays it
+        if FAST_PATH or self.server_class is not None:
             kwargs.setdefault("request_handler", TunedRequestHandler)
-        if self.admission is not None:
-            from gateway.receive.admission import GuardedServer  # imports this module
-
-            kwargs["server_class"] = GuardedServer
+        if self.server_class is not None:
+            kwargs["server_class"] = self.server_class
         return super().make_server(*args, **kwargs)
 
     def _create_socket(

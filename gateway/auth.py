@@ -1,4 +1,7 @@
-"""Who may use the console: password hashes, signed session cookies, rate limits, same-origin checks.
+"""Who may use the console and STOW-RS: password hashes, signed session cookies, rate limits, same-origin checks.
+
+Why here and not under `gateway.web`: the STOW-RS receiver (`gateway.receive.stow`) checks HTTP Basic against
+the same users, hashes and lockouts, and a stage must not import the console.
 
 Why these pieces and not hand-written crypto:
 - Passwords are hashed with argon2id (`argon2-cffi`, the reference implementation's binding, the OWASP first
