@@ -7,8 +7,20 @@ this type; keeping it here avoids an import cycle. ``dicom_utils.derive`` re-exp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
-TASKS = ("denoise", "sr2x", "sr4x", "deblur")
+
+class Task(StrEnum):
+    """What an enhancer does. The values are the strings configs, private tags and model cards carry: a member
+    equals its string, so stored and configured values compare and look up unchanged."""
+
+    DENOISE = "denoise"
+    SR2X = "sr2x"
+    SR4X = "sr4x"
+    DEBLUR = "deblur"
+
+
+TASKS: tuple[str, ...] = tuple(task.value for task in Task)
 METRIC_BASES = ("INPUT", "DEGRADE_RESTORE")
 QA_FLAGS = ("PASS", "WARN", "FAIL")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from dicom_utils.enhancement import TASKS
+from dicom_utils.enhancement import TASKS, Task
 from gateway.errors import ConfigError
 
 #: The configuration shipped inside the package (package data): what runs when no file is found. Kept
@@ -66,7 +66,7 @@ class TaskQaRule:
 #: noise?") is not a measure of harm there; what is, is noise amplification (`gain`, enhancers.qa): about 2
 #: on a blurred radiograph, 5.5-6.7 when a deblur model is given a real CR that was not blurred (RG1 crops).
 QA_TASK_RULES: dict[str, TaskQaRule] = {
-    "deblur": TaskQaRule(ignore=frozenset({"lowpass"}), warn={"gain": 3.0}, fail={"gain": 4.0}),
+    Task.DEBLUR: TaskQaRule(ignore=frozenset({"lowpass"}), warn={"gain": 3.0}, fail={"gain": 4.0}),
 }
 
 
@@ -160,7 +160,7 @@ class Route:
     enhancer: str
     modality: str = ""
     series_description: str = ""  # a regular expression searched in Series Description
-    task: str = "denoise"
+    task: Task = Task.DENOISE
     strength: float = 1.0
     qa: QaSettings | None = None
     trigger: str = "series"
@@ -573,9 +573,10 @@ def _route(raw: Any, index: int, qa: QaSettings) -> Route:
         re.compile(pattern)
     except re.error as exc:
         raise ConfigError(f"{where}.series_description = {pattern!r} is not a valid regular expression: {exc}")
-    task = _str(raw.get("task", "denoise"), f"{where}.task")
-    if task not in TASKS:
-        raise ConfigError(f"{where}.task = {task!r}: expected one of {', '.join(TASKS)}")
+    name = _str(raw.get("task", Task.DENOISE.value), f"{where}.task")
+    if name not in TASKS:
+        raise ConfigError(f"{where}.task = {name!r}: expected one of {', '.join(TASKS)}")
+    task = Task(name)
     return Route(
         enhancer=_str(raw["enhancer"], f"{where}.enhancer"),
         modality=_str(raw.get("modality", ""), f"{where}.modality").upper(),

@@ -43,6 +43,8 @@ from highdicom.sr import (
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from dicom_utils.derive import DERIVATION_CODES
+from dicom_utils.enhancement import Task
 from dicom_utils.uids import derived_uid
 
 SCHEME = "99ENHGW"
@@ -65,12 +67,8 @@ VERDICTS = {
     "WARN": _code("EGW021", "QA warning"),
     "FAIL": _code("EGW022", "QA failed"),
 }
-TASKS = {
-    "denoise": CodedConcept("113087", "DCM", "Smoothing"),
-    "sr2x": CodedConcept("113085", "DCM", "Spatial resampling"),
-    "sr4x": CodedConcept("113085", "DCM", "Spatial resampling"),
-    "deblur": CodedConcept("113086", "DCM", "Edge enhancement"),  # why: dicom_utils.derive.DERIVATION_CODES
-}
+#: The finding type of each task: the derived images' Derivation Code (why those codes: DERIVATION_CODES).
+TASKS: dict[str, CodedConcept] = {task: CodedConcept(*DERIVATION_CODES[task]) for task in Task}
 DB = CodedConcept("dB", "UCUM", "decibel")
 NO_UNIT = CodedConcept("1", "UCUM", "no units")
 HU = CodedConcept("[hnsf'U]", "UCUM", "Hounsfield unit")

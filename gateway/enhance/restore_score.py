@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from dicom_utils.enhancement import Task
 from enhancers import degrade
 from enhancers.metrics import score
 from enhancers.noise import estimate_noise
@@ -50,10 +51,10 @@ class RestoreScore:
 
 
 def rule_for(group: str | None, task: str) -> str:
-    if task in ("sr2x", "sr4x"):
-        f = 2 if task == "sr2x" else 4
+    if task in (Task.SR2X, Task.SR4X):
+        f = 2 if task == Task.SR2X else 4
         return f"{f}x{f} area downsampling, restored at the received size"
-    if task == "deblur":
+    if task == Task.DEBLUR:
         return f"Gaussian blur, sigma {DEBLUR_SIGMA_PX:g} px"
     if group == "CT":
         return f"white Gaussian noise {CT_NOISE_HU:g} HU"
@@ -68,11 +69,11 @@ def degrade_slice(
     """The enhancer's own degradation of one received slice (see the module docstring)."""
     rng = np.random.default_rng(seed)
     x = np.asarray(image, dtype=np.float32)
-    if task == "sr2x":
+    if task == Task.SR2X:
         return degrade.downsample2x_area(x)
-    if task == "sr4x":
+    if task == Task.SR4X:
         return degrade.downsample_area(x, 4)
-    if task == "deblur":
+    if task == Task.DEBLUR:
         return degrade.gaussian_blur(x, sigma=DEBLUR_SIGMA_PX)
     if group == "CT":
         return (x + rng.normal(0.0, CT_NOISE_HU, x.shape)).astype(np.float32)
@@ -108,7 +109,7 @@ def degrade_restore(
         degraded = np.stack(
             [degrade_slice(x, group=group, task=task, value_range=vr, seed=number) for number, x, vr in same]
         )
-        noise = None if task != "denoise" else estimate_noise(degraded, group)
+        noise = None if task != Task.DENOISE else estimate_noise(degraded, group)
         lo = min(vr[0] for _, _, vr in same)
         hi = max(vr[1] for _, _, vr in same)
         restored = pipe.run(degraded, modality=modality, value_range=(lo, hi), noise=noise, strength=strength)

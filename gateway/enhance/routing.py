@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 
 from pydicom.dataset import Dataset
 
+from dicom_utils.enhancement import Task
 from enhancers.registry import default_enhancer, info, modality_group, names
 from gateway.errors import ConfigError
 from gateway.settings import Route
@@ -65,12 +66,12 @@ def not_by_default(routes: Sequence[Route], modality: str, header: Dataset) -> s
     return None
 
 
-def choose(routes: Sequence[Route], modality: str, series_description: str) -> tuple[str, str]:
+def choose(routes: Sequence[Route], modality: str, series_description: str) -> tuple[str, Task]:
     """(enhancer name, task) for a series."""
     route = route_for(routes, modality, series_description)
     if route is not None:
         return route.enhancer, route.task
-    return default_enhancer(modality, "denoise"), "denoise"
+    return default_enhancer(modality, Task.DENOISE), Task.DENOISE
 
 
 def modality_mismatch(enhancer: str, modality: str) -> str | None:
@@ -121,7 +122,7 @@ def validate(routes: Sequence[Route]) -> None:
         task = details.task
         if task != route.task:
             raise ConfigError(
-                f"routes[{i}]: enhancer {route.enhancer!r} does task {task!r} but the route says {route.task!r}"
+                f"routes[{i}]: enhancer {route.enhancer!r} does task {task!r} but the route says {str(route.task)!r}"
             )
 
 

@@ -29,6 +29,7 @@ from structlog.contextvars import bound_contextvars
 
 from dicom_utils.classify import skip_reason
 from dicom_utils.derive import derived_series_uid, derived_sop_uid, mark_series_qa
+from dicom_utils.enhancement import Task
 from dicom_utils.pixels import frame_rescale, modality_frames, stored_range, value_range
 from dicom_utils.private_tags import set_qa_flag
 from enhancers.noise import NoiseEstimate, estimate_noise
@@ -105,7 +106,7 @@ class _SeriesWork:
 
     job_id: int
     info: EnhancerInfo
-    task: str
+    task: Task
     facts: SeriesFacts
     gate: SeriesGate | None
     qa_seconds: float = 0.0
@@ -329,7 +330,7 @@ class Worker:
             return
         route = routing.route_for(self.settings.routes, job.modality, str(header.get("SeriesDescription", "")))
         if job.enhancer:  # chosen by `reprocess --enhancer`
-            name, task = job.enhancer, enhancer_info(job.enhancer).task
+            name, task = job.enhancer, Task(enhancer_info(job.enhancer).task)
         else:
             name, task = routing.choose(
                 self.settings.routes, job.modality, str(header.get("SeriesDescription", ""))

@@ -42,6 +42,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
 
+from dicom_utils.enhancement import Task
 from enhancers import registry
 from gateway import logs
 from gateway.admin.ops import reject, release, reprocess
@@ -50,7 +51,7 @@ from gateway.errors import ConfigError, GatewayError, StateError
 from gateway.settings import Settings
 from gateway.storage.factory import open_state
 from gateway.storage.local_spool import LocalSpool
-from gateway.storage.state import JOB_STATES, StateStore
+from gateway.storage.state import JOB_STATES, JobState, StateStore
 from gateway.web import forms, imaging, jobs, pages
 from gateway.web.command import DEFAULT_HOST, DEFAULT_PORT
 from gateway.web.enhance import Enhancer
@@ -380,7 +381,7 @@ class Console:
             return self._refuse("choose a DICOM, PNG or JPEG file to upload", 400, wants_json, who)
         try:
             upload = self.uploads.submit(
-                file.data, choice=_field(form, "enhancer", "auto"), task=_field(form, "task", "denoise"),
+                file.data, choice=_field(form, "enhancer", "auto"), task=_field(form, "task", Task.DENOISE),
                 image_modality=_field(form, "image_modality", "XR"),
             )
         except UploadError as exc:
@@ -552,7 +553,7 @@ class Console:
             self._flash[job_id] = str(exc)
             return _redirect(f"/jobs/{job_id}"), str(exc)[:300]
         self._flash[job_id] = (
-            f"Job {job_id} released: queued for delivery." if job.state == "enhanced"
+            f"Job {job_id} released: queued for delivery." if job.state == JobState.ENHANCED
             else f"Job {job_id} rejected: its derived series was dropped, the originals are kept."
         )
         return _redirect(f"/jobs/{job_id}"), None

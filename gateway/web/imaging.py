@@ -17,6 +17,7 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
+from dicom_utils.enhancement import Task
 from gateway.enhance.finish import to_input_grid
 
 FloatArray = npt.NDArray[np.float32]
@@ -86,7 +87,7 @@ def difference(original: npt.NDArray[np.floating], enhanced: npt.NDArray[np.floa
     after = np.asarray(enhanced, dtype=np.float32)
     if after.shape != before.shape:
         factor = max(1, round(after.shape[-1] / max(before.shape[-1], 1)))  # 2 for sr2x, 4 for sr4x
-        after = to_input_grid(after, {2: "sr2x", 4: "sr4x"}.get(factor, "denoise"))
+        after = to_input_grid(after, {2: Task.SR2X, 4: Task.SR4X}.get(factor, Task.DENOISE))
         h = min(after.shape[-2], before.shape[-2])
         w = min(after.shape[-1], before.shape[-1])
         after, before = after[..., :h, :w], before[..., :h, :w]

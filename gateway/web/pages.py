@@ -22,15 +22,16 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from dicom_utils import private_tags
+from dicom_utils.enhancement import Task
 from enhancers.registry import TASKS, EnhancerInfo, default_enhancer
 from gateway import __version__
-from gateway.storage.state import Delivery, Job
+from gateway.storage.state import Delivery, Job, JobState
 from gateway.web import imaging
 from gateway.web.jobs import JobView
 from gateway.web.uploads import IMAGE_MODALITIES, Upload, patient_fields
 
 #: Job states in which the gateway is still working on the job (the job page refreshes itself).
-RUNNING_STATES = ("queued", "enhancing", "enhanced", "sending", "failed")
+RUNNING_STATES = (JobState.QUEUED, JobState.ENHANCING, JobState.ENHANCED, JobState.SENDING, JobState.FAILED)
 
 
 def when(ts: float | None) -> str:
@@ -151,7 +152,9 @@ def enhancer_options(infos: Sequence[EnhancerInfo]) -> Markup:
         "Display filters (change intensities; not denoising)": [],
         "Other trained models (kept for comparison)": [],
     }
-    sr = {"sr2x": "Super-resolution (2x)", "sr4x": "Super-resolution (4x)", "deblur": "Deblurring"}
+    sr: dict[str, str] = {
+        Task.SR2X: "Super-resolution (2x)", Task.SR4X: "Super-resolution (4x)", Task.DEBLUR: "Deblurring",
+    }
     for info in infos:
         if info.name in recommended:
             groups["Recommended"].append(option(info, f"[{', '.join(recommended[info.name])}] "))
@@ -304,7 +307,7 @@ def _job_facts(j: Job, now: float) -> list[tuple[str, object]]:
         ("Finished", when(j.finished_at)),
         ("Enhancement time", seconds(j.enhance_seconds)),
         ("Total time", seconds((j.finished_at or now) - j.created_at)),
-        ("Attempts", str(j.attempts) + (f", next try {when(j.next_try_at)}" if j.state == "failed" else "")),
+        ("Attempts", str(j.attempts) + (f", next try {when(j.next_try_at)}" if j.state == JobState.FAILED else "")),
         ("Study Instance UID", _uid(j.study_uid)),
         ("Series Instance UID", _uid(j.series_uid)),
         ("Derived Series UID", _uid(j.derived_series_uid)),

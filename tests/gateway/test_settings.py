@@ -187,3 +187,24 @@ def test_the_packaged_default_is_the_documented_example() -> None:
     example = Path(__file__).resolve().parents[2] / "config" / "gateway.toml"
     assert settings.PACKAGED_CONFIG.read_bytes() == example.read_bytes()
     assert settings.load(settings.PACKAGED_CONFIG, environ={}).var_dir == Path("var")
+
+
+def test_a_route_task_is_the_task_enum_and_keeps_its_config_string() -> None:
+    """`Task` replaces the literals in code; configs, dumps and messages keep the plain strings."""
+    import dataclasses
+    import json
+
+    from dicom_utils.enhancement import TASKS, Task
+    from enhancers import registry
+    from gateway.enhance import routing
+
+    assert TASKS == tuple(registry.TASKS) == ("denoise", "sr2x", "sr4x", "deblur")  # one list of tasks everywhere
+    doc = _doc()
+    doc["routes"] = [{"modality": "CT", "enhancer": "bicubic", "task": "sr2x"}, {"enhancer": "nlm"}]
+    cfg = settings.parse(doc, environ={})
+    assert [r.task for r in cfg.routes] == [Task.SR2X, Task.DENOISE]
+    assert all(type(r.task) is Task for r in cfg.routes)
+    assert json.dumps([dataclasses.asdict(r)["task"] for r in cfg.routes]) == '["sr2x", "denoise"]'
+    assert routing.choose(cfg.routes, "MR", "") == ("nlm", "denoise")
+    with pytest.raises(ConfigError, match="the route says 'sr2x'$"):
+        routing.validate([dataclasses.replace(cfg.routes[0], enhancer="nlm")])
