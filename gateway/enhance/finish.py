@@ -93,6 +93,21 @@ def series_number_candidates(source_number: object, offset: int, count: int = 20
     return [n for n in (first + k * step for k in range(count)) if -(2**31) <= n < 2**31]
 
 
+def report_number_candidates(derived_number: object, offset: int, count: int = 20) -> list[int]:
+    """The Series Numbers the SR report of a derived series may take, best first: the derived series' + 1 (what
+    it always was), then + 1 + offset, + 1 + 2 x offset...
+
+    Why allocated like a derived series' (`StateStore.derived_series_number`, under the report's own series
+    UID): derived + 1 is the next source's first derived number (source 2's report 1003, source 3's derived
+    series 1003), and a viewer that hangs series by number would show the two as one. Why the fallbacks step
+    by the offset and not by 1: 1003 + 1 = 1004 is source 4's first derived number, while 1003 + 1000 is a
+    slot only a second enhancer of source 3 would want.
+    """
+    first = (int(str(derived_number)) if derived_number not in (None, "") else 0) + 1
+    step = offset or 1000
+    return [n for n in (first + k * step for k in range(count)) if -(2**31) <= n < 2**31]
+
+
 def derivation_options(settings: Settings) -> DerivationOptions:
     return DerivationOptions(
         software_version=__version__,

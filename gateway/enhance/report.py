@@ -48,7 +48,6 @@ from dicom_utils.enhancement import Task
 from dicom_utils.uids import derived_uid
 
 SCHEME = "99ENHGW"
-REPORT_SERIES_OFFSET = 1  # the SR's Series Number: the derived series' + 1
 
 
 def _code(value: str, meaning: str) -> CodedConcept:
@@ -107,9 +106,13 @@ def _measurement(name: CodedConcept, value: float | None, unit: CodedConcept) ->
 
 
 def build_report(
-    facts: ReportFacts, derived: Sequence[Dataset], sources: Sequence[Dataset]
+    facts: ReportFacts, derived: Sequence[Dataset], sources: Sequence[Dataset], *, series_number: int
 ) -> tuple[Dataset, bytes]:
-    """The SR for a derived series (headers of its instances, in order) and its source instances."""
+    """The SR for a derived series (headers of its instances, in order) and its source instances.
+
+    `series_number` is allocated by the caller like a derived series' (`finish.report_number_candidates`):
+    the SR is a series of the study too, and must not share its number with another one.
+    """
     if not derived or not sources:
         raise ValueError("an SR needs at least one derived and one source instance to reference")
     first = derived[len(derived) // 2]
@@ -164,11 +167,10 @@ def build_report(
         procedure_reported=CodedConcept("363679005", "SCT", "Imaging"),
         imaging_measurements=[group],
     )
-    number = first.get("SeriesNumber")
     with warnings.catch_warnings():
         # highdicom warns about odd Patient Names by quoting them: PHI that must never reach the logs
         warnings.simplefilter("ignore")
-        sr = _sr(facts, report, derived, sources, series_uid, sop_uid, number)
+        sr = _sr(facts, report, derived, sources, series_uid, sop_uid, series_number)
     buf = io.BytesIO()
     sr.save_as(buf, enforce_file_format=True)
     return sr, buf.getvalue()
@@ -181,13 +183,13 @@ def _sr(
     sources: Sequence[Dataset],
     series_uid: str,
     sop_uid: str,
-    number: object,
+    number: int,
 ) -> Comprehensive3DSR:
     return Comprehensive3DSR(
         evidence=[*derived, *sources],
         content=report[0],
         series_instance_uid=series_uid,
-        series_number=(int(str(number)) if number not in (None, "") else 0) + REPORT_SERIES_OFFSET,
+        series_number=number,
         sop_instance_uid=sop_uid,
         instance_number=1,
         manufacturer="enhance-gateway",

@@ -44,11 +44,12 @@ from gateway.enhance.finish import (
     derivation_options,
     input_metrics,
     make_pipeline,
+    report_number_candidates,
     series_number_candidates,
     to_input_grid,
 )
 from gateway.enhance.qa import SeriesGate, SeriesVerdict, worst
-from gateway.enhance.report import ReportFacts, build_report
+from gateway.enhance.report import ReportFacts, build_report, report_uids
 from gateway.enhance.restore_score import RestoreScore, degrade_restore
 from gateway.errors import (
     EnhancerMismatchError,
@@ -503,7 +504,12 @@ class Worker:
             derived = [self._dcmread(k, stop_before_pixels=True) for k in self.spool.list_outputs(job_id)]
             derived.sort(key=lambda d: (int(d.get("InstanceNumber") or 0), str(d.SOPInstanceUID)))
             sources = [self._dcmread(i.key, stop_before_pixels=True) for i in instances]
-            sr, data = build_report(facts, derived, sources)
+            # the SR is a series of the study too: its number is allocated like a derived series' (never shared)
+            number = self.state.derived_series_number(
+                instances[0].study_uid, report_uids(str(derived[0].SeriesInstanceUID))[0],
+                report_number_candidates(derived[0].get("SeriesNumber"), self.settings.enhance.series_number_offset),
+            ) if derived and instances else 0
+            sr, data = build_report(facts, derived, sources, series_number=number)
         except Exception as exc:  # noqa: BLE001 - see the docstring
             log.error("report.failed", error=f"{type(exc).__name__}: {exc}"[:300])
             return None
