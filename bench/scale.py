@@ -211,11 +211,14 @@ def enhancement(pg: PostgresServer, plans: Sequence[tuple[str, int, int]], worke
     for enhancer, count, slices in plans:
         files = series_set(enhancer, count, slices)
         print(f"  {enhancer}: {count} series x {slices} slices", flush=True)
+        t0 = time.monotonic()
         runs = [run_sqlite(enhancer, files, count, timeout)]
-        print(f"    SQLite, 1 worker: {runs[-1].rate:.1f} slices/s", flush=True)
+        print(f"    SQLite, 1 worker: {runs[-1].rate:.1f} slices/s (site {time.monotonic() - t0:.0f} s)", flush=True)
         for n in worker_counts:
+            t0 = time.monotonic()
             runs.append(run_postgres(pg, n, enhancer, files, count, timeout))
-            print(f"    PostgreSQL, {n} worker(s): {runs[-1].rate:.1f} slices/s", flush=True)
+            print(f"    PostgreSQL, {n} worker(s): {runs[-1].rate:.1f} slices/s (site {time.monotonic() - t0:.0f} s)",
+                  flush=True)
         results += runs
     return results
 
@@ -293,20 +296,14 @@ def proxied_storescp(root: Path, groups: list[list[Path]], total: int, backends:
 # --- part 3: per-job coordination cost ----------------------------------------------------------------------
 
 OPS = ("claim", "set enhancer", "renew lease", "finish", "claim delivery", "delivery ok", "settle")
+RECORD = "record instance"  # per received instance, not per job: reception's share of the database's load
+STORES = ("SQLite", "PostgreSQL", "PostgreSQL fsync=off")
 
 
 def coordination(store: StateStore, jobs: int) -> dict[str, list[float]]:
-    """Milliseconds of each state transition a job goes through, for `jobs` one-instance jobs, in job order."""
-    now = time.time() - 10.0
-    for i in range(jobs):
-        sop = f"1.2.826.0.1.3680043.10.9.{i}"
-        store.record_instance(
-            sop_uid=sop, series_uid=f"1.2.826.0.1.3680043.10.8.{i}", study_uid="1.2.826.0.1.3680043.10.7",
-            sop_class_uid="1.2.840.10008.5.1.4.1.1.2", modality="CT", size=1,
-            calling_aet="BENCH", now=now,
-        )
-    store.make_jobs_for_stable_series(1.0)
-    times: dict[str, list[float]] = {op: [] for op in OPS}
+    """Milliseconds of each state transition a job goes through, for `jobs` one-instance jobs, in job order;
+    and of `record_instance` (what a receiver commits per instance before it acknowledges)."""
+    times: dict[str, list[float]] = {op: [] for op in (*OPS, RECORD)}
 
     def timed(op: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
@@ -314,6 +311,12 @@ def coordination(store: StateStore, jobs: int) -> dict[str, list[float]]:
         times[op].append(1000.0 * (time.perf_counter() - t0))
         return value
 
+    now = time.time() - 10.0
+    for i in range(jobs):
+        timed(RECORD, store.record_instance, sop_uid=f"1.2.826.0.1.3680043.10.9.{i}",
+              series_uid=f"1.2.826.0.1.3680043.10.8.{i}", study_uid="1.2.826.0.1.3680043.10.7",
+              sop_class_uid="1.2.840.10008.5.1.4.1.1.2", modality="CT", size=1, calling_aet="BENCH", now=now)
+    store.make_jobs_for_stable_series(1.0)
     for _ in range(jobs):
         job = timed("claim", store.claim_job, JobState.QUEUED, JobState.ENHANCING)
         if job is None:
@@ -336,22 +339,35 @@ def p95(values: Sequence[float]) -> float:
     return float(statistics.quantiles(values, n=20)[-1]) if len(values) > 1 else values[0]
 
 
-def coordination_both(pg: PostgresServer, jobs: int) -> dict[str, dict[str, list[float]]]:
+def set_fsync(pg: PostgresServer, on: bool) -> None:
+    """Restart the server with fsync on or off (its command line sets it, which ALTER SYSTEM cannot override)."""
+    if pg.fsync != on:
+        pg.stop()
+        pg.fsync = on
+        pg.start()
+
+
+def coordination_all(pg: PostgresServer, jobs: int) -> dict[str, dict[str, list[float]]]:
+    """SQLite, PostgreSQL as benchmarked (fsync=on), and PostgreSQL with fsync=off (what the commits' flush costs)."""
     root = scratch("scale-coord-")
+    times = {}
     try:
         sqlite = SqliteState(root / "state.db")
         try:
-            lite = coordination(sqlite, jobs)
+            times["SQLite"] = coordination(sqlite, jobs)
         finally:
             sqlite.close()
-        postgres = PostgresState(pg.create_database("scale_coordination"))
-        try:
-            pgt = coordination(postgres, jobs)
-        finally:
-            postgres.close()
+        for name, fsync in (("PostgreSQL", True), ("PostgreSQL fsync=off", False)):
+            set_fsync(pg, fsync)
+            postgres = PostgresState(pg.create_database(f"scale_coordination_{int(fsync)}"))
+            try:
+                times[name] = coordination(postgres, jobs)
+            finally:
+                postgres.close()
     finally:
+        set_fsync(pg, True)
         shutil.rmtree(root, ignore_errors=True)
-    return {"SQLite": lite, "PostgreSQL": pgt}
+    return times
 
 
 # --- report ----------------------------------------------------------------------------------------------------
@@ -359,7 +375,7 @@ def coordination_both(pg: PostgresServer, jobs: int) -> dict[str, dict[str, list
 
 def print_enhancement(results: list[Throughput]) -> None:
     print(f"{'enhancer':<9} {'state':<11} {'workers':>7} {'jobs':>5} {'slices':>6} {'seconds':>8} {'slices/s':>9}"
-          f" {'x 1 worker':>10} {'x SQLite':>8} {'idle share':>10}")
+          f" {'x 1 worker':>10} {'x SQLite':>8} {'idle share':>10} {'job ms/slice':>12}")
     for enhancer in dict.fromkeys(r.enhancer for r in results):
         rows = [r for r in results if r.enhancer == enhancer]
         lite = next(r for r in rows if r.backend == "SQLite")
@@ -367,9 +383,11 @@ def print_enhancement(results: list[Throughput]) -> None:
         for r in rows:
             scale = f"{r.rate / one.rate:.2f}" if r.backend == "PostgreSQL" else ""
             print(f"{enhancer:<9} {r.backend:<11} {r.workers:>7} {r.jobs:>5} {r.slices:>6} {r.seconds:>8.2f}"
-                  f" {r.rate:>9.2f} {scale:>10} {r.rate / lite.rate:>8.2f} {r.idle_share:>10.0%}")
+                  f" {r.rate:>9.2f} {scale:>10} {r.rate / lite.rate:>8.2f} {r.idle_share:>10.0%}"
+                  f" {1000 * r.busy / r.slices:>12.0f}")
     print("seconds: first job queued (or the last worker started, if later) -> last job done, from the state")
     print("idle share: 1 - (sum of the jobs' enhance_seconds) / (workers x seconds): time outside a job")
+    print("job ms/slice: the jobs' enhance_seconds per slice; it grows with the workers when they share the CPU")
 
 
 def print_reception(results: list[Reception]) -> None:
@@ -381,32 +399,30 @@ def print_reception(results: list[Reception]) -> None:
 
 
 def print_coordination(times: dict[str, dict[str, list[float]]]) -> dict[str, float]:
-    """The table; returns each backend's per-job total (sum of the per-operation medians), in ms."""
-    print(f"{'operation':<15} {'SQLite median':>13} {'p95':>7} {'PostgreSQL median':>17} {'p95':>7} {'PG/SQLite':>9}")
+    """The table (median / p95 per store); returns each store's per-job total (sum of the medians), in ms."""
+    print(f"{'operation':<15}" + "".join(f" {name + ' med / p95':>30}" for name in STORES) + f" {'PG/SQLite':>9}")
     totals = {}
-    for op in OPS:
-        lite, pgt = times["SQLite"][op], times["PostgreSQL"][op]
-        print(f"{op:<15} {median(lite):>13.2f} {p95(lite):>7.2f} {median(pgt):>17.2f} {p95(pgt):>7.2f}"
-              f" {median(pgt) / median(lite):>9.2f}")
-    for backend in ("SQLite", "PostgreSQL"):
-        per_job = [sum(vals) for vals in zip(*(times[backend][op] for op in OPS), strict=True)]
-        totals[backend] = median(per_job)
-        totals[backend + " p95"] = p95(per_job)
-    print(f"{'per job (sum)':<15} {totals['SQLite']:>13.2f} {totals['SQLite p95']:>7.2f}"
-          f" {totals['PostgreSQL']:>17.2f} {totals['PostgreSQL p95']:>7.2f}"
-          f" {totals['PostgreSQL'] / totals['SQLite']:>9.2f}")
+    for store in STORES:
+        per_job = [sum(vals) for vals in zip(*(times[store][op] for op in OPS), strict=True)]
+        times[store]["per job (sum)"] = per_job
+        totals[store] = median(per_job)
+    for op in (*OPS, "per job (sum)", RECORD):
+        cells = "".join(f" {median(times[s][op]):>22.2f} / {p95(times[s][op]):>5.2f}" for s in STORES)
+        print(f"{op:<15}{cells} {median(times['PostgreSQL'][op]) / median(times['SQLite'][op]):>9.2f}")
+    print(f"'{RECORD}': per received instance (one commit before the C-STORE is acknowledged), not part of a job")
     return totals
 
 
 def print_prediction(enhance: list[Throughput], receive: list[Reception], coord: dict[str, float],
-                     series_slices: int) -> None:
+                     record_ms: float, series_slices: int) -> None:
     per_worker = min(GPU_PIPELINE_RATE, WORKER_HOST_CEILING)
     job_seconds = series_slices / per_worker
     coord_s = coord["PostgreSQL"] / 1000.0
     site = 4 * per_worker / (1.0 + coord_s / job_seconds)
     one_receiver = median(receive[0].rates)
     two_here = median(receive[1].rates)
-    cheap = {r.workers: r.rate for r in enhance if r.backend == "PostgreSQL" and r.enhancer == "gaussian"}
+    cheap = {r.workers: r for r in enhance if r.backend == "PostgreSQL" and r.enhancer == "gaussian"}
+    first = cheap[min(cheap)]
     print(f"assumed per GPU worker: min(GPU Pipeline.run {GPU_PIPELINE_RATE:.0f} slices/s (H100, drunet-ct;"
           f" ncdn-ct not measured on a GPU), worker host ceiling {WORKER_HOST_CEILING} slices/s (issue 19:"
           f" one derive thread, ~36 ms per slice)) = {per_worker:.1f} slices/s, one worker process per GPU with"
@@ -414,14 +430,20 @@ def print_prediction(enhance: list[Throughput], receive: list[Reception], coord:
     print(f"coordination per job on PostgreSQL: {coord['PostgreSQL']:.1f} ms (median, fsync=on) against"
           f" {job_seconds:.1f} s of work for a {series_slices}-slice series: {coord_s / job_seconds:.2%}")
     print(f"4 GPU workers: ~{site:.0f} slices/s = {site / series_slices * 3600:.0f} series of {series_slices}"
-          f" slices per hour (linear in workers: claims use SKIP LOCKED, no worker waits for another; the"
-          f" cheap enhancer here scaled {cheap.get(2, 0) / cheap.get(1, 1):.2f}x / {cheap.get(4, 0) / cheap.get(1, 1):.2f}x"
-          f" with 2 / 4 workers on 2 shared cores, the CPU's limit, not the database's)")
+          f" slices per hour, assuming linear scaling (claims use SKIP LOCKED: no worker waits for another)")
+    print("  here, on 2 shared cores, the cheap enhancer went " + ", ".join(
+        f"{n} workers {r.rate / first.rate:.2f}x (idle share {r.idle_share:.0%}, {1000 * r.busy / r.slices:.0f} ms"
+        f" per slice in a job)" for n, r in sorted(cheap.items()))
+        + ": the workers were busy inside their jobs, which slowed as they shared the CPU; waiting on the"
+          " database would show as idle share")
     print(f"2 receivers on their own machines: ~{2 * one_receiver:.0f} instances/s (2 x the 1-receiver rate"
           f" here, {one_receiver:.0f}/s; on this one machine and disk 2 receivers gave {two_here:.0f}/s)")
     bound = "enhancement" if site < 2 * one_receiver else "reception"
     print(f"so such a site is {bound}-bound: it enhances ~{site:.0f} slices/s while it can receive"
-          f" ~{2 * one_receiver:.0f}/s; a modality burst above {site:.0f} slices/s queues in the spool")
+          f" ~{2 * one_receiver:.0f}/s; a burst above {site:.0f} slices/s waits in the spool")
+    print(f"PostgreSQL's load: one synced commit per received instance ({record_ms:.1f} ms each from one session"
+          f" here), i.e. ~{2 * one_receiver:.0f} commits/s at full reception, against"
+          f" ~{site / series_slices * len(OPS):.1f}/s for job coordination: size its WAL disk for reception")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -450,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
         print("\n2. reception through HAProxy", flush=True)
         receive = reception(pg, args.receive_n, args.senders, args.repeat)
         print(f"\n3. coordination per job, {args.jobs} jobs per store, in this process", flush=True)
-        coord_times = coordination_both(pg, args.jobs)
+        coord_times = coordination_all(pg, args.jobs)
     print("\n=== results ===\n")
     print("1. enhancement throughput")
     print_enhancement(enhance)
@@ -459,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n3. coordination per job (ms)")
     coord = print_coordination(coord_times)
     print("\n4. prediction for a 4-GPU, 2-receiver site")
-    print_prediction(enhance, receive, coord, args.site_series)
+    print_prediction(enhance, receive, coord, median(coord_times["PostgreSQL"][RECORD]), args.site_series)
     print(f"\nnotes: {os.cpu_count()} cores shared with other work (models were being trained on this machine;"
           f" load average {os.getloadavg()[0]:.1f} at the end): the figures are indicative, the ratios within"
           f" one run are what count. No GPU. Whole run {time.monotonic() - started:.0f} s.")
