@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,41 @@ QA_FAIL_DEFAULT: dict[str, float] = {"lowpass": 1.0, "voids": 0.01, "grid": 0.2,
 QA_ACTIONS_DEFAULT: dict[str, str] = {"WARN": "flag", "FAIL": "hold"}
 
 
+def _mask(value: Any) -> Any:
+    """"***" for a secret that is set (a list of tokens keeps its length: how many are configured shows)."""
+    return tuple("***" for _ in value) if isinstance(value, tuple) else "***"
+
+
+def _mask_url(value: Any) -> Any:
+    """The URL with only its password masked: where it points stays readable."""
+    from gateway.storage.pg_schema import redact
+
+    return redact(str(value))
+
+
+#: Field metadata of a secret: `redacted` prints it masked, and the field is kept out of repr (tracebacks, logs).
+SECRET: Mapping[str, Any] = {"redact": _mask}
+SECRET_URL: Mapping[str, Any] = {"redact": _mask_url}
+
+
+def redacted(value: Any) -> Any:
+    """`dataclasses.asdict` of settings with every field marked SECRET or SECRET_URL masked when set: what
+    `config check` prints. Why by field metadata: a secret added later is marked where it is declared, and no
+    list elsewhere has to remember it."""
+    if is_dataclass(value) and not isinstance(value, type):
+        out = {}
+        for f in fields(value):
+            item = getattr(value, f.name)
+            hide = f.metadata.get("redact")
+            out[f.name] = hide(item) if hide is not None and item else redacted(item)
+        return out
+    if isinstance(value, Mapping):
+        return {k: redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redacted(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class TaskQaRule:
     """How the QA gate's thresholds change for one task: checks that say nothing about it, checks added."""
@@ -85,10 +120,10 @@ class Destination:
     retrieve: str = "get"  # sources only: "get" (C-GET) or "move" (C-MOVE to the gateway's own AE title)
     # type = "dicomweb": the service root (`.../dicom-web`), a bearer token or Basic credentials, and TLS
     # verification (`verify = false` only for a test peer; `ca` = a PEM bundle that signed the server's certificate)
-    url: str = ""
-    token: str = ""
+    url: str = field(default="", metadata=SECRET_URL)  # a password in the URL's authority is masked
+    token: str = field(default="", repr=False, metadata=SECRET)
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False, metadata=SECRET)
     verify: bool = True
     ca: Path | None = None
     # the PACS viewer's URL of a study, `{study}` standing for its Study Instance UID: the console links to it
@@ -220,7 +255,7 @@ class StateSettings:
     lease_seconds: float = 60.0
     # `url`: the shared PostgreSQL store ("postgresql://user@host:port/db"); None: SQLite under var_dir. Kept out
     # of repr (it may hold a password); `gateway.storage.factory.describe` prints it redacted.
-    url: str | None = field(default=None, repr=False)
+    url: str | None = field(default=None, repr=False, metadata=SECRET_URL)
 
 
 @dataclass(frozen=True)
@@ -272,7 +307,7 @@ class DicomwebSettings:
     port: int = 8081
     cert: Path | None = None
     key: Path | None = None
-    tokens: tuple[str, ...] = ()
+    tokens: tuple[str, ...] = field(default=(), repr=False, metadata=SECRET)
     user_roles: tuple[str, ...] = ("admin",)
     anonymous: bool = False
     max_request_mb: int = 4096

@@ -381,7 +381,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     cfg = settings.load(file)
     routing.load_plugins(cfg.plugins)
     routing.validate(cfg.routes)
-    print(json.dumps(asdict(cfg), indent=2, default=str))
+    print(json.dumps(settings.redacted(cfg), indent=2, default=str))  # never a password or token
     for warning in routing.hallucination_risks(cfg.routes):
         print(f"{file}: warning: {warning}", file=sys.stderr)
     print(f"{file}: OK", file=sys.stderr)

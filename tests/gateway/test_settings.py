@@ -208,3 +208,41 @@ def test_a_route_task_is_the_task_enum_and_keeps_its_config_string() -> None:
     assert routing.choose(cfg.routes, "MR", "") == ("nlm", "denoise")
     with pytest.raises(ConfigError, match="the route says 'sr2x'$"):
         routing.validate([dataclasses.replace(cfg.routes[0], enhancer="nlm")])
+
+
+def test_config_check_prints_no_password_or_token(tmp_path: Path) -> None:
+    """`enhance-gateway config check` prints the effective settings: every secret masked, the rest readable."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.gateway.harness import REPO, write_config
+
+    secrets = ["pg-S3cret-pw", "dw-S3cret-pw", "dw-S3cret-token-0123456789", "stow-S3cret-token-0123456789"]
+    config = write_config(
+        tmp_path / "site.toml", var_dir=tmp_path / "var", port=11112,
+        destinations=[
+            {"name": "pacs", "type": "dicomweb", "url": "https://pacs.example/dicom-web", "username": "gw",
+             "password": secrets[1]},
+            {"name": "cloud", "type": "dicomweb", "url": "https://cloud.example/dicom-web", "token": secrets[2]},
+        ],
+        dicomweb={"tokens": [secrets[3]]},
+        state={"url": f"postgresql://gw:{secrets[0]}@db.example:5432/gateway"},
+    )
+    env = {k: v for k, v in os.environ.items() if k != settings.ENV_CONFIG} | {"PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "gateway.admin.cli", "config", "check", str(config)],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    for secret in secrets:
+        assert secret not in done.stdout + done.stderr
+    shown = json.loads(done.stdout)
+    pacs, cloud = shown["destinations"]
+    assert (pacs["username"], pacs["password"], pacs["token"], pacs["url"]) == (
+        "gw", "***", "", "https://pacs.example/dicom-web")  # an unset secret stays visibly unset
+    assert cloud["token"] == "***"
+    assert shown["dicomweb"]["tokens"] == ["***"]
+    assert shown["state"]["url"] == "postgresql://gw:***@db.example:5432/gateway"
+    assert shown["ae_title"] == "ENHANCE_GW" and shown["routes"] == []
+    parsed = settings.load(config, environ={})
+    assert secrets[1] not in repr(parsed) and secrets[3] not in repr(parsed)  # nor in a traceback's repr
