@@ -399,7 +399,8 @@ def print_reception(results: list[Reception]) -> None:
 
 
 def print_coordination(times: dict[str, dict[str, list[float]]]) -> dict[str, float]:
-    """The table (median / p95 per store); returns each store's per-job total (sum of the medians), in ms."""
+    """The table (median / p95 per store); returns each store's per-job total (the median of the per-job sums,
+    which exceeds the sum of the medians when a slow commit lands in most jobs), in ms."""
     print(f"{'operation':<15}" + "".join(f" {name + ' med / p95':>30}" for name in STORES) + f" {'PG/SQLite':>9}")
     totals = {}
     for store in STORES:
@@ -432,7 +433,7 @@ def print_prediction(enhance: list[Throughput], receive: list[Reception], coord:
     print(f"4 GPU workers: ~{site:.0f} slices/s = {site / series_slices * 3600:.0f} series of {series_slices}"
           f" slices per hour, assuming linear scaling (claims use SKIP LOCKED: no worker waits for another)")
     print("  here, on 2 shared cores, the cheap enhancer went " + ", ".join(
-        f"{n} workers {r.rate / first.rate:.2f}x (idle share {r.idle_share:.0%}, {1000 * r.busy / r.slices:.0f} ms"
+        f"{n} worker{'s' if n > 1 else ''} {r.rate / first.rate:.2f}x (idle share {r.idle_share:.0%}, {1000 * r.busy / r.slices:.0f} ms"
         f" per slice in a job)" for n, r in sorted(cheap.items()))
         + ": the workers were busy inside their jobs, which slowed as they shared the CPU; waiting on the"
           " database would show as idle share")
