@@ -92,7 +92,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fastsr": {"epochs": 12, "steps": 100, "patch": 96, "batch": 16, "lr": 1e-3, "loss": "l1", "config": {}},
     # X-ray super-resolution and deblurring (issue 14): large patches, because the real radiographs are few and
     # the DRRs small; sized for a few minutes each on one shared CPU thread.
-    "srresnet4x": {"epochs": 8, "steps": 40, "patch": 96, "batch": 8, "lr": 1e-3, "loss": "l1", "config": {}},
+    "srresnet4x": {"epochs": 8, "steps": 200, "patch": 96, "batch": 8, "lr": 1e-3, "loss": "l1", "config": {}},
     "srcnn-deblur": {"epochs": 6, "steps": 50, "patch": 96, "batch": 16, "lr": 3e-4, "loss": "mse", "config": {}},
     "drunet-deblur": {"epochs": 6, "steps": 40, "patch": 64, "batch": 8, "lr": 3e-4, "loss": "l1", "config": {}},
     "ncdn": {

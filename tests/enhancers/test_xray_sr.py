@@ -88,6 +88,20 @@ def test_srresnet_scales_and_the_shipped_2x_layout() -> None:
     registry.create("srresnet")  # the 2x weights still load strictly into the 2x layout
 
 
+def test_srresnet4x_starts_exactly_at_bicubic_with_a_scaled_residual() -> None:
+    """The first 4x weights never left bicubic: a random tail added ~4 % of full scale that training spent its
+    steps cancelling, and each Adam step moved the output by more than the ~0.6 % detail to learn. A fresh
+    srresnet4x must output bicubic exactly, and its residual must be scaled down (variants.srresnet4x)."""
+    from enhancers.classical import bicubic_up
+
+    torch.manual_seed(0)
+    net = build_module("srresnet4x").eval()
+    x = torch.rand(2, 1, 12, 10)
+    with torch.no_grad():
+        assert torch.equal(net(x), bicubic_up(x, 4))
+    assert net.residual_scale == pytest.approx(0.01)  # type: ignore[union-attr]
+
+
 def test_tasks_scale_and_safe_defaults() -> None:
     assert registry.TASK_SCALE == {"denoise": 1, "sr2x": 2, "sr4x": 4, "deblur": 1}
     assert registry.info("bicubic4x").scale == 4 and registry.info("unsharp-deblur").task == "deblur"
@@ -115,7 +129,7 @@ def test_adversarial_model_flagged_never_default_and_said_where_picked() -> None
     for modality in ("CR", "DX", "MG", "CT", "MR"):
         for quality in (False, True):
             assert registry.default_enhancer(modality, "sr4x", quality=quality) != "srgan4x-xr"
-    # the L1 model ties bicubic on the held-out CR, so the classical baseline stays the default (registry)
+    # the L1 model gains only +0.10 dB on the held-out CR (grid 0.055 sigma), so bicubic4x stays the default
     assert registry.default_enhancer("DX", "sr4x") == "bicubic4x"
     assert registry.default_enhancer("CR", "sr2x") == "fastsr-xr"
     buf = io.StringIO()
@@ -160,12 +174,16 @@ def test_sr2x_models_beat_bicubic_on_held_out_radiograph(chest: corpus.Slice, na
 def test_sr4x_models_do_no_harm_against_bicubic_on_held_out_radiograph(
     chest: corpus.Slice, name: str
 ) -> None:
-    """Measured: +0.003 dB (L1) and +0.012 dB (adversarial) over bicubic4x; the 1 dB target is not met (the
-    CR's noise caps what any model can gain: docs/evaluation-xray.md). Neither may fall below bicubic."""
+    """Measured on this crop: +0.18 dB (L1) and +0.17 dB (adversarial) over bicubic4x (+0.10 / +0.11 over the
+    5 crops of docs/evaluation-xray.md); the 1 dB target is not met. Neither may fall below bicubic, and the L1
+    model must keep a real margin (the first weights tied bicubic at +0.003 dB: a tail that never moved)."""
     clean = _crop(chest)
     low = degrade.downsample_area(clean, 4)
     base = score("XR", clean, _run("bicubic4x", low, chest.value_range)).psnr
-    assert score("XR", clean, _run(name, low, chest.value_range)).psnr > base - 0.02
+    got = score("XR", clean, _run(name, low, chest.value_range)).psnr
+    assert got > base - 0.02
+    if not registry.info(name).hallucination_risk:
+        assert got > base + 0.08
 
 
 @pytest.mark.parametrize("name", DEBLUR_MODELS)
