@@ -27,10 +27,16 @@ __all__ = [
 
 
 def info_from_entry(name: str, entry: dict[str, Any]) -> EnhancerInfo:
-    """The registry description of one manifest entry."""
+    """The registry description of one manifest entry.
+
+    Why the version carries the weights' sha256 prefix ("1.0+e2378a72"): the derived series and SOP Instance
+    UIDs are derived from (source UID, enhancer, version), so retrained weights must give new UIDs; a PACS
+    that already holds the old output would otherwise receive different pixels under the same UIDs, and keep
+    the old ones. Retraining then never depends on someone remembering to bump the manifest's version.
+    """
     return EnhancerInfo(
         name=name,
-        version=str(entry.get("version", "1")),
+        version=f"{entry.get('version', '1')}+{str(entry['sha256'])[:8]}",
         task=str(entry["task"]),
         modalities=tuple(str(m) for m in entry["modalities"]),
         kind="model",

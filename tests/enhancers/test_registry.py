@@ -123,3 +123,19 @@ def test_default_enhancer_is_registered_safe_and_task_correct() -> None:
     assert registry.default_enhancer("US", "sr2x") == "bicubic"
     with pytest.raises(ValueError):
         registry.default_enhancer("CT", "colorize")
+
+
+def test_retrained_weights_get_a_new_version_and_so_new_derived_uids() -> None:
+    """Same name and manifest version, other weights: the derived UIDs must differ (a PACS keeps the first)."""
+    from dicom_utils.derive import derived_series_uid
+    from enhancers.models import info_from_entry
+    from enhancers.store import read_manifest
+
+    entry = dict(read_manifest()["ncdn-mr"])
+    shipped = info_from_entry("ncdn-mr", entry)
+    assert shipped.version == f"{entry['version']}+{entry['sha256'][:8]}"
+    retrained = info_from_entry("ncdn-mr", entry | {"sha256": "0" * 64})
+    series = "1.2.840.10008.1.2.3"
+    assert derived_series_uid(series, "ncdn-mr", shipped.version) != derived_series_uid(
+        series, "ncdn-mr", retrained.version
+    )

@@ -257,3 +257,14 @@ def test_mr_foreground_weighted_loss(
     )
     assert card["validation"]["selected_by"] == "foreground PSNR"
     assert np.isfinite(card["validation"]["history"][0]["val_psnr_fg"])
+
+
+def test_ncdn_trains_mr_with_the_anatomy_weighted_mse_and_ct_with_plain_l1() -> None:
+    """The shipped ncdn-mr and ncdn-ct cards are reproduced by the same `train --model ncdn` command per modality."""
+    from enhancers.training import resolved_recipe
+
+    mr, ct, both = resolved_recipe("ncdn", ("MR",)), resolved_recipe("ncdn", ("CT",)), resolved_recipe("ncdn", ("CT", "MR"))
+    assert (mr["loss"], mr["mr_background_weight"]) == ("mse", 0.1)
+    assert (ct["loss"], ct["mr_background_weight"]) == ("l1", 1.0)
+    assert (both["loss"], both["mr_background_weight"]) == ("l1", 1.0)
+    assert "by_modality" not in mr
