@@ -63,6 +63,9 @@ class LocalSpool:
         """Durably store `data`; refused (OutOfSpaceError) below the watermark, for originals and outputs alike."""
         size = chunks_size(data)
         self.check_space(size)
+        # another node's clean_tmp removes a temp folder untouched for a day (its node looks gone): a quiet but
+        # live process makes its folder again rather than refusing the next C-STORE
+        self.tmp.mkdir(parents=True, exist_ok=True)
         write_atomic(self._path(key), data, self.tmp)
         return size
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -85,6 +86,9 @@ def test_clean_tmp_removes_dead_processes_partial_writes_never_a_live_ones(tmp_p
         assert not (root / "tmp" / f"{host}.{gone.pid}").exists()
         assert (root / "tmp" / f"{host}.{live.pid}" / "x.part").exists()
         assert (root / "tmp" / "other-node.123" / "y.part").exists()
+        shutil.rmtree(spool.tmp)  # what another node's clean_tmp does to a folder untouched for a day
+        spool.put(InstanceKey(STUDY, SERIES, "1.2.840.1.2.9"), b"x")  # a quiet live process still stores
+        assert spool.read(InstanceKey(STUDY, SERIES, "1.2.840.1.2.9")) == b"x"
     finally:
         live.kill()
         live.wait()
