@@ -217,11 +217,11 @@ class HAProxy:
         check = subprocess.run([binary, "-c", "-f", str(self.config)], check=False, capture_output=True, timeout=30)
         if check.returncode != 0:
             raise PeerError(f"haproxy config rejected: {check.stdout.decode()} {check.stderr.decode()}")
-        self.proc = subprocess.Popen(
-            [binary, "-db", "-f", str(self.config)],
-            stdout=subprocess.DEVNULL, stderr=open(self.root / "haproxy.log", "ab"),  # noqa: SIM115
-            start_new_session=True,
-        )
+        with open(self.root / "haproxy.log", "ab") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [binary, "-db", "-f", str(self.config)], stdout=subprocess.DEVNULL, stderr=log,
+                start_new_session=True,
+            )
         wait_until(lambda: port_accepts(self.port), 30, "haproxy did not start listening")
         return self
 
