@@ -142,11 +142,11 @@ def _store(
     return int(status.Status) if status and "Status" in status else None
 
 
-def send_files(peer: Peer, files: Sequence[Path], *, timeout: float = 60.0) -> SendResult:
-    """C-STORE every file on one association; raise DeliveryError unless every one is stored."""
-    started = time.monotonic()
-    if not files:
-        return SendResult(0, 0, 0.0)
+def _store_association(
+    peer: Peer, files: Sequence[Path], timeout: float
+) -> tuple[Any, list[tuple[str, str]], dict[tuple[str, str], int], FastStoreSCU | None]:
+    """One association proposing each file's own (SOP class, transfer syntax); its accepted context ids by pair
+    and the fast C-STORE writer on it (shared by `send_files` and `store_each`)."""
     ae = requestor_ae(peer, timeout)
     pairs = _file_contexts(files)
     for sop_class, tsyntax in _contexts(pairs):
@@ -155,7 +155,15 @@ def send_files(peer: Peer, files: Sequence[Path], *, timeout: float = 60.0) -> S
     accepted = {
         (str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id or 0) for cx in assoc.accepted_contexts
     }
-    fast = FastStoreSCU.for_association(assoc)
+    return assoc, pairs, accepted, FastStoreSCU.for_association(assoc)
+
+
+def send_files(peer: Peer, files: Sequence[Path], *, timeout: float = 60.0) -> SendResult:
+    """C-STORE every file on one association; raise DeliveryError unless every one is stored."""
+    started = time.monotonic()
+    if not files:
+        return SendResult(0, 0, 0.0)
+    assoc, pairs, accepted, fast = _store_association(peer, files, timeout)
     sent = size = 0
     try:
         for path, pair in zip(files, pairs, strict=True):
@@ -200,15 +208,7 @@ def store_each(peer: Peer, files: Sequence[Path], *, timeout: float = 60.0) -> l
     """
     if not files:
         return []
-    ae = requestor_ae(peer, timeout)
-    pairs = _file_contexts(files)
-    for sop_class, tsyntax in _contexts(pairs):
-        ae.add_requested_context(sop_class, [tsyntax])
-    assoc = _associate(ae, peer, timeout)
-    accepted = {
-        (str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id or 0) for cx in assoc.accepted_contexts
-    }
-    fast = FastStoreSCU.for_association(assoc)
+    assoc, pairs, accepted, fast = _store_association(peer, files, timeout)
     out: list[Stored] = []
     try:
         for path, pair in zip(files, pairs, strict=True):
