@@ -15,6 +15,11 @@ Why it replaced `fastdn` as the default:
 - Batch norm in the low-resolution body (it made small CPU-sized U-Nets train in a few hundred steps); the
   tail starts at zero, so the untrained network is the identity and only a correction is learnt.
 About 11 k multiply-adds per pixel.
+- `refine` (default 0): that many 3x3 convolutions at full resolution between the skip sum and the tail. Why:
+  without them the only full-resolution work is the head and the tail, so the finest-scale correction is a
+  gated sum of 16 linear 3x3 filters of the input plus interpolated (smooth) coarse features. On MR Rician 5 %
+  most of what the model left above BM3D-rc's error was in the finest band (error within 1 px of Gaussian:
+  9.8 vs 8.2 on the abdomen test slice), i.e. noise let through at full resolution (issue 12).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ def _cbr(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 class NoiseConditionedDenoiser(nn.Module):
     """(B, 2, H, W) [image, noise-level map] -> (B, 1, H, W) = image + predicted correction."""
 
-    def __init__(self, f0: int = 16, f1: int = 32, f2: int = 64, mid: int = 2):
+    def __init__(self, f0: int = 16, f1: int = 32, f2: int = 64, mid: int = 2, refine: int = 0):
         super().__init__()
         self.head = nn.Sequential(nn.Conv2d(2, f0, 3, padding=1), nn.ReLU(inplace=True))
         self.down1 = _cbr(f0, f1, stride=2)
@@ -47,6 +52,9 @@ class NoiseConditionedDenoiser(nn.Module):
         self.up2 = nn.Conv2d(f2, f1, 1)
         self.dec1 = _cbr(f1, f1)
         self.up1 = nn.Conv2d(f1, f0, 1)
+        self.refine = nn.Sequential(
+            *[nn.Sequential(nn.Conv2d(f0, f0, 3, padding=1), nn.ReLU(inplace=True)) for _ in range(refine)]
+        )
         self.tail = nn.Conv2d(f0, 1, 3, padding=1)
         nn.init.zeros_(self.tail.weight)
         if self.tail.bias is not None:
@@ -62,7 +70,7 @@ class NoiseConditionedDenoiser(nn.Module):
         u1 = F.interpolate(self.up2(h2), size=h1.shape[-2:], mode="bilinear", align_corners=False)
         d1 = self.dec1(u1.add_(h1))
         u0 = F.interpolate(self.up1(d1), size=h0.shape[-2:], mode="bilinear", align_corners=False)
-        out: torch.Tensor = xp[:, :1] + self.tail(u0.add_(h0).relu_())
+        out: torch.Tensor = xp[:, :1] + self.tail(self.refine(u0.add_(h0).relu_()))
         return out[..., :h, :w]
 
 
