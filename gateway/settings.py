@@ -230,6 +230,9 @@ class EnhanceSettings:
     device: str = "auto"
     batch_size: int = 8
     threads: int = 0  # torch threads per worker; 0 = torch's default
+    #: processes per worker that derive, check and write the enhanced slices (gateway/enhance/derive_pool.py);
+    #: 0 = the worker's own derive thread; None = auto (none on CPU, several beside a GPU)
+    derive_processes: int | None = None
     series_number_offset: int = 1000
     description_suffix: str = "ENHANCED"
 
@@ -398,6 +401,12 @@ def _number(value: Any, key: str, minimum: float = 0.0) -> float:
 def _int(value: Any, key: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{key} = {value!r}: expected an integer >= {minimum}")
+    return value
+
+
+def _derive_processes(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f'enhance.derive_processes = {value!r}: expected "auto" or an integer >= 0')
     return value
 
 
@@ -745,7 +754,10 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
     enh = data.get("enhance", {})
     _reject_unknown(
         enh,
-        {"workers", "device", "batch_size", "threads", "series_number_offset", "description_suffix", "plugins"},
+        {
+            "workers", "device", "batch_size", "threads", "derive_processes", "series_number_offset",
+            "description_suffix", "plugins",
+        },
         "[enhance]",
     )
     plugins = enh.get("plugins", [])
@@ -754,8 +766,10 @@ def parse(data: dict[str, Any], *, source: Path | None = None, environ: dict[str
     device = _str(enh.get("device", "auto"), "enhance.device")
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise ConfigError(f"enhance.device = {device!r}: expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"")
+    derive = enh.get("derive_processes", "auto")
     enhance = EnhanceSettings(
         workers=_int(enh.get("workers", 1), "enhance.workers", 1),
+        derive_processes=None if derive == "auto" else _derive_processes(derive),
         device=device,
         batch_size=_int(enh.get("batch_size", 8), "enhance.batch_size", 1),
         threads=_int(enh.get("threads", 0), "enhance.threads"),

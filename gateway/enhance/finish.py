@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -15,10 +16,12 @@ from pydicom.dataset import Dataset
 
 from dicom_utils.derive import TASK_SCALE, DerivationOptions, Enhancement, derive_instance
 from enhancers.metrics import psnr, ssim_fast
-from enhancers.pipeline import Pipeline
 from enhancers.registry import EnhancerInfo
 from gateway import __version__
 from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from enhancers.pipeline import Pipeline
 
 QA_MIN_SSIM = 0.5  # an enhanced slice this unlike its input is flagged WARN for the radiologist
 MIN_METRIC_SIZE = 7  # SSIM's window: smaller slices get no metrics rather than an error
@@ -117,7 +120,13 @@ def derivation_options(settings: Settings) -> DerivationOptions:
 
 
 def make_pipeline(settings: Settings, name: str) -> Pipeline:
-    """A pipeline with the configured device, batch size and threads."""
+    """A pipeline with the configured device, batch size and threads.
+
+    torch is imported here and not at the top: the derive processes (`derive_pool`) import this module for
+    `build_derived` and must not pay torch's start-up time and memory for code they never run.
+    """
+    from enhancers.pipeline import Pipeline
+
     cfg = settings.enhance
     return Pipeline(name, device=cfg.device, batch_size=cfg.batch_size, threads=cfg.threads or None)
 

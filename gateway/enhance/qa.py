@@ -137,7 +137,24 @@ class SeriesGate:
         frame: int = 0,
         frames: int = 1,
     ) -> SliceResult:
-        """Check one slice (`after` already on the input grid); returns its result (verdict without jump)."""
+        """Check one slice (`after` already on the input grid), record it; returns its result (without jump)."""
+        result = self.measure(index, instance_number, before, after, ssim=ssim, frame=frame, frames=frames)
+        self.record(result)
+        return result
+
+    def measure(
+        self,
+        index: int,
+        instance_number: int | None,
+        before: npt.NDArray[np.floating],
+        after: npt.NDArray[np.floating],
+        *,
+        ssim: float | None,
+        frame: int = 0,
+        frames: int = 1,
+    ) -> SliceResult:
+        """The checks of one slice without recording them: what a derive process computes (`derive_pool`) and
+        hands back to the worker's gate, which records it (`record`) and decides on the whole series."""
         inp = np.asarray(before, dtype=np.float32)
         out = np.asarray(after, dtype=np.float32)
         values = {name: math.nan for name in QA_CHECKS}
@@ -156,10 +173,12 @@ class SeriesGate:
         verdict, reasons = judge({k: v for k, v in values.items() if k != "jump"}, self.settings)
         number = index + 1 if instance_number is None else instance_number
         label = f"#{number}" if frames == 1 else f"#{number}.{frame + 1}"
-        result = SliceResult((float(number), index, frame), label, values, residual, verdict, reasons)
+        return SliceResult((float(number), index, frame), label, values, residual, verdict, reasons)
+
+    def record(self, result: SliceResult) -> None:
+        """Add one measured slice to the series (any thread)."""
         with self._lock:
             self._slices.append(result)
-        return result
 
     def slices(self) -> list[SliceResult]:
         with self._lock:

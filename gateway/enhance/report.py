@@ -105,11 +105,21 @@ def _measurement(name: CodedConcept, value: float | None, unit: CodedConcept) ->
     return [Measurement(name=name, value=float(min(value, 999.0)), unit=unit)]
 
 
+def reference(study_uid: str, series_uid: str, sop_uid: str, sop_class_uid: str) -> Dataset:
+    """An instance as the SR's evidence lists it: its four UIDs (what `build_report` needs of all but two)."""
+    ds = Dataset()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.SOPInstanceUID, ds.SOPClassUID = sop_uid, sop_class_uid
+    return ds
+
+
 def build_report(
     facts: ReportFacts, derived: Sequence[Dataset], sources: Sequence[Dataset], *, series_number: int
 ) -> tuple[Dataset, bytes]:
-    """The SR for a derived series (headers of its instances, in order) and its source instances.
+    """The SR for a derived series (its instances, in order) and its source instances.
 
+    Whole headers are needed only for the middle derived instance (the patient and study of the report, the
+    image it measures) and the source it names; the others may be `reference`s (UIDs only).
     `series_number` is allocated by the caller like a derived series' (`finish.report_number_candidates`):
     the SR is a series of the study too, and must not share its number with another one.
     """
@@ -170,7 +180,9 @@ def build_report(
     with warnings.catch_warnings():
         # highdicom warns about odd Patient Names by quoting them: PHI that must never reach the logs
         warnings.simplefilter("ignore")
-        sr = _sr(facts, report, derived, sources, series_uid, sop_uid, series_number)
+        # the measured instance first: the SR takes the patient and study from its first evidence
+        evidence = [first, source, *(d for d in derived if d is not first), *(s for s in sources if s is not source)]
+        sr = _sr(facts, report, evidence, series_uid, sop_uid, series_number)
     buf = io.BytesIO()
     sr.save_as(buf, enforce_file_format=True)
     return sr, buf.getvalue()
@@ -179,14 +191,13 @@ def build_report(
 def _sr(
     facts: ReportFacts,
     report: MeasurementReport,
-    derived: Sequence[Dataset],
-    sources: Sequence[Dataset],
+    evidence: Sequence[Dataset],
     series_uid: str,
     sop_uid: str,
     number: int,
 ) -> Comprehensive3DSR:
     return Comprehensive3DSR(
-        evidence=[*derived, *sources],
+        evidence=evidence,
         content=report[0],
         series_instance_uid=series_uid,
         series_number=number,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import io
+import multiprocessing
 import os
 import queue
 import signal
@@ -17,7 +18,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Generator, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -38,18 +40,24 @@ from enhancers.registry import EnhancerInfo, modality_group
 from enhancers.registry import info as enhancer_info
 from gateway import logs
 from gateway.enhance import routing
+from gateway.enhance.derive_pool import (
+    BatchWork,
+    Derived,
+    DerivePool,
+    SeriesSpec,
+    Slot,
+    finish_batch,
+    pool_size,
+)
 from gateway.enhance.finish import (
     SeriesFacts,
-    build_derived,
     derivation_options,
-    input_metrics,
     make_pipeline,
     report_number_candidates,
     series_number_candidates,
-    to_input_grid,
 )
 from gateway.enhance.qa import SeriesGate, SeriesVerdict, worst
-from gateway.enhance.report import ReportFacts, build_report, report_uids
+from gateway.enhance.report import ReportFacts, build_report, reference, report_uids
 from gateway.enhance.restore_score import RestoreScore, degrade_restore
 from gateway.errors import (
     EnhancerMismatchError,
@@ -101,33 +109,32 @@ class _Decoded:
             return None
 
 
-@dataclass
-class _SeriesWork:
-    """What every batch of one job shares: the enhancer, the series' noise and strength, the QA gate."""
+class DeriveProcessDied(Exception):
+    """A derive process died in the middle of a job (killed, out of memory): the job is retried."""
 
-    job_id: int
-    info: EnhancerInfo
-    task: Task
-    facts: SeriesFacts
+
+@dataclass
+class _Tally:
+    """What the derived batches add up to: count, INPUT metrics, QA seconds; their slice checks go to the gate."""
+
     gate: SeriesGate | None
-    qa_seconds: float = 0.0
-
-
-@dataclass
-class _Finished:
-    """What the derive thread reports back: derived count and the INPUT metrics of each derived instance."""
-
     count: int = 0
+    written: list[Derived] = field(default_factory=list)
     psnrs: list[float] = field(default_factory=list)
     ssims: list[float] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    qa_seconds: float = 0.0
 
-    def add(self, p: float | None, s: float | None) -> None:
-        with self.lock:
+    def add(self, derived: list[Derived]) -> None:
+        for d in derived:
             self.count += 1
-            if p is not None and s is not None:
-                self.psnrs.append(p)
-                self.ssims.append(s)
+            self.written.append(d)
+            if d.psnr is not None and d.ssim is not None:
+                self.psnrs.append(d.psnr)
+                self.ssims.append(d.ssim)
+            if self.gate is not None:
+                for result in d.slices:
+                    self.gate.record(result)
+            self.qa_seconds += d.qa_seconds
 
 
 T = TypeVar("T")
@@ -221,6 +228,26 @@ class Worker:
         self.heartbeat = Heartbeat(state, state.lease_seconds, alive)  # started by `run`
         self._job: int | None = None  # the job being processed (its lease is renewed by the heartbeat)
         self._retry_at = 0.0  # while the disk is full: no claim before this (time.monotonic())
+        self._derive: DerivePool | None = None  # started with the first job that wants one, kept
+
+    def close(self) -> None:
+        """Stop the derive processes, if any (after the batch they are writing)."""
+        if self._derive is not None:
+            self._derive.close()
+            self._derive = None
+
+    def derive_pool(self, device: str) -> DerivePool | None:
+        """The derive processes for a pipeline on `device` (`[enhance] derive_processes`); None: derive in the
+        worker's own thread (the setting says 0, `auto` on CPU, or a spool that is not a local folder)."""
+        cfg = self.settings.enhance
+        size = pool_size(cfg.derive_processes, device=device, workers=cfg.workers)
+        if size == 0 or not isinstance(self.spool, LocalSpool):
+            return None
+        if self._derive is None or self._derive.processes != size:
+            self.close()
+            self._derive = DerivePool(size, self.spool)
+            log.info("worker.derive_processes", processes=size, device=device)
+        return self._derive
 
     def pipeline(self, name: str) -> Pipeline:
         if name not in self._pipelines:
@@ -368,35 +395,58 @@ class Worker:
             series_number=series_number,
         )
         gate = SeriesGate(qa, group=group, sigma=noise.sigma, count=len(instances)) if qa.enabled else None
-        work = _SeriesWork(job.id, info, task, facts, gate)
+        spec = SeriesSpec(
+            job.id, info, task, facts, self.options, qa if qa.enabled else None, group, noise.sigma, len(instances)
+        )
+        pool = self.derive_pool(pipe.device)
         problems: list[str] = []
-        finished = _Finished()
+        tally = _Tally(gate)
         compute = 0.0
         decoded = _prefetch(self._batches(instances, problems), depth=2)
-        with closing(decoded), ThreadPoolExecutor(max_workers=1, thread_name_prefix="derive") as finisher:
-            pending: deque[Future[None]] = deque()
-            for batch in decoded:
-                self._check_service()
-                stack = np.concatenate([d.frames for d in batch])
-                t0 = time.monotonic()
-                out = pipe.run(
-                    stack,
-                    modality=job.modality,
-                    value_range=batch[0].vrange,
-                    noise=noise,
-                    strength=strength,
-                    stored=_stored_grid(batch),
-                )
-                took = time.monotonic() - t0
-                compute += took
-                per_ms = took * 1000.0 / len(batch)
-                run_here = contextvars.copy_context().run  # the job's log context, in the derive thread
-                pending.append(finisher.submit(run_here, self._finish, work, batch, out, per_ms, finished))
-                while len(pending) > 2:  # bounded: at most two computed batches wait for their derived files
-                    pending.popleft().result()
-            for future in pending:
-                future.result()
-        derived, psnrs, ssims = finished.count, finished.psnrs, finished.ssims
+        # bounded: computed batches waiting for their derived files are at most one per deriver plus one
+        ahead = pool.processes + 1 if pool is not None else 2
+        with closing(decoded), ThreadPoolExecutor(max_workers=1, thread_name_prefix="derive") as thread:
+            pending: deque[Future[list[Derived]]] = deque()
+            try:
+                for batch in decoded:
+                    self._check_service()
+                    stack = np.concatenate([d.frames for d in batch])
+                    t0 = time.monotonic()
+                    out = pipe.run(
+                        stack,
+                        modality=job.modality,
+                        value_range=batch[0].vrange,
+                        noise=noise,
+                        strength=strength,
+                        stored=_stored_grid(batch),
+                    )
+                    took = time.monotonic() - t0
+                    compute += took
+                    slots = [Slot(d.instance.key, d.index, d.number) for d in batch]
+                    work = BatchWork(spec, slots, [d.frames for d in batch], out, took * 1000.0 / len(batch))
+                    if pool is not None:
+                        pending.append(pool.submit(work))
+                    else:
+                        run_here = contextvars.copy_context().run  # the job's log context, in the derive thread
+                        sources = [d.ds for d in batch]
+                        pending.append(
+                            thread.submit(run_here, finish_batch, self.spool, work, sources, self._check_service)
+                        )
+                    while len(pending) > ahead:
+                        tally.add(pending.popleft().result())
+                while pending:
+                    tally.add(pending.popleft().result())
+            except BrokenProcessPool as exc:
+                self.close()
+                raise DeriveProcessDied(
+                    "a derive process died during the job (killed, or out of memory: see the kernel log);"
+                    " the job is retried with new ones"
+                ) from exc
+            finally:  # an error: drop the queued batches, let the ones being written finish
+                for future in pending:
+                    future.cancel()
+                wait(pending)
+        derived, psnrs, ssims = tally.count, tally.psnrs, tally.ssims
         if derived == 0:
             raise UndecodableSeriesError(
                 f"no instance of the series could be enhanced: {'; '.join(problems[:3])}; the originals stay in"
@@ -411,7 +461,7 @@ class Worker:
             verdict = gate.verdict()
             if verdict.verdict != "PASS":
                 self._mark_outputs(job.id, instances, info, gate, verdict)
-            work.qa_seconds += time.monotonic() - t0
+            tally.qa_seconds += time.monotonic() - t0
         psnr = float(np.mean(psnrs)) if psnrs else None
         ssim = float(np.mean(ssims)) if ssims else None
         report = None
@@ -432,7 +482,7 @@ class Worker:
                 qa_reasons=verdict.text if verdict else "",
                 software_version=self.options.software_version,
             )
-            report = self._write_report(job.id, instances, facts_for_report)
+            report = self._write_report(job.id, instances, tally.written, facts_for_report)
         seconds = time.monotonic() - started
         outcome = QaOutcome(
             strength=strength,
@@ -479,7 +529,7 @@ class Worker:
             qa_action=verdict.action if verdict else None,
             qa_reasons=verdict.text if verdict else None,
             qa_full_slices=verdict.full_slices if verdict else None,
-            qa_seconds=round(work.qa_seconds, 3),
+            qa_seconds=round(tally.qa_seconds, 3),
             report=report,
             compute_seconds=round(compute, 3),
             seconds=round(seconds, 3),
@@ -494,21 +544,36 @@ class Worker:
                 f" `enhance-gateway reject {job.id}` drops the outputs",
             )
 
-    def _write_report(self, job_id: int, instances: list[Instance], facts: ReportFacts) -> str | None:
+    def _write_report(
+        self, job_id: int, instances: list[Instance], written: list[Derived], facts: ReportFacts
+    ) -> str | None:
         """The TID 1500 SR beside the derived files (sent with them); its SOP Instance UID, None on failure.
 
+        Two headers are read (the middle derived instance, which the report measures, and its source); every
+        other instance is referenced by its UIDs, known without opening its file: reading the 2 x N headers
+        cost ~3 ms per slice after the last batch, seconds for a long series on a GPU (bench/worker_job.py).
         A report that cannot be built must not cost the radiologist the series: the failure is logged
         (`report.failed`) and the series goes on without it.
         """
         try:
-            derived = [self._dcmread(k, stop_before_pixels=True) for k in self.spool.list_outputs(job_id)]
-            derived.sort(key=lambda d: (int(d.get("InstanceNumber") or 0), str(d.SOPInstanceUID)))
-            sources = [self._dcmread(i.key, stop_before_pixels=True) for i in instances]
+            order = sorted(written, key=lambda d: (d.number if d.number is not None else d.index + 1, d.sop_uid))
+            middle = order[len(order) // 2]
+            first = self._dcmread(OutputKey(job_id, middle.sop_uid), stop_before_pixels=True)
+            source = self._dcmread(instances[middle.index].key, stop_before_pixels=True)
+            series_uid, sop_class = str(first.SeriesInstanceUID), str(first.SOPClassUID)
+            derived = [
+                first if d is middle else reference(instances[d.index].study_uid, series_uid, d.sop_uid, sop_class)
+                for d in order
+            ]
+            sources = [
+                source if n == middle.index else reference(i.study_uid, i.series_uid, i.sop_uid, i.sop_class_uid)
+                for n, i in enumerate(instances)
+            ]
             # the SR is a series of the study too: its number is allocated like a derived series' (never shared)
             number = self.state.derived_series_number(
-                instances[0].study_uid, report_uids(str(derived[0].SeriesInstanceUID))[0],
-                report_number_candidates(derived[0].get("SeriesNumber"), self.settings.enhance.series_number_offset),
-            ) if derived and instances else 0
+                instances[0].study_uid, report_uids(series_uid)[0],
+                report_number_candidates(first.get("SeriesNumber"), self.settings.enhance.series_number_offset),
+            )
             sr, data = build_report(facts, derived, sources, series_number=number)
         except Exception as exc:  # noqa: BLE001 - see the docstring
             log.error("report.failed", error=f"{type(exc).__name__}: {exc}"[:300])
@@ -596,45 +661,6 @@ class Worker:
         if self._job is not None and self.heartbeat.lost(self._job):
             raise JobTakenOver(f"job {self._job}: the lease of {self.state.worker_id} ran out and another worker took it")
 
-    def _finish(
-        self, work: _SeriesWork, batch: list[_Decoded], out: np.ndarray, per_ms: float, finished: _Finished
-    ) -> None:
-        """Metrics, QA checks, derived object and durable write for one computed batch (beside the next compute)."""
-        offset = 0
-        for item in batch:
-            self._check_service()  # an orphan must not keep writing files its successor is rewriting
-            n = item.frames.shape[0]
-            values = out[offset : offset + n]
-            offset += n
-            p, s = input_metrics(item.frames, values, work.task)
-            flag = None
-            if work.gate is not None:
-                t0 = time.monotonic()
-                on_grid = to_input_grid(values, work.task)
-                flag = worst(
-                    [
-                        work.gate.check(
-                            item.index, item.number, item.frames[f], on_grid[f], ssim=s, frame=f, frames=n
-                        ).verdict
-                        for f in range(n)
-                    ]
-                )
-                work.qa_seconds += time.monotonic() - t0
-            result, data, p, s = build_derived(
-                item.ds,
-                item.frames,
-                values,
-                info=work.info,
-                task=work.task,
-                processing_ms=per_ms,
-                options=self.options,
-                metrics=(p, s),
-                flag=flag,
-                series=work.facts,
-            )
-            self.spool.put(OutputKey(work.job_id, str(result.SOPInstanceUID)), data)
-            finished.add(p, s)
-
     def _batches(self, instances: list[Instance], problems: list[str]) -> Iterator[list[_Decoded]]:
         """Decode instances lazily into batches of same-shaped frames, at most `batch_size` frames each."""
         limit = self.settings.enhance.batch_size
@@ -669,6 +695,10 @@ def run(settings: Settings, parent: int, poll_seconds: float = 0.5) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the service decides
     if os.getppid() != parent:
         return  # the service died while this process was still importing
+    # The service starts workers as daemonic processes (so that they go with it) and multiprocessing refuses
+    # children to a daemonic process; the flag means nothing else inside the worker, whose derive processes
+    # exit with it on their own (derive_pool._watch_worker).
+    multiprocessing.current_process().daemon = False
     logs.configure()
     routing.load_plugins(settings.plugins)
     state = open_state(settings)
@@ -689,6 +719,7 @@ def run(settings: Settings, parent: int, poll_seconds: float = 0.5) -> None:
             stops.sleep(worker.pause(poll_seconds))  # waiting for disk space: new jobs would not help
         elif not busy:  # until a job is queued anywhere (PostgreSQL: NOTIFY), at most the poll interval
             idle_wait(state, WorkKind.JOBS, poll_seconds, lambda: stops.received is not None or os.getppid() != parent)
+    worker.close()
     worker.heartbeat.stop()
     state.close()
     log.info("worker.stopped")

@@ -1,0 +1,223 @@
+"""The derive step of a computed batch (metrics, QA checks, derived object, durable write), in the worker's
+own derive thread or in a pool of processes beside it.
+
+Why processes: per 512x512 slice the host side after the model (INPUT PSNR/SSIM ~7 ms, the QA gate ~12 ms,
+building and encoding the derived object ~5 ms, the durable write ~7 ms) holds the GIL most of the time
+(scipy's filters, pydicom), so a second derive thread adds nothing (bench/worker_job.py measures both) and one
+thread caps a worker at ~30 slices/s while a GPU enhances thousands. N processes lift that cap N-fold on a
+host with the cores.
+
+Who does what: the worker decodes, runs the model and keeps the series' QA gate; a process gets one computed
+batch (the sources' spool keys, their decoded values, the enhanced values), reads the sources' data sets from
+the spool itself (pickling them would cost the worker's thread, the one that must keep up, ~0.6 ms per CT
+slice, as much as the read costs the process), measures, derives, writes,
+and hands back each instance's INPUT metrics and slice checks, which the worker records in its gate. The worker
+renews its lease and watches its service between batches; a process only checks that its worker is alive, so
+an orphan never writes a file that the job's next worker writes (the derived UIDs are the same).
+
+Both modes call `finish_batch`: the derived objects are byte-for-byte the same (test_derive_pool.py).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from dicom_utils.derive import DerivationOptions
+from dicom_utils.enhancement import Task
+from enhancers.registry import EnhancerInfo
+from gateway import logs
+from gateway.enhance.finish import SeriesFacts, build_derived, input_metrics, to_input_grid
+from gateway.enhance.qa import SeriesGate, SliceResult, worst
+from gateway.settings import QaSettings
+from gateway.storage.local_spool import LocalSpool
+from gateway.storage.spool import InstanceKey, OutputKey, Spool
+
+#: At most this many processes per worker: past it the worker's own thread (decode, batching, pickling the
+#: arrays to the processes) becomes the limit.
+MAX_PROCESSES = 8
+
+
+def pool_size(setting: int | None, *, device: str, workers: int, cpus: int | None = None) -> int:
+    """How many derive processes a worker starts: the setting, or for `auto` (None) none on CPU (the model
+    needs the cores and waits for nothing) and min(8, cores per worker - 2) beside a GPU (2 cores stay for
+    the worker's decode and model threads)."""
+    if setting is not None:
+        return setting
+    if not device.startswith("cuda"):
+        return 0
+    per_worker = (cpus or os.cpu_count() or 1) // max(1, workers)
+    return max(1, min(MAX_PROCESSES, per_worker - 2))
+
+
+@dataclass(frozen=True)
+class SeriesSpec:
+    """What every batch of one job shares (pickled to a process once per batch: small)."""
+
+    job_id: int
+    info: EnhancerInfo
+    task: Task
+    facts: SeriesFacts
+    options: DerivationOptions
+    qa: QaSettings | None  # None: the gate is off
+    group: str | None
+    sigma: float
+    count: int  # instances in the series: the gate's sampling of full checks depends on it
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One instance of a batch: where its original is, its place in the job, its Instance Number."""
+
+    key: InstanceKey
+    index: int
+    number: int | None
+
+
+@dataclass
+class BatchWork:
+    """One computed batch: the instances, their decoded input values and the enhanced values (frames in order)."""
+
+    series: SeriesSpec
+    slots: list[Slot]
+    before: list[np.ndarray]  # per instance: (frames, rows, cols) modality values as received
+    after: np.ndarray  # the batch's enhanced values, the instances' frames one after the other
+    per_ms: float  # model time per instance, for the private block
+
+
+@dataclass(frozen=True)
+class Derived:
+    """What the worker records for one written instance (and what its SR report needs to reference it)."""
+
+    sop_uid: str  # the derived instance's
+    index: int  # its source's position in the job
+    number: int | None  # its source's Instance Number
+    psnr: float | None
+    ssim: float | None
+    slices: tuple[SliceResult, ...]  # the gate's checks of its frames (empty with the gate off)
+    qa_seconds: float
+
+
+def finish_batch(
+    spool: Spool,
+    work: BatchWork,
+    sources: Sequence[Dataset] | None = None,
+    check: Callable[[], None] = lambda: None,
+) -> list[Derived]:
+    """Metrics, QA checks, derived object and durable write for each instance of `work`.
+
+    `sources`: the originals' data sets when the caller has them (the worker's thread); read from the spool
+    otherwise. `check` runs before each instance and before each write: it raises to stop (a lost lease, a
+    dead worker).
+    """
+    spec = work.series
+    gate = SeriesGate(spec.qa, group=spec.group, sigma=spec.sigma, count=spec.count) if spec.qa else None
+    done: list[Derived] = []
+    offset = 0
+    for i, slot in enumerate(work.slots):
+        check()
+        before = work.before[i]
+        n = before.shape[0]
+        values = work.after[offset : offset + n]
+        offset += n
+        if sources is not None:
+            ds = sources[i]
+        else:
+            with spool.open(slot.key) as fh:
+                ds = pydicom.dcmread(fh)
+        p, s = input_metrics(before, values, spec.task)
+        results: tuple[SliceResult, ...] = ()
+        t0 = time.monotonic()
+        if gate is not None:  # measured here, recorded by the worker's gate (it decides on the whole series)
+            on_grid = to_input_grid(values, spec.task)
+            results = tuple(
+                gate.measure(slot.index, slot.number, before[f], on_grid[f], ssim=s, frame=f, frames=n)
+                for f in range(n)
+            )
+        qa_seconds = time.monotonic() - t0
+        result, data, p, s = build_derived(
+            ds,
+            before,
+            values,
+            info=spec.info,
+            task=spec.task,
+            processing_ms=work.per_ms,
+            options=spec.options,
+            metrics=(p, s),
+            flag=worst([r.verdict for r in results]) if gate is not None else None,
+            series=spec.facts,
+        )
+        check()
+        spool.put(OutputKey(spec.job_id, str(result.SOPInstanceUID)), data)
+        done.append(Derived(str(result.SOPInstanceUID), slot.index, slot.number, p, s, results, qa_seconds))
+    return done
+
+
+class WorkerGone(Exception):
+    """The worker that started this derive process is gone: write nothing more."""
+
+
+# A derive process's own state, set once by `_start` (each process derives for one worker, from one spool).
+_spool: LocalSpool | None = None
+_worker_pid = 0
+
+
+def _worker_alive() -> None:
+    if os.getppid() != _worker_pid:
+        raise WorkerGone("the worker of this derive process is gone")
+
+
+def _watch_worker() -> None:
+    """Exit as soon as the worker is gone, even while idle: a killed worker must not leave processes behind."""
+    while os.getppid() == _worker_pid:
+        time.sleep(0.5)
+    os._exit(0)
+
+
+def _start(spool_dir: str, min_free_mb: float, worker_pid: int) -> None:
+    """Initializer of a derive process: its spool (its own temp folder), logs, and no signal handling of its
+    own: the service stops the worker, and the worker stops its pool after the job in hand."""
+    global _spool, _worker_pid
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _worker_pid = worker_pid
+    logs.configure()
+    _spool = LocalSpool(Path(spool_dir), min_free_mb=min_free_mb)
+    threading.Thread(target=_watch_worker, name="watch-worker", daemon=True).start()
+
+
+def _run(work: BatchWork) -> list[Derived]:
+    if _spool is None:
+        raise RuntimeError("derive process not initialised")
+    return finish_batch(_spool, work, check=_worker_alive)
+
+
+class DerivePool:
+    """`processes` spawned derive processes writing into the worker's spool (each opens the same folder)."""
+
+    def __init__(self, processes: int, spool: LocalSpool) -> None:
+        self.processes = processes
+        self._executor = ProcessPoolExecutor(
+            max_workers=processes,
+            mp_context=multiprocessing.get_context("spawn"),  # never fork a process that may hold CUDA
+            initializer=_start,
+            initargs=(str(spool.root), float(spool.min_free_mb), os.getpid()),
+        )
+
+    def submit(self, work: BatchWork) -> Future[list[Derived]]:
+        return self._executor.submit(_run, work)
+
+    def close(self) -> None:
+        """Stop the processes (queued batches are dropped; a running one finishes first)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
