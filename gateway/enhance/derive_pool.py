@@ -1,5 +1,6 @@
-"""The derive step of a computed batch (metrics, QA checks, derived object, durable write), in the worker's
-own derive thread or in a pool of processes beside it.
+"""The host side of enhancement around the model: decoding the received instances, and the derive step of a
+computed batch (metrics, QA checks, derived object, durable write), in the worker's own threads or in a pool
+of processes beside it.
 
 Why processes: per 512x512 slice the host side after the model (INPUT PSNR/SSIM ~7 ms, the QA gate ~12 ms,
 building and encoding the derived object ~5 ms, the durable write ~7 ms) holds the GIL most of the time
@@ -7,8 +8,9 @@ building and encoding the derived object ~5 ms, the durable write ~7 ms) holds t
 thread caps a worker at ~30 slices/s while a GPU enhances thousands. N processes lift that cap N-fold on a
 host with the cores.
 
-Who does what: the worker decodes, runs the model and keeps the series' QA gate; a process gets one computed
-batch (the sources' spool keys, their decoded values, the enhanced values), reads the sources' data sets from
+Who does what: the processes decode the received instances (`decode`: read, checks, modality values; ~2 ms
+per slice that the worker's decode thread would spend holding the GIL) and hand back the values; the worker
+batches them, runs the model and keeps the series' QA gate; a process gets one computed batch (the sources' spool keys, their decoded values, the enhanced values), reads the sources' data sets from
 the spool itself (pickling them would cost the worker's thread, the one that must keep up, ~0.6 ms per CT
 slice, as much as the read costs the process), measures, derives, writes,
 and hands back each instance's INPUT metrics and slice checks, which the worker records in its gate. The worker
@@ -27,15 +29,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
+from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from dicom_utils.classify import skip_reason
 from dicom_utils.derive import DerivationOptions
 from dicom_utils.enhancement import Task
+from dicom_utils.pixels import frame_rescale, modality_frames, stored_range, value_range
 from enhancers.registry import EnhancerInfo
 from gateway import logs
 from gateway.enhance.finish import SeriesFacts, build_derived, input_metrics, to_input_grid
@@ -59,6 +65,44 @@ def pool_size(setting: int | None, *, device: str, workers: int, cpus: int | Non
         return 0
     per_worker = (cpus or os.cpu_count() or 1) // max(1, workers)
     return max(1, min(MAX_PROCESSES, per_worker - 2))
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A received instance as the model and the derive step need it, without its data set (which stays in the
+    spool: a process that derives reads it again)."""
+
+    frames: np.ndarray  # (frames, rows, cols) float32 modality values
+    vrange: tuple[float, float]  # the modality values its stored representation can hold
+    number: int | None  # Instance Number, when usable (reasons and the SR name slices by it)
+    rescale: tuple[tuple[float, float], ...]  # (slope, intercept) per frame
+    stored: tuple[int, int]  # smallest and largest stored value
+
+    @classmethod
+    def of(cls, ds: Dataset) -> Decoded:
+        """Decode `ds` (raises PixelDecodeError and the like for what cannot be decoded)."""
+        try:
+            number: int | None = int(ds.get("InstanceNumber"))
+        except (TypeError, ValueError):
+            number = None
+        return cls(modality_frames(ds), value_range(ds), number, tuple(frame_rescale(ds)), stored_range(ds))
+
+
+def decode(spool: Spool, key: InstanceKey) -> tuple[Dataset | None, Decoded | str]:
+    """Read and decode one received instance: (its data set, its values), or (data set or None, why not).
+
+    A `skip_reason` (not an image to enhance) comes back with the data set; an undecodable file without it.
+    """
+    try:
+        with spool.open(key) as fh:
+            ds = pydicom.dcmread(fh)
+    except Exception as exc:  # noqa: BLE001 - one unreadable instance must not fail its series
+        return None, str(exc)
+    try:
+        reason = skip_reason(ds)
+        return ds, Decoded.of(ds) if reason is None else reason
+    except Exception as exc:  # noqa: BLE001 - see above
+        return None, str(exc)
 
 
 @dataclass(frozen=True)
@@ -91,7 +135,10 @@ class BatchWork:
 
     series: SeriesSpec
     slots: list[Slot]
-    before: list[np.ndarray]  # per instance: (frames, rows, cols) modality values as received
+    #: per instance: (frames, rows, cols) modality values as received; empty: decoded again from the data set
+    #: (a process does that rather than receive them: it reads the data set anyway, and its CPU is the one
+    #: to spend, not the worker's)
+    before: list[np.ndarray]
     after: np.ndarray  # the batch's enhanced values, the instances' frames one after the other
     per_ms: float  # model time per instance, for the private block
 
@@ -112,14 +159,14 @@ class Derived:
 def finish_batch(
     spool: Spool,
     work: BatchWork,
-    sources: Sequence[Dataset] | None = None,
+    sources: Sequence[Dataset | None] = (),
     check: Callable[[], None] = lambda: None,
 ) -> list[Derived]:
     """Metrics, QA checks, derived object and durable write for each instance of `work`.
 
-    `sources`: the originals' data sets when the caller has them (the worker's thread); read from the spool
-    otherwise. `check` runs before each instance and before each write: it raises to stop (a lost lease, a
-    dead worker).
+    `sources`: the originals' data sets where the caller has them (the worker's thread); the others (None, or
+    all when empty) are read from the spool. `check` runs before each instance and before each write: it
+    raises to stop (a lost lease, a dead worker).
     """
     spec = work.series
     gate = SeriesGate(spec.qa, group=spec.group, sigma=spec.sigma, count=spec.count) if spec.qa else None
@@ -127,15 +174,14 @@ def finish_batch(
     offset = 0
     for i, slot in enumerate(work.slots):
         check()
-        before = work.before[i]
+        ds = sources[i] if sources else None
+        if ds is None:
+            with spool.open(slot.key) as fh:
+                ds = pydicom.dcmread(fh)
+        before = work.before[i] if work.before else modality_frames(ds)
         n = before.shape[0]
         values = work.after[offset : offset + n]
         offset += n
-        if sources is not None:
-            ds = sources[i]
-        else:
-            with spool.open(slot.key) as fh:
-                ds = pydicom.dcmread(fh)
         p, s = input_metrics(before, values, spec.task)
         results: tuple[SliceResult, ...] = ()
         t0 = time.monotonic()
@@ -197,10 +243,97 @@ def _start(spool_dir: str, min_free_mb: float, worker_pid: int) -> None:
     threading.Thread(target=_watch_worker, name="watch-worker", daemon=True).start()
 
 
-def _run(work: BatchWork) -> list[Derived]:
+@dataclass(frozen=True)
+class Shared:
+    """An array in a POSIX shared-memory segment, which is what crosses between the worker and its processes.
+
+    Why not the array itself: a pickled 512x512 slice costs the sending process a copy into the pipe and the
+    receiver a copy out of it, under the GIL; measured, that cost the worker's feeder thread about as much as
+    deriving cost the process. One memcpy into the segment and one out of it are ~10x cheaper.
+    Ownership: the receiver `take`s it (copy out, unlink); an array never taken is `drop`ped by whoever gives
+    up on it. A segment left by a killed process is removed by multiprocessing's resource tracker at exit.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @classmethod
+    def put(cls, array: np.ndarray) -> Shared:
+        shm = SharedMemory(create=True, size=max(1, array.nbytes))
+        view: np.ndarray = np.ndarray(array.shape, array.dtype, buffer=shm.buf)
+        view[...] = array
+        del view  # the segment cannot be closed while an array still points into it
+        shm.close()
+        return cls(shm.name, tuple(array.shape), array.dtype.str)
+
+    def take(self) -> np.ndarray:
+        shm = SharedMemory(name=self.name)
+        view: np.ndarray = np.ndarray(self.shape, np.dtype(self.dtype), buffer=shm.buf)
+        out = view.copy()
+        del view
+        shm.close()
+        shm.unlink()
+        return out
+
+    def drop(self) -> None:
+        try:
+            shm = SharedMemory(name=self.name)
+        except FileNotFoundError:
+            return
+        shm.close()
+        shm.unlink()
+
+
+@dataclass(frozen=True)
+class _SharedBatch:
+    """A `BatchWork` on its way to a process: the enhanced values in shared memory, no input values."""
+
+    series: SeriesSpec
+    slots: list[Slot]
+    after: Shared
+    per_ms: float
+
+    def drop(self) -> None:
+        self.after.drop()
+
+
+def _run(batch: _SharedBatch) -> list[Derived]:
     if _spool is None:
         raise RuntimeError("derive process not initialised")
+    work = BatchWork(batch.series, batch.slots, [], batch.after.take(), batch.per_ms)
     return finish_batch(_spool, work, check=_worker_alive)
+
+
+def _decode(key: InstanceKey) -> tuple[bool, Decoded | str, Shared | None]:
+    """`decode` in a process: (whether the instance was read, its values or why not, its frames); the data set
+    stays here, and the frames travel in shared memory (the returned Decoded holds an empty array)."""
+    if _spool is None:
+        raise RuntimeError("derive process not initialised")
+    ds, got = decode(_spool, key)
+    if isinstance(got, str):
+        return ds is not None, got, None
+    return True, replace(got, frames=np.empty((0,), np.float32)), Shared.put(got.frames)
+
+
+def _drop_unused(future: Future[list[Derived]], batch: _SharedBatch) -> None:
+    """A batch that no process took (cancelled, or its process died): its segments go."""
+    if future.cancelled() or isinstance(future.exception(), BrokenProcessPool):
+        batch.drop()
+
+
+def received(result: tuple[bool, Decoded | str, Shared | None]) -> tuple[bool, Decoded | str]:
+    """What `DerivePool.decode` got, with its frames out of shared memory."""
+    read, got, frames = result
+    if frames is not None and isinstance(got, Decoded):
+        return read, replace(got, frames=frames.take())
+    return read, got
+
+
+def discard(result: tuple[bool, Decoded | str, Shared | None]) -> None:
+    """A decoded instance nobody will use (the job stopped): free its segment."""
+    if result[2] is not None:
+        result[2].drop()
 
 
 class DerivePool:
@@ -216,7 +349,14 @@ class DerivePool:
         )
 
     def submit(self, work: BatchWork) -> Future[list[Derived]]:
-        return self._executor.submit(_run, work)
+        batch = _SharedBatch(work.series, work.slots, Shared.put(work.after), work.per_ms)
+        future = self._executor.submit(_run, batch)
+        future.add_done_callback(lambda f: _drop_unused(f, batch))
+        return future
+
+    def decode(self, key: InstanceKey) -> Future[tuple[bool, Decoded | str, Shared | None]]:
+        """Decode in a process; the result goes through `received` (or `discard`)."""
+        return self._executor.submit(_decode, key)
 
     def close(self) -> None:
         """Stop the processes (queued batches are dropped; a running one finishes first)."""

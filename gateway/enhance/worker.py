@@ -17,7 +17,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
@@ -32,7 +32,7 @@ from structlog.contextvars import bound_contextvars
 from dicom_utils.classify import skip_reason
 from dicom_utils.derive import derived_series_uid, derived_sop_uid, mark_series_qa
 from dicom_utils.enhancement import Task
-from dicom_utils.pixels import frame_rescale, modality_frames, stored_range, value_range
+from dicom_utils.pixels import modality_frames, value_range
 from dicom_utils.private_tags import set_qa_flag
 from enhancers.noise import NoiseEstimate, estimate_noise
 from enhancers.pipeline import Pipeline, StoredGrid
@@ -42,12 +42,16 @@ from gateway import logs
 from gateway.enhance import routing
 from gateway.enhance.derive_pool import (
     BatchWork,
+    Decoded,
     Derived,
     DerivePool,
     SeriesSpec,
     Slot,
+    decode,
+    discard,
     finish_batch,
     pool_size,
+    received,
 )
 from gateway.enhance.finish import (
     SeriesFacts,
@@ -96,17 +100,12 @@ log = logs.get("gateway.worker")
 class _Decoded:
     instance: Instance
     index: int  # position in the job's instance list
-    ds: Dataset
-    frames: np.ndarray
-    vrange: tuple[float, float]
+    ds: Dataset | None  # None when a derive process decoded it (and reads it again to derive)
+    values: Decoded
 
     @property
-    def number(self) -> int | None:
-        """Instance Number, when the instance has a usable one (reasons and the SR name slices by it)."""
-        try:
-            return int(self.ds.get("InstanceNumber"))
-        except (TypeError, ValueError):
-            return None
+    def frames(self) -> np.ndarray:
+        return self.values.frames
 
 
 class DeriveProcessDied(Exception):
@@ -187,6 +186,25 @@ def _prefetch(items: Iterator[T], depth: int) -> Generator[T, None, None]:
         thread.join()
 
 
+def _ahead(futures: Iterator[Future[T]], depth: int, discard: Callable[[T], None]) -> Generator[T, None, None]:
+    """The results of `futures` in order, keeping `depth` of them submitted ahead of the one awaited.
+
+    On an early exit (an error, a lost job) the ones submitted but not started are cancelled, and the results
+    of those already running go to `discard` when they come."""
+    window: deque[Future[T]] = deque()
+    try:
+        for future in futures:
+            window.append(future)
+            if len(window) > depth:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+    finally:
+        for future in window:
+            if not future.cancel():
+                future.add_done_callback(lambda f: discard(f.result()) if f.exception() is None else None)
+
+
 def _stored_grid(batch: list[_Decoded]) -> StoredGrid:
     """Each frame's stored grid (Rescale Slope/Intercept, stored range), so the pipeline rounds on the device.
 
@@ -198,8 +216,8 @@ def _stored_grid(batch: list[_Decoded]) -> StoredGrid:
     lows: list[float] = []
     highs: list[float] = []
     for item in batch:
-        low, high = stored_range(item.ds)
-        for slope, intercept in frame_rescale(item.ds):
+        low, high = item.values.stored
+        for slope, intercept in item.values.rescale:
             slopes.append(slope)
             intercepts.append(intercept)
             lows.append(float(low))
@@ -402,7 +420,7 @@ class Worker:
         problems: list[str] = []
         tally = _Tally(gate)
         compute = 0.0
-        decoded = _prefetch(self._batches(instances, problems), depth=2)
+        decoded = _prefetch(self._batches(instances, problems, pool), depth=2)
         # bounded: computed batches waiting for their derived files are at most one per deriver plus one
         ahead = pool.processes + 1 if pool is not None else 2
         with closing(decoded), ThreadPoolExecutor(max_workers=1, thread_name_prefix="derive") as thread:
@@ -415,14 +433,14 @@ class Worker:
                     out = pipe.run(
                         stack,
                         modality=job.modality,
-                        value_range=batch[0].vrange,
+                        value_range=batch[0].values.vrange,
                         noise=noise,
                         strength=strength,
                         stored=_stored_grid(batch),
                     )
                     took = time.monotonic() - t0
                     compute += took
-                    slots = [Slot(d.instance.key, d.index, d.number) for d in batch]
+                    slots = [Slot(d.instance.key, d.index, d.values.number) for d in batch]
                     work = BatchWork(spec, slots, [d.frames for d in batch], out, took * 1000.0 / len(batch))
                     if pool is not None:
                         pending.append(pool.submit(work))
@@ -661,23 +679,14 @@ class Worker:
         if self._job is not None and self.heartbeat.lost(self._job):
             raise JobTakenOver(f"job {self._job}: the lease of {self.state.worker_id} ran out and another worker took it")
 
-    def _batches(self, instances: list[Instance], problems: list[str]) -> Iterator[list[_Decoded]]:
+    def _batches(
+        self, instances: list[Instance], problems: list[str], pool: DerivePool | None
+    ) -> Iterator[list[_Decoded]]:
         """Decode instances lazily into batches of same-shaped frames, at most `batch_size` frames each."""
         limit = self.settings.enhance.batch_size
         batch: list[_Decoded] = []
         frames = 0
-        for index, inst in enumerate(instances):
-            try:
-                ds = self._dcmread(inst.key)
-                reason = skip_reason(ds)
-                if reason is not None:
-                    problems.append(f"{inst.sop_uid}: {reason}")
-                    continue
-                item = _Decoded(inst, index, ds, modality_frames(ds), value_range(ds))
-            except Exception as exc:  # noqa: BLE001 - one undecodable instance must not fail its series
-                problems.append(f"{inst.sop_uid}: {exc}")
-                log.warning("instance.not_enhanced", sop_instance_uid=inst.sop_uid, reason=str(exc)[:300])
-                continue
+        for item in self._decoded(instances, problems, pool):
             if batch and (
                 item.frames.shape[1:] != batch[0].frames.shape[1:] or frames + len(item.frames) > limit
             ):
@@ -687,6 +696,27 @@ class Worker:
             frames += len(item.frames)
         if batch:
             yield batch
+
+    def _decoded(
+        self, instances: list[Instance], problems: list[str], pool: DerivePool | None
+    ) -> Iterator[_Decoded]:
+        """The job's instances decoded in order, here or by the derive processes (a window ahead); what cannot
+        be enhanced goes to `problems` (an undecodable one with a warning)."""
+        if pool is None:
+            here = (decode(self.spool, i.key) for i in instances)
+            results: Iterator[tuple[Dataset | None, bool, Decoded | str]] = (
+                (ds, ds is not None, got) for ds, got in here
+            )
+        else:  # `batch_size` x 2 instances in flight: the processes stay busy, memory stays bounded
+            ahead = _ahead((pool.decode(i.key) for i in instances), 2 * self.settings.enhance.batch_size, discard)
+            results = ((None, *received(r)) for r in ahead)
+        for index, (inst, (ds, read, got)) in enumerate(zip(instances, results, strict=True)):
+            if isinstance(got, str):
+                problems.append(f"{inst.sop_uid}: {got}")
+                if not read:
+                    log.warning("instance.not_enhanced", sop_instance_uid=inst.sop_uid, reason=got[:300])
+                continue
+            yield _Decoded(inst, index, ds, got)
 
 
 def run(settings: Settings, parent: int, poll_seconds: float = 0.5) -> None:

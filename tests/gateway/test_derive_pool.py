@@ -95,7 +95,9 @@ def _enhance(tmp_path: Path, name: str, files: list[Path], processes: int) -> tu
 def test_derive_processes_write_the_same_series_as_the_worker_thread(tmp_path: Path) -> None:
     files = make_series(CT, SLICES, tmp_path / "in", seed="derive-pool")
     s0, spool0, job0 = _enhance(tmp_path, "thread", files, 0)
+    segments = _segments()
     s2, spool2, job2 = _enhance(tmp_path, "processes", files, 2)
+    assert _segments() <= segments, "shared memory left behind"
     one, two = s0.job(job0), s2.job(job2)
     assert one.state == two.state == JobState.ENHANCED, (one.error, two.error)
     assert one.derived_count == two.derived_count == SLICES
@@ -117,6 +119,22 @@ def test_derive_processes_write_the_same_series_as_the_worker_thread(tmp_path: P
     # the processes' temp folders are their own (never the worker's), and empty once the files are written
     tmp = [p for p in (spool2.root / "tmp").iterdir() if p != spool2.tmp]
     assert tmp and all(not any(p.iterdir()) for p in tmp)
+
+
+def test_an_undecodable_instance_is_reported_alike_by_the_processes(tmp_path: Path) -> None:
+    """One slice of the series has half its pixel data: the processes decode the others and name it, as the
+    worker's thread does."""
+    files = make_series(CT, 5, tmp_path / "in", seed="derive-pool-bad")
+    bad = pydicom.dcmread(files[2])
+    bad.PixelData = bad.PixelData[: len(bad.PixelData) // 2]
+    bad.save_as(files[2], enforce_file_format=True)
+    jobs = [_enhance(tmp_path, name, files, processes) for name, processes in (("thread", 0), ("processes", 2))]
+    (s0, _, j0), (s2, _, j2) = jobs
+    one, two = s0.job(j0), s2.job(j2)
+    assert one.state == two.state == JobState.ENHANCED
+    assert one.derived_count == two.derived_count == 4
+    assert one.error == two.error and one.error and "1 of 5 instances not enhanced" in one.error
+    assert str(bad.SOPInstanceUID) in one.error
 
 
 def test_a_killed_derive_process_costs_a_retry_and_the_retry_delivers(tmp_path: Path) -> None:
@@ -168,6 +186,11 @@ def test_derive_processes_exit_when_their_worker_is_killed(tmp_path: Path) -> No
         alive = [p for p in pids if Path(f"/proc/{p}").exists() and "zombie" not in _status(p)]
         time.sleep(0.2)
     assert not alive, f"derive processes {alive} outlived their worker"
+
+
+def _segments() -> set[str]:
+    """The POSIX shared-memory segments that multiprocessing created and nobody removed."""
+    return {p.name for p in Path("/dev/shm").glob("psm_*")}
 
 
 def _status(pid: int) -> str:
