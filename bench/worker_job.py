@@ -79,9 +79,9 @@ class Run:
         self.worker: Worker | None = None
         self.round = 0
 
-    def once(self, files: list[Path]) -> tuple[float, float]:
-        """Seconds of one whole job over `files`, and the CPU seconds of the worker's own process in it (the
-        derive processes' not counted): what bounds one worker once the derive step is spread out."""
+    def once(self, files: list[Path]) -> tuple[float, float, float]:
+        """Seconds of one whole job over `files`; CPU seconds of the worker's own process in it (what bounds one
+        worker once the derive step is spread out) and of its derive processes (what the spreading costs)."""
         self.round += 1
         var = self.root / f"p{self.processes}"
         cfg = _config(var, self.enhancer, self.processes, self.batch, self.threads)
@@ -96,13 +96,13 @@ class Run:
             worker._pipelines = self.worker._pipelines
             worker._derive, self.worker._derive = self.worker._derive, None
         self.worker = worker
-        cpu0, t0 = _cpu(), time.perf_counter()
+        cpu0, pool0, t0 = _cpu(), _pool_cpu(worker), time.perf_counter()
         assert worker.run_once()
-        took, cpu = time.perf_counter() - t0, _cpu() - cpu0
+        took, cpu, pool = time.perf_counter() - t0, _cpu() - cpu0, _pool_cpu(worker) - pool0
         (job,) = state.jobs()
         assert job.state == JobState.ENHANCED and job.derived_count == len(files), job.error
         state.close()
-        return took, cpu
+        return took, cpu, pool
 
     def close(self) -> None:
         if self.worker is not None:
@@ -112,6 +112,20 @@ class Run:
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)  # this process: its threads, not its children
     return usage.ru_utime + usage.ru_stime
+
+
+def _pool_cpu(worker: Worker) -> float:
+    """CPU seconds so far of the worker's derive processes (0 before they start)."""
+    if worker._derive is None:
+        return 0.0
+    ticks = 0
+    for pid in list(worker._derive._executor._processes or {}):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def model_alone(enhancer: str, files: list[Path], batch: int, threads: int, var: Path) -> float:
@@ -180,14 +194,16 @@ def main(argv: list[str] | None = None) -> int:
             runs = [Run(root, args.enhancer, p, args.batch_size, args.threads) for p in [0, *args.processes]]
             took: dict[int, list[float]] = {r.processes: [] for r in runs}
             cpu: dict[int, list[float]] = {r.processes: [] for r in runs}
+            pool: dict[int, list[float]] = {r.processes: [] for r in runs}
             try:
                 for r in runs:
                     r.once(files[: min(n, 16)])  # warm: the model loaded, the processes started
                 for _ in range(args.repeat):
                     for r in runs:
-                        seconds, used = r.once(files)
+                        seconds, used, spread = r.once(files)
                         took[r.processes].append(seconds)
                         cpu[r.processes].append(used)
+                        pool[r.processes].append(spread)
             finally:
                 for r in runs:
                     r.close()
@@ -197,10 +213,12 @@ def main(argv: list[str] | None = None) -> int:
             for p, times in took.items():
                 rate = n / statistics.median(times)
                 own = statistics.median(cpu[p]) * 1000 / n
+                spread = statistics.median(pool[p]) * 1000 / n
                 label = "derive thread (before)" if p == 0 else f"{p} derive processes"
                 print(f"  {label:<24} {rate:7.1f} slices/s  {rate / base:5.2f}x   "
-                      f"{rate / (n / alone):5.0%} of the model alone; worker process CPU {own:5.1f} ms/slice "
-                      f"(model included)   (runs: " + ", ".join(f"{t:.1f}" for t in times) + " s)")
+                      f"{rate / (n / alone):5.0%} of the model alone; CPU ms/slice: worker {own:5.1f} (model "
+                      f"included), derive processes {spread:5.1f}   (runs: " + ", ".join(f"{t:.1f}" for t in times)
+                      + " s)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return 0
