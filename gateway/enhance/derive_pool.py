@@ -8,16 +8,17 @@ building and encoding the derived object ~5 ms, the durable write ~7 ms) holds t
 thread caps a worker at ~30 slices/s while a GPU enhances thousands. N processes lift that cap N-fold on a
 host with the cores.
 
-Who does what: the processes decode the received instances (`decode`: read, checks, modality values; ~2 ms
-per slice that the worker's decode thread would spend holding the GIL) and hand back the values; the worker
-batches them, runs the model and keeps the series' QA gate; a process gets one computed batch (the sources' spool keys, their decoded values, the enhanced values), reads the sources' data sets from
-the spool itself (pickling them would cost the worker's thread, the one that must keep up, ~0.6 ms per CT
-slice, as much as the read costs the process), measures, derives, writes,
-and hands back each instance's INPUT metrics and slice checks, which the worker records in its gate. The worker
-renews its lease and watches its service between batches; a process only checks that its worker is alive, so
-an orphan never writes a file that the job's next worker writes (the derived UIDs are the same).
+Who does what: a process decodes a received instance (`decode`: read, checks, modality values) and hands the
+values back; the worker batches them, runs the model and keeps the series' QA gate; a process gets a computed
+batch (the sources' spool keys and the enhanced values), reads and decodes the sources again itself (cheaper
+for the worker than sending them: its thread is the one that must keep up), measures, derives, writes, and
+hands back each instance's INPUT metrics and slice checks, which the worker records in its gate. Arrays
+travel in shared memory (`Shared`). The worker renews its lease and watches its service between batches; a
+process only checks that its worker is alive, so an orphan never writes a file that the job's next worker
+writes (the derived UIDs are the same). bench/README.md ("Issue 19, second part") has the measurements.
 
-Both modes call `finish_batch`: the derived objects are byte-for-byte the same (test_derive_pool.py).
+Both modes call `finish_batch` and write the same derived objects: pixels, UIDs, metrics, QA flags and verdicts
+(test_derive_pool.py; only the creation times differ).
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ from gateway.settings import QaSettings
 from gateway.storage.local_spool import LocalSpool
 from gateway.storage.spool import InstanceKey, OutputKey, Spool
 
-#: At most this many processes per worker: past it the worker's own thread (decode, batching, pickling the
-#: arrays to the processes) becomes the limit.
+#: At most this many processes per worker: past it the worker's own process (~6.5 ms per slice: batching,
+#: the model call, shared-memory copies, the gate's bookkeeping) is the limit, not the derive step.
 MAX_PROCESSES = 8
 
 
