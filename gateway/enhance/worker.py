@@ -117,7 +117,6 @@ class _Tally:
     """What the derived batches add up to: count, INPUT metrics, QA seconds; their slice checks go to the gate."""
 
     gate: SeriesGate | None
-    count: int = 0
     written: list[Derived] = field(default_factory=list)
     psnrs: list[float] = field(default_factory=list)
     ssims: list[float] = field(default_factory=list)
@@ -125,7 +124,6 @@ class _Tally:
 
     def add(self, derived: list[Derived]) -> None:
         for d in derived:
-            self.count += 1
             self.written.append(d)
             if d.psnr is not None and d.ssim is not None:
                 self.psnrs.append(d.psnr)
@@ -464,7 +462,7 @@ class Worker:
                 for future in pending:
                     future.cancel()
                 wait(pending)
-        derived, psnrs, ssims = tally.count, tally.psnrs, tally.ssims
+        derived, psnrs, ssims = len(tally.written), tally.psnrs, tally.ssims
         if derived == 0:
             raise UndecodableSeriesError(
                 f"no instance of the series could be enhanced: {'; '.join(problems[:3])}; the originals stay in"
