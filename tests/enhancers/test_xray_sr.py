@@ -102,6 +102,65 @@ def test_srresnet4x_starts_exactly_at_bicubic_with_a_scaled_residual() -> None:
     assert net.residual_scale == pytest.approx(0.01)  # type: ignore[union-attr]
 
 
+def test_drunet_deblur_learns_on_a_real_radiograph_patch() -> None:
+    """The first drunet-deblur weights never left the unsharp mask (std(output - unsharp) 0.003 % of full scale
+    on the training CR): the network saw only the blurred image, whose detail to restore is ~0.1 % of the
+    intensities it also carries, and the recipe's L1 sign gradient of a correction that is mostly the
+    reference's noise averaged to nothing, while each step of its zero tail moved the output more than the
+    detail. With the recipe's loss and lr, a fresh model starts exactly at the unsharp mask, does not jump far
+    above it (the old model and recipe: 44x and 173x its MSE after the first two steps) and lowers the MSE on
+    one real CR patch (RG3, training split, blurred 1.5 px) within 20 Adam steps."""
+    from enhancers.base import normalisation_for
+    from enhancers.classical import UNSHARP_DEBLUR, unsharp
+    from enhancers.training import RECIPES, weighted_loss
+
+    (leg,) = [s for s in corpus.load_split("train", ("XR",)) if s.source == "xr-leg"]
+    clean = np.ascontiguousarray(leg.pixels[600:728, 600:728])
+    blurred = degrade.gaussian_blur(clean, sigma=1.5)
+    norm = normalisation_for("XR", blurred[None], leg.value_range)
+    x = torch.from_numpy(norm.forward(blurred))[None, None]
+    y = torch.from_numpy(norm.forward(clean))[None, None]
+    recipe = RECIPES["drunet-deblur"]
+    torch.manual_seed(0)
+    net = build_module("drunet-deblur")
+    with torch.no_grad():
+        start = net(x)
+    ref = unsharp(x[0, 0].numpy(), radius=UNSHARP_DEBLUR[0], amount=UNSHARP_DEBLUR[1])
+    assert np.abs(start[0, 0].numpy() - ref).max() < 1e-5  # starts at the classical baseline
+    base = float(((start - y) ** 2).mean())
+    opt = torch.optim.Adam(net.parameters(), lr=float(recipe["lr"]))
+    ratios = []
+    for _ in range(20):
+        loss = weighted_loss(net(x), y, None, str(recipe["loss"]))
+        opt.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        with torch.no_grad():
+            ratios.append(float(((net(x) - y) ** 2).mean()) / base)
+    assert max(ratios) < 1.5, ratios  # measured: at most 1.08; the old recipe: 44x then 173x
+    assert float(np.mean(ratios[-5:])) < 0.99, ratios  # measured: 0.98; the old recipe: 1.3 to 2.6
+
+
+def test_deblur_reference_row_is_a_fitted_filter_not_a_noise_ceiling() -> None:
+    """The deblur evaluation blurs without adding noise, so the blur does not destroy the CR's noise: the first
+    "noise ceiling" (+0.36 dB over the unsharp mask) was below what a plain linear filter reaches. The context
+    row is the least-squares filter fitted on the crop: it reproduces an identity exactly and, on a blurred real
+    CR patch (RG3), beats the tuned unsharp mask by far (measured: +7.5 dB here, +7.2 to +9.7 dB on the held-out
+    crops)."""
+    from enhancers.classical import UNSHARP_DEBLUR, unsharp
+    from enhancers.xray import UNRECOVERABLE_NOISE, oracle_linear
+
+    assert "deblur" not in UNRECOVERABLE_NOISE
+    (leg,) = [s for s in corpus.load_split("train", ("XR",)) if s.source == "xr-leg"]
+    clean = np.ascontiguousarray(leg.pixels[600:728, 600:728])
+    np.testing.assert_allclose(oracle_linear(clean, clean, size=5), clean, rtol=0, atol=1e-3 * float(np.ptp(clean)))
+    blurred = degrade.gaussian_blur(clean, sigma=1.5)
+    lo, hi = leg.value_range
+    sharp = unsharp((blurred - lo) / (hi - lo), radius=UNSHARP_DEBLUR[0], amount=UNSHARP_DEBLUR[1]) * (hi - lo) + lo
+    fitted = score("XR", clean, oracle_linear(blurred, clean)).psnr
+    assert fitted > score("XR", clean, sharp.astype(np.float32)).psnr + 1.0
+
+
 def test_tasks_scale_and_safe_defaults() -> None:
     assert registry.TASK_SCALE == {"denoise": 1, "sr2x": 2, "sr4x": 4, "deblur": 1}
     assert registry.info("bicubic4x").scale == 4 and registry.info("unsharp-deblur").task == "deblur"
@@ -190,8 +249,10 @@ def test_sr4x_models_do_no_harm_against_bicubic_on_held_out_radiograph(
 def test_deblur_models_restore_blur_and_do_no_harm_against_tuned_unsharp(
     chest: corpus.Slice, name: str
 ) -> None:
-    """Measured: within 0.01 dB of the tuned unsharp mask, 2 dB above the blurred input; the +1 dB target is not
-    reachable on this CR (its noise ceiling is +0.36 dB: docs/evaluation-xray.md)."""
+    """Measured: within 0.01 dB of the tuned unsharp mask, 2 dB above the blurred input. The +1 dB target is
+    within what this noise-free blur allows (a linear filter fitted on the crops gains +8.7 dB, the retrained
+    drunet-deblur candidate +3.8), but only by restoring the CR's own grain, which fails the native checks, so
+    that candidate is not shipped (enhancers.models.variants)."""
     clean = _crop(chest)
     blurred = degrade.gaussian_blur(clean, sigma=1.5)
     base = score("XR", clean, _run("unsharp-deblur", blurred, chest.value_range)).psnr
