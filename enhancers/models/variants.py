@@ -34,7 +34,7 @@ field one-to-one, so a model card always says exactly which code and config made
   multiplied by `residual_scale` = 0.01, and its recipe uses MSE at lr 1e-3. Short runs (same seed, batches of the training mixture): all three together, 3.4 % below the
   unsharp mask's MSE after 100 steps and 20 % after 150; without the second input, 0.1 % (stuck); with it but
   L1, 0.9 % above after 100 steps; with it, L1 and scale 1, 5 % above. Trained so (`train --model
-  drunet-deblur --modality XR --threads 1`, 12 x 150 steps at the evaluation's 1.5 px blur, 19 min on one
+  drunet-deblur --modality XR --threads 1`, 12 x 150 steps at the evaluation's 1.5 px blur, 14 min on one
   thread) it learns what the blur left: +3.80 dB over the unsharp mask on the held-out chest CR (44.10 vs
   40.30 dB, 5 of 5 crops, +2.5 to +4.8), its correction correlated 0.8 with (clean - unsharp). It is NOT
   shipped: the evaluation blurs without adding noise, so the blur only attenuates the CR's own grain and the

@@ -159,6 +159,14 @@ def test_deblur_reference_row_is_a_fitted_filter_not_a_noise_ceiling() -> None:
     sharp = unsharp((blurred - lo) / (hi - lo), radius=UNSHARP_DEBLUR[0], amount=UNSHARP_DEBLUR[1]) * (hi - lo) + lo
     fitted = score("XR", clean, oracle_linear(blurred, clean)).psnr
     assert fitted > score("XR", clean, sharp.astype(np.float32)).psnr + 1.0
+    # for SR, one filter per output phase: an upsampling made of such filters (here each phase a gain and an
+    # offset of its own) is found exactly, phase by phase
+    low = degrade.downsample_area(clean, 4)
+    phased = np.zeros_like(clean)
+    for dy in range(4):
+        for dx in range(4):
+            phased[dy::4, dx::4] = (1 + dy + 4 * dx) * low + 10 * dx
+    np.testing.assert_allclose(oracle_linear(low, phased, 5, 4), phased, rtol=0, atol=1e-3 * float(np.ptp(low)))
 
 
 def test_tasks_scale_and_safe_defaults() -> None:
