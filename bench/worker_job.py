@@ -32,6 +32,7 @@ import pydicom
 
 from bench.common import series
 from dicom_utils.enhancement import Task
+from enhancers import registry
 from enhancers.noise import estimate_noise
 from gateway import logs, settings
 from gateway.enhance.derive_pool import BatchWork, SeriesSpec, Slot, finish_batch
@@ -52,7 +53,7 @@ def _config(var: Path, enhancer: str, processes: int, batch: int, threads: int) 
     return settings.parse({
         "gateway": {"var_dir": str(var), "min_free_mb": 0},
         "destinations": [{"name": "archive", "type": "folder", "path": "{var_dir}/archive"}],
-        "routes": [{"enhancer": enhancer, "strength": STRENGTH}],
+        "routes": [{"enhancer": enhancer, "task": registry.info(enhancer).task, "strength": STRENGTH}],
         "qa": {"actions": {"WARN": "deliver", "FAIL": "deliver"}},
         "enhance": {"batch_size": batch, "threads": threads, "derive_processes": processes},
     }, environ={})
