@@ -19,7 +19,10 @@ About 11 k multiply-adds per pixel.
   without them the only full-resolution work is the head and the tail, so the finest-scale correction is a
   gated sum of 16 linear 3x3 filters of the input plus interpolated (smooth) coarse features. On MR Rician 5 %
   most of what the model left above BM3D-rc's error was in the finest band (error within 1 px of Gaussian:
-  9.8 vs 8.2 on the abdomen test slice), i.e. noise let through at full resolution (issue 12).
+  9.8 vs 8.2 on the abdomen test slice), i.e. noise let through at full resolution (issue 12). Measured: with
+  `refine` 2 (+2.3 k multiply-adds per pixel each) the same 48-epoch MR recipe scored lower, not higher (test
+  split 33.22 vs 33.38 dB foreground at Rician 5 %, docs/lopo.md "full-resolution refinement"), so no shipped
+  model uses it; it stays so that result can be rerun (`train --config '{"refine": 2}'`).
 """
 
 from __future__ import annotations
