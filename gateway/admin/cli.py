@@ -109,6 +109,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     routing.validate(cfg.routes)
     for warning in routing.hallucination_risks(cfg.routes):
         logs.get("gateway.routing").warning("route.hallucination_risk", detail=warning)
+    for warning in routing.strength_risks(cfg.routes):
+        logs.get("gateway.routing").warning("route.strength_risk", detail=warning)
     Gateway(cfg, parse_roles(args.role)).serve()
     return 0
 
@@ -382,7 +384,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     routing.load_plugins(cfg.plugins)
     routing.validate(cfg.routes)
     print(json.dumps(settings.redacted(cfg), indent=2, default=str))  # never a password or token
-    for warning in routing.hallucination_risks(cfg.routes):
+    for warning in routing.hallucination_risks(cfg.routes) + routing.strength_risks(cfg.routes):
         print(f"{file}: warning: {warning}", file=sys.stderr)
     print(f"{file}: OK", file=sys.stderr)
     return 0

@@ -126,6 +126,26 @@ def validate(routes: Sequence[Route]) -> None:
             )
 
 
+def strength_risks(routes: Sequence[Route]) -> list[str]:
+    """One sentence per route that runs an MR model above strength 1 (measured harm, see below).
+
+    Why: the MR models also remove the Rician bias with the noise level they are given, so a level raised
+    above the series' own pulls tissue down: on a real head MR at its native noise (mr-head-emri, ncdn-mr)
+    strength 1.5 left 3.1 % of the anatomy below half its value (bias -0.37 noise sigma), 2.0 left 8.9 %
+    (docs/lopo.md). The QA gate holds such series (voids FAIL at 1 %), so nothing harmful is delivered, but an
+    admin should learn it from `config check`, not from a held queue. Call after `validate`.
+    """
+    return [
+        f"routes[{i}] runs {route.enhancer!r} on MR at strength {route.strength:g}: above 1 the MR models push "
+        "tissue below half its value on real images (3.1 % of the anatomy at 1.5, 8.9 % at 2.0, measured), and "
+        "the QA gate will hold those series; use 1 or less"
+        for i, route in enumerate(routes)
+        if route.strength > 1.0
+        and info(route.enhancer).kind == "model"
+        and (modality_group(route.modality) == "MR" if route.modality else "MR" in info(route.enhancer).modalities)
+    ]
+
+
 def hallucination_risks(routes: Sequence[Route]) -> list[str]:
     """One sentence per route that names an adversarially trained enhancer (its card's `hallucination_risk`).
 

@@ -1,4 +1,5 @@
-"""A route that names an adversarially trained enhancer is accepted but said aloud: `config check` warns."""
+"""Routes that are accepted but said aloud by `config check`: an adversarially trained enhancer, and an MR
+model above strength 1 (measured to push tissue below half its value; the QA gate would hold the series)."""
 
 from __future__ import annotations
 
@@ -48,5 +49,45 @@ def test_config_check_warns_about_a_hallucination_risk_route(tmp_path: Path, xra
     if warned:
         assert len(warnings) == 1 and "routes[1]" in warnings[0] and "srgan4x-xr" in warnings[0]
         assert "hallucination risk" in warnings[0]
+    else:
+        assert warnings == []
+
+
+MR_ROUTE = """
+[gateway]
+var_dir = "{var}"
+
+[[destinations]]
+name = "archive"
+type = "folder"
+path = "{{var_dir}}/archive"
+
+[[routes]]
+modality = "CT"
+enhancer = "ncdn-ct"
+strength = 1.5
+
+[[routes]]
+modality = "MR"
+enhancer = "{mr}"
+strength = {strength}
+"""
+
+
+@pytest.mark.parametrize(("mr", "strength", "warned"), [
+    ("ncdn-mr", 1.5, True), ("ncdn-mr", 1.0, False), ("gaussian", 2.0, False),
+])
+def test_config_check_warns_about_an_mr_model_above_strength_1(
+    tmp_path: Path, mr: str, strength: float, warned: bool
+) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(MR_ROUTE.format(var=tmp_path / "var", mr=mr, strength=strength))
+    done = subprocess.run([sys.executable, "-m", "gateway.admin.cli", "config", "check", str(path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "warning:" in line]
+    if warned:  # the CT route at 1.5 is not named: the harm was measured on MR
+        assert len(warnings) == 1 and "routes[1]" in warnings[0] and "strength 1.5" in warnings[0], warnings
+        assert "QA gate will hold" in warnings[0]
     else:
         assert warnings == []
