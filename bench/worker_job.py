@@ -42,6 +42,7 @@ from gateway.settings import QaSettings
 from gateway.storage.local_spool import LocalSpool
 from gateway.storage.spool import InstanceKey
 from gateway.storage.state import JobState, State
+from tests.gateway.inprocess import receive
 
 #: The route's strength: 0 blends the model's output fully back to the input (the model still runs), so the
 #: QA gate passes and the job takes the normal path; a failing series would add the second pass that marks its
@@ -57,17 +58,6 @@ def _config(var: Path, enhancer: str, processes: int, batch: int, threads: int) 
         "qa": {"actions": {"WARN": "deliver", "FAIL": "deliver"}},
         "enhance": {"batch_size": batch, "threads": threads, "derive_processes": processes},
     }, environ={})
-
-
-def _load(state: State, spool: LocalSpool, files: list[Path]) -> None:
-    for path in files:
-        data = path.read_bytes()
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        spool.put(InstanceKey(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID), data)
-        state.record_instance(sop_uid=ds.SOPInstanceUID, series_uid=ds.SeriesInstanceUID,
-                              study_uid=ds.StudyInstanceUID, sop_class_uid=ds.SOPClassUID, modality="CT",
-                              size=len(data), calling_aet="BENCH", now=0.0)
-    state.make_jobs_for_stable_series(1.0, now=10.0)
 
 
 class Run:
@@ -91,7 +81,7 @@ class Run:
         for sub in ("incoming", "outgoing"):  # the derive processes keep their spool: empty it, keep the root
             shutil.rmtree(cfg.spool_dir / sub, ignore_errors=True)
         state, spool = State(cfg.state_db), LocalSpool(cfg.spool_dir)
-        _load(state, spool, files)
+        receive(state, spool, files)
         worker = Worker(cfg, state, spool)
         if self.worker is not None:  # keep the warm pipeline and processes of the previous round
             worker._pipelines = self.worker._pipelines

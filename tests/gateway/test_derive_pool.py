@@ -23,9 +23,10 @@ from gateway.enhance.derive_pool import pool_size
 from gateway.enhance.worker import Worker
 from gateway.settings import ConfigError
 from gateway.storage.local_spool import LocalSpool
-from gateway.storage.spool import InstanceKey, OutputKey
+from gateway.storage.spool import OutputKey
 from gateway.storage.state import JobState, State
 from tests.gateway.harness import GatewayProcess
+from tests.gateway.inprocess import receive
 from tests.peers import storescu
 from tests.realdata import make_series
 
@@ -43,18 +44,6 @@ def _config(var: Path, processes: int) -> settings.Settings:
         "qa": {"actions": {"WARN": "flag", "FAIL": "flag"}},
         "enhance": {"batch_size": 2, "threads": 1, "derive_processes": processes},
     }, environ={})
-
-
-def _receive(state: State, spool: LocalSpool, files: list[Path]) -> int:
-    for path in files:
-        ds = pydicom.dcmread(path)
-        data = path.read_bytes()
-        spool.put(InstanceKey(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID), data)
-        state.record_instance(sop_uid=ds.SOPInstanceUID, series_uid=ds.SeriesInstanceUID,
-                              study_uid=ds.StudyInstanceUID, sop_class_uid=ds.SOPClassUID, modality="CT",
-                              size=len(data), calling_aet="CT01", now=0.0)
-    (job_id,) = state.make_jobs_for_stable_series(1.0, now=10.0)
-    return job_id
 
 
 #: What must not depend on who derived the instance (creation date/time and the model's ms do).
@@ -84,7 +73,7 @@ def _outputs(spool: LocalSpool, job_id: int) -> dict[str, dict[str, object]]:
 def _enhance(tmp_path: Path, name: str, files: list[Path], processes: int) -> tuple[State, LocalSpool, int]:
     cfg = _config(tmp_path / name, processes)
     state, spool = State(cfg.state_db), LocalSpool(cfg.spool_dir)
-    job_id = _receive(state, spool, files)
+    job_id = receive(state, spool, files)
     worker = Worker(cfg, state, spool)
     try:
         assert worker.run_once()
@@ -142,7 +131,7 @@ def test_an_undecodable_instance_is_reported_alike_by_the_processes(tmp_path: Pa
 def test_a_killed_derive_process_costs_a_retry_and_the_retry_delivers(tmp_path: Path) -> None:
     cfg = _config(tmp_path / "var", 2)
     state, spool = State(cfg.state_db), LocalSpool(cfg.spool_dir)
-    job_id = _receive(state, spool, make_series(CT, 4, tmp_path / "in", seed="derive-pool-kill"))
+    job_id = receive(state, spool, make_series(CT, 4, tmp_path / "in", seed="derive-pool-kill"))
     worker = Worker(cfg, state, spool)
     try:
         pool = worker.derive_pool("cpu")  # the pool the job will use: start one of its processes, kill it

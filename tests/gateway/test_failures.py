@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pydicom
 import pytest
 from structlog.testing import capture_logs
 
@@ -23,8 +22,8 @@ from gateway.deliver.sender import Sender
 from gateway.enhance.worker import Worker
 from gateway.errors import GatewayError
 from gateway.storage.local_spool import LocalSpool
-from gateway.storage.spool import InstanceKey
 from gateway.storage.state import State
+from tests.gateway.inprocess import receive
 from tests.realdata import make_series, testfile
 from tests.smalldisk import SmallDisk
 
@@ -43,22 +42,6 @@ def _settings(var_dir: Path, archive: str = "{var_dir}/archive", **gateway: Any)
     return settings.parse(doc, environ={})
 
 
-def _receive(state: State, spool: LocalSpool, files: list[Path]) -> int:
-    """Store real files as the SCP would (spool + row) and make their series a queued job; returns its id."""
-    for path in files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        data = path.read_bytes()
-        key = InstanceKey(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-        spool.put(key, data)
-        state.record_instance(
-            sop_uid=ds.SOPInstanceUID, series_uid=ds.SeriesInstanceUID, study_uid=ds.StudyInstanceUID,
-            sop_class_uid=ds.SOPClassUID, modality=str(ds.Modality), size=len(data),
-            calling_aet="TEST", now=0.0,
-        )
-    (job_id,) = state.make_jobs_for_stable_series(1.0, now=10.0)
-    return job_id
-
-
 def _events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [e for e in logs if e["event"] == name]
 
@@ -66,7 +49,7 @@ def _events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
 def test_an_undecodable_series_fails_at_once_with_one_line_and_no_retry(tmp_path: Path) -> None:
     cfg = _settings(tmp_path / "var")
     state, spool = State(cfg.state_db), LocalSpool(cfg.spool_dir)
-    job_id = _receive(state, spool, [Path(shutil.copy(testfile("MR_truncated.dcm"), tmp_path / "mr.dcm"))])
+    job_id = receive(state, spool, [Path(shutil.copy(testfile("MR_truncated.dcm"), tmp_path / "mr.dcm"))])
     worker = Worker(cfg, state, spool)
     with capture_logs() as logs:
         assert worker.run_once()
@@ -87,7 +70,7 @@ def test_an_undecodable_series_fails_at_once_with_one_line_and_no_retry(tmp_path
 def test_a_job_with_an_enhancer_for_another_modality_fails_at_once(tmp_path: Path) -> None:
     cfg = _settings(tmp_path / "var")
     state, spool = State(cfg.state_db), LocalSpool(cfg.spool_dir)
-    first = _receive(state, spool, make_series(CT, 2, tmp_path / "in", seed="mismatch"))
+    first = receive(state, spool, make_series(CT, 2, tmp_path / "in", seed="mismatch"))
     series = state.job(first).series_uid
     state.skip_job(first, "not this one")
     job_id = state.make_reprocess_job(series, enhancer="ncdn-mr", only_destination=None)  # queued unchecked
@@ -102,7 +85,7 @@ def test_a_job_with_an_enhancer_for_another_modality_fails_at_once(tmp_path: Pat
 def test_reprocess_refuses_an_enhancer_for_another_modality_before_queueing(tmp_path: Path) -> None:
     cfg = _settings(tmp_path / "var")
     state, spool = State(cfg.state_db), LocalSpool(cfg.spool_dir)
-    job_id = _receive(state, spool, make_series(CT, 2, tmp_path / "in", seed="refuse"))
+    job_id = receive(state, spool, make_series(CT, 2, tmp_path / "in", seed="refuse"))
     study = state.job(job_id).study_uid
     with pytest.raises(GatewayError, match=r"is made for MR, not for modality CT; pick one made for it") as info:
         reprocess(cfg, state, study, enhancer="ncdn-mr")
@@ -126,7 +109,7 @@ def test_a_job_that_cannot_write_its_outputs_waits_and_runs_when_space_is_back(
 ) -> None:
     cfg = _settings(small_disk.path / "var", min_free_mb=2)
     state, spool = State(cfg.state_db), LocalSpool(cfg.spool_dir, min_free_mb=cfg.min_free_mb)
-    job_id = _receive(state, spool, make_series(CT, 3, tmp_path / "in", seed="waits"))
+    job_id = receive(state, spool, make_series(CT, 3, tmp_path / "in", seed="waits"))
     worker = Worker(cfg, state, spool)
     # above the watermark, but not by one derived slice (~0.5 MB): the claim succeeds, the first write refuses
     small_disk.fill(leave=2_300_000)
@@ -155,7 +138,7 @@ def test_a_job_that_cannot_write_its_outputs_waits_and_runs_when_space_is_back(
 def test_below_the_watermark_the_worker_claims_nothing(tmp_path: Path, small_disk: SmallDisk) -> None:
     cfg = _settings(small_disk.path / "var", min_free_mb=2)
     state, spool = State(cfg.state_db), LocalSpool(cfg.spool_dir, min_free_mb=cfg.min_free_mb)
-    job_id = _receive(state, spool, make_series(CT, 1, tmp_path / "in", seed="noclaim"))
+    job_id = receive(state, spool, make_series(CT, 1, tmp_path / "in", seed="noclaim"))
     small_disk.fill(leave=1_000_000)
     worker = Worker(cfg, state, spool)
     with capture_logs() as logs:
@@ -170,7 +153,7 @@ def test_below_the_watermark_the_worker_claims_nothing(tmp_path: Path, small_dis
 def test_a_folder_delivery_to_a_full_disk_waits_and_is_never_dead(tmp_path: Path, small_disk: SmallDisk) -> None:
     cfg = _settings(tmp_path / "var", archive=str(small_disk.path / "archive"), min_free_mb=2)
     state, spool = State(cfg.state_db), LocalSpool(cfg.spool_dir, min_free_mb=cfg.min_free_mb)
-    job_id = _receive(state, spool, make_series(CT, 2, tmp_path / "in", seed="folder"))
+    job_id = receive(state, spool, make_series(CT, 2, tmp_path / "in", seed="folder"))
     assert Worker(cfg, state, spool).run_once() and state.job(job_id).state == "enhanced"
     small_disk.fill(leave=1_000_000)  # the archive's disk, below the watermark
     sender = Sender(cfg, state, spool)

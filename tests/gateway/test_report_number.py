@@ -17,26 +17,20 @@ from gateway import settings
 from gateway.enhance.finish import report_number_candidates
 from gateway.enhance.worker import Worker
 from gateway.storage.local_spool import LocalSpool
-from gateway.storage.spool import InstanceKey
 from gateway.storage.state import State
+from tests.gateway.inprocess import receive
 from tests.realdata import make_series
 
 CT = "693_UNCR.dcm"
 
 
 def _receive(state: State, spool: LocalSpool, files: list[Path], series_number: int) -> int:
-    """Store the files as the SCP would, numbered `series_number`, and make their series a queued job."""
+    """Number the files `series_number`, then store them as the SCP would and queue their series."""
     for path in files:
         ds = pydicom.dcmread(path)
         ds.SeriesNumber = series_number
         ds.save_as(path, enforce_file_format=True)
-        data = path.read_bytes()
-        spool.put(InstanceKey(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID), data)
-        state.record_instance(sop_uid=ds.SOPInstanceUID, series_uid=ds.SeriesInstanceUID,
-                              study_uid=ds.StudyInstanceUID, sop_class_uid=ds.SOPClassUID, modality="CT",
-                              size=len(data), calling_aet="CT01", now=0.0)
-    (job_id,) = state.make_jobs_for_stable_series(1.0, now=10.0)
-    return job_id
+    return receive(state, spool, files)
 
 
 def test_a_report_never_takes_the_number_of_another_derived_series(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-CONFIG = """
+HEAD = """
 [gateway]
 var_dir = "{var}"
 
@@ -17,7 +17,8 @@ var_dir = "{var}"
 name = "archive"
 type = "folder"
 path = "{{var_dir}}/archive"
-
+"""
+CONFIG = HEAD + """
 [[routes]]
 modality = "CT"
 enhancer = "ncdn-ct"
@@ -27,41 +28,7 @@ modality = "CR"
 enhancer = "{xray}"
 task = "sr4x"
 """
-
-
-def _check(tmp_path: Path, xray: str) -> subprocess.CompletedProcess[str]:
-    path = tmp_path / "gateway.toml"
-    path.write_text(CONFIG.format(var=tmp_path / "var", xray=xray))
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.admin.cli", "config", "check", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-@pytest.mark.parametrize(("xray", "warned"), [("srgan4x-xr", True), ("srresnet4x-xr", False)])
-def test_config_check_warns_about_a_hallucination_risk_route(tmp_path: Path, xray: str, warned: bool) -> None:
-    done = _check(tmp_path, xray)
-    assert done.returncode == 0, done.stderr
-    warnings = [line for line in done.stderr.splitlines() if "warning:" in line]
-    if warned:
-        assert len(warnings) == 1 and "routes[1]" in warnings[0] and "srgan4x-xr" in warnings[0]
-        assert "hallucination risk" in warnings[0]
-    else:
-        assert warnings == []
-
-
-MR_ROUTE = """
-[gateway]
-var_dir = "{var}"
-
-[[destinations]]
-name = "archive"
-type = "folder"
-path = "{{var_dir}}/archive"
-
+MR_ROUTE = HEAD + """
 [[routes]]
 modality = "CT"
 enhancer = "ncdn-ct"
@@ -74,16 +41,38 @@ strength = {strength}
 """
 
 
+def _check(tmp_path: Path, config: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "gateway.toml"
+    path.write_text(config)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.admin.cli", "config", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(("xray", "warned"), [("srgan4x-xr", True), ("srresnet4x-xr", False)])
+def test_config_check_warns_about_a_hallucination_risk_route(tmp_path: Path, xray: str, warned: bool) -> None:
+    done = _check(tmp_path, CONFIG.format(var=tmp_path / "var", xray=xray))
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "warning:" in line]
+    if warned:
+        assert len(warnings) == 1 and "routes[1]" in warnings[0] and "srgan4x-xr" in warnings[0]
+        assert "hallucination risk" in warnings[0]
+    else:
+        assert warnings == []
+
+
+
 @pytest.mark.parametrize(("mr", "strength", "warned"), [
     ("ncdn-mr", 1.5, True), ("ncdn-mr", 1.0, False), ("gaussian", 2.0, False),
 ])
 def test_config_check_warns_about_an_mr_model_above_strength_1(
     tmp_path: Path, mr: str, strength: float, warned: bool
 ) -> None:
-    path = tmp_path / "gateway.toml"
-    path.write_text(MR_ROUTE.format(var=tmp_path / "var", mr=mr, strength=strength))
-    done = subprocess.run([sys.executable, "-m", "gateway.admin.cli", "config", "check", str(path)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = _check(tmp_path, MR_ROUTE.format(var=tmp_path / "var", mr=mr, strength=strength))
     assert done.returncode == 0, done.stderr
     warnings = [line for line in done.stderr.splitlines() if "warning:" in line]
     if warned:  # the CT route at 1.5 is not named: the harm was measured on MR
