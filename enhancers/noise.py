@@ -20,9 +20,21 @@ pixels, so CT takes 8x8 blocks and P = 25 (within 10 % of the true std of projec
 brain) has fine texture that leaves few flat 8x8 blocks: on the real-noise pair (std of the difference of two
 acquisitions / sqrt 2 = 358) 8x8/P25 read 1020, 4x4/P10 reads 420; X-ray follows MR.
 
+MR magnitude noise is Rician: where the signal is below about 2 sigma its spread is smaller than sigma (pure
+background: Rayleigh, std 0.655 sigma, mean 1.25 sigma). Once the noise passes ~4 % of the maximum, the
+Rayleigh background clears the "10 % of p99" foreground test and its blocks are the flattest, so the plain rule
+read 0.65-0.7x the true sigma on most images at 5-8 % (pinned at sqrt(2 - pi/2)). MR therefore takes a second
+step: only blocks whose mean is above `RICIAN_FLOOR` x the first estimate (3 x 0.655 sigma ~ 2 sigma when the
+first one read the background, where Rician spread is within a few % of sigma) are kept, and the percentile is
+taken again. Once, not iterated: on a textured slice (dipy's b=0) each raise of the floor drops more of the flat
+tissue and the estimate ran away to 3.4x. Measured on the corpus's MR slices at Rician 1-12 % (true = the added
+sigma combined with the slice's own noise): 0.96-1.21x with the step, 0.58-1.37x without.
+
 MR magnitude images also get the Rician (Rayleigh) background estimate when they have a background that is
 not zero-filled: where there is no signal, magnitude noise has mean sigma * sqrt(pi / 2). It is the sigma
-the Rician bias correction (Gudbjartsson and Patz 1995, |A|^2 = |M|^2 - sigma^2) needs.
+the Rician bias correction (Gudbjartsson and Patz 1995, |A|^2 = |M|^2 - sigma^2) needs. Background blocks are
+those whose mean is below `BACKGROUND_SIGMAS` x the anatomy's sigma (Rayleigh blocks of 16 pixels average 1.25
++- 0.16 sigma), or below 3 % of p99 as before.
 
 Blocks are pooled over up to `MAX_SLICES` slices spread over the series, so one estimate describes a series.
 """
@@ -48,6 +60,10 @@ MIN_BLOCKS = 16
 CT_TISSUE_HU: tuple[float, float] = (-200.0, 200.0)
 FOREGROUND_FRACTION = 0.10
 BACKGROUND_FRACTION = 0.03
+#: MR: the second step keeps blocks brighter than this many first-step sigmas (module docstring)
+RICIAN_FLOOR = 3.0
+#: MR: blocks darker than this many sigmas (or than BACKGROUND_FRACTION of p99) are the background
+BACKGROUND_SIGMAS = 2.0
 
 
 def _chi_percentile(block: int, percentile: float) -> float:
@@ -130,11 +146,18 @@ def estimate_noise(slices: npt.NDArray[np.floating], group: str | None) -> Noise
     count = int(np.count_nonzero(fg))
     if count < MIN_BLOCKS:
         return NoiseEstimate(0.0, count, "too few varying blocks")
-    sigma = float(np.percentile(dev[fg], percentile)) / _chi_percentile(block, percentile)
+    chi = _chi_percentile(block, percentile)
+    sigma = float(np.percentile(dev[fg], percentile)) / chi
     background = None
     if group == "MR":
+        bright = fg & (mean > RICIAN_FLOOR * sigma)
+        if int(np.count_nonzero(bright)) >= MIN_BLOCKS:
+            sigma = float(np.percentile(dev[bright], percentile)) / chi
+            count = int(np.count_nonzero(bright))
+            rule += f", above {RICIAN_FLOOR:g}x the first estimate (Rician floor)"
         top = float(np.percentile(mean, 99))
-        bg = varying & (mean < BACKGROUND_FRACTION * top) & (mean > 0)
+        dark = np.maximum(BACKGROUND_FRACTION * top, BACKGROUND_SIGMAS * sigma)
+        bg = varying & (mean < dark) & (mean > 0)
         if int(np.count_nonzero(bg)) >= MIN_BLOCKS:
             # Rayleigh: E[M] = sigma sqrt(pi/2); the median block mean resists blocks that touch the anatomy
             background = float(np.median(mean[bg])) / math.sqrt(math.pi / 2.0)

@@ -43,6 +43,20 @@ def test_real_noise_pair_agrees_with_the_difference_of_two_acquisitions() -> Non
     assert 0.8 * truth < est.sigma < 1.4 * truth
 
 
+@pytest.mark.parametrize("source", ["mr-abdomen", "mr-itk-t1", "mr-dipy-s0"])
+def test_strong_rician_noise_is_read_above_its_rayleigh_background(source: str) -> None:
+    """At 8 % the Rayleigh background passes the foreground test; the first step alone read it (0.65-0.7x)."""
+    sl = _source(source)
+    clean = sl.pixels.astype(np.float64)
+    added = 0.08 * float(clean.max())
+    noisy = degrade.mr_rician(clean, sigma_fraction=0.08, rng=np.random.default_rng(3))
+    total = float(np.hypot(added, estimate_noise(clean, "MR").sigma))
+    est = estimate_noise(noisy, "MR")
+    assert 0.9 * total < est.sigma < 1.25 * total
+    assert "Rician floor" in est.method
+    assert est.background_sigma is not None and est.background_sigma == pytest.approx(added, rel=0.1)
+
+
 def test_mr_background_gives_the_rayleigh_sigma() -> None:
     est = estimate_noise(_source("mr-abdomen").pixels, "MR")
     assert est.background_sigma is not None and est.background_sigma > 0
