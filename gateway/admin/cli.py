@@ -363,6 +363,8 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
         if r.retrieved:
             print(f"series {r.series_uid}: retrieved {r.retrieved} purged originals from {r.source}")
         print(f"series {r.series_uid}: job {r.job_id} queued ({r.instances} instances)")
+        if r.warning:
+            print(f"warning: series {r.series_uid}: {r.warning}", file=sys.stderr)
     return 0
 
 

@@ -15,7 +15,7 @@ from enhancers.registry import names
 from gateway import logs
 from gateway.dimse.retrieve import move_series, retrieve_series
 from gateway.dimse.scu import Peer
-from gateway.enhance.routing import modality_mismatch
+from gateway.enhance.routing import choose, modality_mismatch, mr_strength_risk
 from gateway.errors import GatewayError
 from gateway.settings import STRENGTH_RANGE, Settings
 from gateway.storage.local_spool import LocalSpool
@@ -31,6 +31,8 @@ class Reprocessed:
     instances: int
     retrieved: int
     source: str | None
+    #: why this request may harm the images (an MR model above strength 1), for the admin; None when not
+    warning: str | None = None
 
 
 def reprocess(
@@ -111,7 +113,10 @@ def reprocess(
         job_id = state.make_reprocess_job(
             series, enhancer=enhancer, only_destination=destination, strength=strength
         )
-        done.append(Reprocessed(series, job_id, len(members), got, source))
+        modality = str(members[0].modality or "")
+        runs = enhancer or choose(settings.routes, modality, "")[0]  # the worker reads the description too
+        risk = None if strength is None else mr_strength_risk(runs, modality, strength)
+        done.append(Reprocessed(series, job_id, len(members), got, source, risk))
     return done
 
 

@@ -126,23 +126,32 @@ def validate(routes: Sequence[Route]) -> None:
             )
 
 
-def strength_risks(routes: Sequence[Route]) -> list[str]:
-    """One sentence per route that runs an MR model above strength 1 (measured harm, see below).
+def mr_strength_risk(enhancer: str, modality: str | None, strength: float) -> str | None:
+    """Why running `enhancer` on `modality` (None: every modality it serves) at `strength` harms MR, or None.
 
     Why: the MR models also remove the Rician bias with the noise level they are given, so a level raised
     above the series' own pulls tissue down: on a real head MR at its native noise (mr-head-emri, ncdn-mr)
     strength 1.5 left 3.1 % of the anatomy below half its value (bias -0.37 noise sigma), 2.0 left 8.9 %
     (docs/lopo.md). The QA gate holds such series (voids FAIL at 1 %), so nothing harmful is delivered, but an
-    admin should learn it from `config check`, not from a held queue. Call after `validate`.
+    admin should learn it from `config check` or `reprocess`, not from a held queue.
     """
+    details = info(enhancer)
+    mr = modality_group(modality) == "MR" if modality else "MR" in details.modalities
+    if strength <= 1.0 or details.kind != "model" or not mr:
+        return None
+    return (
+        f"{enhancer!r} on MR at strength {strength:g}: above 1 the MR models push tissue below half its value on"
+        " real images (3.1 % of the anatomy at 1.5, 8.9 % at 2.0, measured), and the QA gate will hold those"
+        " series; use 1 or less"
+    )
+
+
+def strength_risks(routes: Sequence[Route]) -> list[str]:
+    """One sentence per route that runs an MR model above strength 1 (`mr_strength_risk`). Call after `validate`."""
     return [
-        f"routes[{i}] runs {route.enhancer!r} on MR at strength {route.strength:g}: above 1 the MR models push "
-        "tissue below half its value on real images (3.1 % of the anatomy at 1.5, 8.9 % at 2.0, measured), and "
-        "the QA gate will hold those series; use 1 or less"
+        f"routes[{i}] runs {risk}"
         for i, route in enumerate(routes)
-        if route.strength > 1.0
-        and info(route.enhancer).kind == "model"
-        and (modality_group(route.modality) == "MR" if route.modality else "MR" in info(route.enhancer).modalities)
+        if (risk := mr_strength_risk(route.enhancer, route.modality, route.strength)) is not None
     ]
 
 

@@ -1,5 +1,6 @@
-"""Routes that are accepted but said aloud by `config check`: an adversarially trained enhancer, and an MR
-model above strength 1 (measured to push tissue below half its value; the QA gate would hold the series)."""
+"""Routes that are accepted but said aloud by `config check` (and `reprocess --strength`): an adversarially
+trained enhancer, and an MR model above strength 1 (measured to push tissue below half its value; the QA gate
+would hold the series)."""
 
 from __future__ import annotations
 
@@ -80,3 +81,34 @@ def test_config_check_warns_about_an_mr_model_above_strength_1(
         assert "QA gate will hold" in warnings[0]
     else:
         assert warnings == []
+
+
+@pytest.mark.parametrize(("enhancer", "strength", "warned"), [
+    (None, 1.5, True),  # the route's (here the MR default, ncdn-mr)
+    ("ncdn-mr", 2.0, True), ("ncdn-mr", 1.0, False), ("nlm", 2.0, False), (None, None, False),
+])
+def test_reprocess_says_when_an_mr_model_runs_above_strength_1(
+    tmp_path: Path, enhancer: str | None, strength: float | None, warned: bool
+) -> None:
+    from gateway import settings
+    from gateway.admin.ops import reprocess
+    from gateway.storage.local_spool import LocalSpool
+    from gateway.storage.state import State
+    from tests.gateway.inprocess import receive
+    from tests.realdata import testfile
+
+    cfg = settings.parse(
+        {"gateway": {"var_dir": str(tmp_path)},
+         "destinations": [{"name": "archive", "type": "folder", "path": "{var_dir}/archive"}]},
+        environ={},
+    )
+    state = State(cfg.state_db)
+    receive(state, LocalSpool(cfg.spool_dir), [testfile("MR_small.dcm")])
+    study = state.jobs(limit=1)[0].study_uid
+    (done,) = reprocess(cfg, state, study, enhancer=enhancer, strength=strength)
+    assert state.job(done.job_id).strength == strength  # queued either way: a warning, not a refusal
+    if warned:
+        assert done.warning is not None and f"strength {strength:g}" in done.warning
+        assert "QA gate will hold" in done.warning
+    else:
+        assert done.warning is None
