@@ -129,12 +129,17 @@ class OverUnsharp(nn.Module):
         self.pad = half
         self.register_buffer("kernel", kernel, persistent=False)
 
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        """Half-sample symmetric padding by `pad` (scipy's "reflect", which scikit-image uses), repeated
+        reflections where the image is smaller than the pad (the tuned mask's radius 6 px needs 24)."""
+        h, w = x.shape[-2:]
+        rows = torch.from_numpy(np.pad(np.arange(h), self.pad, mode="symmetric")).to(x.device)
+        cols = torch.from_numpy(np.pad(np.arange(w), self.pad, mode="symmetric")).to(x.device)
+        return x.index_select(-2, rows).index_select(-1, cols)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel: torch.Tensor = self.kernel  # type: ignore[assignment]
-        p = self.pad  # half-sample symmetric padding, as scipy's "reflect" that scikit-image uses
-        xp = torch.cat([x[..., :, :p].flip(-1), x, x[..., :, -p:].flip(-1)], dim=-1)
-        xp = torch.cat([xp[..., :p, :].flip(-2), xp, xp[..., -p:, :].flip(-2)], dim=-2)
-        sharp = F.conv2d(xp, kernel.to(x.dtype))
+        sharp = F.conv2d(self._padded(x), kernel.to(x.dtype))
         inp = torch.cat([x, self.detail_gain * (sharp - x)], dim=1) if self.detail_gain else x
         correction = self.net(inp) - x
         if self.residual_scale != 1.0:
@@ -144,7 +149,13 @@ class OverUnsharp(nn.Module):
 
 
 def _srcnn_deblur(
-    f1: int = 64, f2: int = 32, k1: int = 9, k2: int = 1, k3: int = 5, unsharp: Sequence[float] = UNSHARP_BASE
+    f1: int = 64,
+    f2: int = 32,
+    k1: int = 9,
+    k2: int = 1,
+    k3: int = 5,
+    unsharp: Sequence[float] = UNSHARP_BASE,
+    residual_scale: float = 1.0,
 ) -> nn.Module:
     net = SRCNN(f1, f2, k1, k2, k3, residual=True, scale=1)
     last = net.body[-1]
@@ -152,7 +163,7 @@ def _srcnn_deblur(
     nn.init.zeros_(last.weight)
     if last.bias is not None:
         nn.init.zeros_(last.bias)
-    return OverUnsharp(net, float(unsharp[0]), float(unsharp[1]))
+    return OverUnsharp(net, float(unsharp[0]), float(unsharp[1]), residual_scale=residual_scale)
 
 
 def _drunet_deblur(
@@ -172,8 +183,16 @@ register_architecture(
         name="srcnn-deblur",
         task="deblur",
         build=_srcnn_deblur,
-        config={"f1": 64, "f2": 32, "k1": 9, "k2": 1, "k3": 5, "unsharp": list(UNSHARP_BASE)},
-        halo=10,
+        config={
+            "f1": 64,
+            "f2": 32,
+            "k1": 9,
+            "k2": 1,
+            "k3": 5,
+            "unsharp": list(UNSHARP_BASE),
+            "residual_scale": 0.01,
+        },
+        halo=32,  # SRCNN 9-1-5 sees 6 px, the tuned mask (6 px Gaussian, cut at 4 sigma) 24 more
         description="SRCNN 9-1-5, 64/32 filters, at the image's own size, correcting the tuned unsharp mask",
         paper="Dong et al., Image Super-Resolution Using Deep Convolutional Networks, TPAMI 2016",
     )
@@ -192,7 +211,7 @@ register_architecture(
             "detail_gain": 10.0,
             "residual_scale": 0.01,
         },
-        halo=50,
+        halo=74,  # the U-Net's ~50 px and the tuned mask's 24 px (its detail input)
         description="DRUNet (U-Net of residual blocks, no BN) correcting the tuned unsharp mask, to undo blur",
         paper="Zhang et al., Plug-and-Play Image Restoration with Deep Denoiser Prior, IEEE TPAMI 2021",
     )

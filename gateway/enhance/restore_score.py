@@ -12,7 +12,10 @@ Degradations (modality values in, same out; the seed is fixed per slice, so a re
 - X-ray (and anything else) denoise: Poisson-Gaussian, 2000 quanta at full scale, read noise 0.2 %
   (`xray_poisson_gaussian`, standard level).
 - sr2x: 2x2 area downsampling (`downsample2x_area`); the restored image is compared at the received size.
-- sr4x: 4x4 area downsampling, the same way; deblur: a Gaussian blur of 1.5 px, restored at the same size.
+- sr4x: 4x4 area downsampling, the same way; deblur: a blurred acquisition (`degrade.blurred_acquisition`, as
+  `evaluate --xray` makes it): a Gaussian blur of 1.5 px, then white noise at the slice's own estimated level,
+  then integers, restored at the same size. A blur alone would only attenuate the slice's grain, and the score
+  would reward an enhancer that amplifies that grain back.
 A noise-conditioned model is given the noise estimated on the degraded slices, the route's strength as usual.
 Scores use `enhancers.metrics.score` (CT in the [-1000, 1000] HU window, data range 2000; others the
 received slice's range), averaged over the sampled slices.
@@ -36,7 +39,8 @@ CT_NOISE_HU = 20.0
 MR_SIGMA_FRACTION = 0.03
 XR_PEAK_PHOTONS = 2000.0
 XR_READ_SIGMA = 0.002
-#: deblur's own degradation: the blur its models are evaluated on (`enhancers.degrade` deblur-1.5).
+#: deblur's own degradation: the blur its models are evaluated on (`enhancers.degrade` deblur-1.5), before the
+#: detector's noise.
 DEBLUR_SIGMA_PX = 1.5
 
 
@@ -55,7 +59,7 @@ def rule_for(group: str | None, task: str) -> str:
         f = 2 if task == Task.SR2X else 4
         return f"{f}x{f} area downsampling, restored at the received size"
     if task == Task.DEBLUR:
-        return f"Gaussian blur, sigma {DEBLUR_SIGMA_PX:g} px"
+        return f"Gaussian blur, sigma {DEBLUR_SIGMA_PX:g} px, then noise at the slice's own level, integers"
     if group == "CT":
         return f"white Gaussian noise {CT_NOISE_HU:g} HU"
     if group == "MR":
@@ -74,7 +78,14 @@ def degrade_slice(
     if task == Task.SR4X:
         return degrade.downsample_area(x, 4)
     if task == Task.DEBLUR:
-        return degrade.gaussian_blur(x, sigma=DEBLUR_SIGMA_PX)
+        lo, hi = value_range
+        return degrade.blurred_acquisition(
+            x,
+            sigma=DEBLUR_SIGMA_PX,
+            noise_sigma=estimate_noise(x, group).sigma,
+            rng=rng,
+            value_range=(lo, hi if hi > lo else lo + 1.0),
+        )
     if group == "CT":
         return (x + rng.normal(0.0, CT_NOISE_HU, x.shape)).astype(np.float32)
     if group == "MR":
