@@ -28,7 +28,7 @@ step: only blocks whose mean is above `RICIAN_FLOOR` x the first estimate (3 x 0
 first one read the background, where Rician spread is within a few % of sigma) are kept, and the percentile is
 taken again. Once, not iterated: on a textured slice (dipy's b=0) each raise of the floor drops more of the flat
 tissue and the estimate ran away to 3.4x. Measured on the corpus's MR slices at Rician 1-12 % (true = the added
-sigma combined with the slice's own noise): 0.96-1.21x with the step, 0.58-1.37x without.
+sigma combined with the slice's own noise): 0.97-1.21x with the step, 0.58-1.17x without (docs/lopo.md).
 
 MR magnitude images also get the Rician (Rayleigh) background estimate when they have a background that is
 not zero-filled: where there is no signal, magnitude noise has mean sigma * sqrt(pi / 2). It is the sigma
