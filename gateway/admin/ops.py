@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import pydicom
 from structlog.contextvars import bound_contextvars
 
 from enhancers.registry import names
@@ -113,11 +114,22 @@ def reprocess(
         job_id = state.make_reprocess_job(
             series, enhancer=enhancer, only_destination=destination, strength=strength
         )
-        modality = str(members[0].modality or "")
-        runs = enhancer or choose(settings.routes, modality, "")[0]  # the worker reads the description too
-        risk = None if strength is None else mr_strength_risk(runs, modality, strength)
+        risk = None if strength is None else _strength_risk(settings, spool, members[0], enhancer, strength)
         done.append(Reprocessed(series, job_id, len(members), got, source, risk))
     return done
+
+
+def _strength_risk(
+    settings: Settings, spool: LocalSpool, first: Instance, enhancer: str | None, strength: float
+) -> str | None:
+    """`mr_strength_risk` for the enhancer the worker will run on this series: the one asked for, else the
+    route's, chosen as the worker chooses it (modality and Series Description, read from one stored header)."""
+    modality = str(first.modality or "")
+    if enhancer is None:
+        with spool.open(first.key) as f:
+            header = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesDescription"])
+        enhancer = choose(settings.routes, modality, str(header.get("SeriesDescription", "")))[0]
+    return mr_strength_risk(enhancer, modality, strength)
 
 
 @dataclass(frozen=True)

@@ -83,13 +83,17 @@ def test_config_check_warns_about_an_mr_model_above_strength_1(
         assert warnings == []
 
 
-@pytest.mark.parametrize(("enhancer", "strength", "warned"), [
-    (None, 1.5, True),  # the route's (here the MR default, ncdn-mr)
-    ("ncdn-mr", 2.0, True), ("ncdn-mr", 1.0, False), ("nlm", 2.0, False), (None, None, False),
+@pytest.mark.parametrize(("enhancer", "strength", "described", "warned"), [
+    (None, 1.5, False, True),  # no route matches: the MR default, ncdn-mr
+    (None, 1.5, True, False),  # the route for this Series Description runs nlm, as the worker would choose
+    ("ncdn-mr", 2.0, True, True), ("ncdn-mr", 1.0, False, False), ("nlm", 2.0, False, False),
+    (None, None, False, False),
 ])
 def test_reprocess_says_when_an_mr_model_runs_above_strength_1(
-    tmp_path: Path, enhancer: str | None, strength: float | None, warned: bool
+    tmp_path: Path, enhancer: str | None, strength: float | None, described: bool, warned: bool
 ) -> None:
+    import pydicom
+
     from gateway import settings
     from gateway.admin.ops import reprocess
     from gateway.storage.local_spool import LocalSpool
@@ -99,11 +103,16 @@ def test_reprocess_says_when_an_mr_model_runs_above_strength_1(
 
     cfg = settings.parse(
         {"gateway": {"var_dir": str(tmp_path)},
-         "destinations": [{"name": "archive", "type": "folder", "path": "{var_dir}/archive"}]},
+         "destinations": [{"name": "archive", "type": "folder", "path": "{var_dir}/archive"}],
+         "routes": [{"modality": "MR", "series_description": "FLAIR", "enhancer": "nlm"}]},
         environ={},
     )
+    ds = pydicom.dcmread(testfile("MR_small.dcm"))
+    if described:
+        ds.SeriesDescription = "T2 FLAIR"
+    ds.save_as(tmp_path / "mr.dcm")
     state = State(cfg.state_db)
-    receive(state, LocalSpool(cfg.spool_dir), [testfile("MR_small.dcm")])
+    receive(state, LocalSpool(cfg.spool_dir), [tmp_path / "mr.dcm"])
     study = state.jobs(limit=1)[0].study_uid
     (done,) = reprocess(cfg, state, study, enhancer=enhancer, strength=strength)
     assert state.job(done.job_id).strength == strength  # queued either way: a warning, not a refusal
