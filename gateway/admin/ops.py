@@ -126,9 +126,14 @@ def _strength_risk(
     route's, chosen as the worker chooses it (modality and Series Description, read from one stored header)."""
     modality = str(first.modality or "")
     if enhancer is None:
-        with spool.open(first.key) as f:
-            header = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesDescription"])
-        enhancer = choose(settings.routes, modality, str(header.get("SeriesDescription", "")))[0]
+        description = ""
+        try:  # the job is queued already: a header that cannot be read only makes the warning less exact
+            with spool.open(first.key) as f:
+                header = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SeriesDescription"])
+            description = str(header.get("SeriesDescription", ""))
+        except (OSError, pydicom.errors.InvalidDicomError):
+            pass
+        enhancer = choose(settings.routes, modality, description)[0]
     return mr_strength_risk(enhancer, modality, strength)
 
 
