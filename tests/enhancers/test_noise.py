@@ -53,7 +53,7 @@ def test_strong_rician_noise_is_read_above_its_rayleigh_background(source: str) 
     total = float(np.hypot(added, estimate_noise(clean, "MR").sigma))
     est = estimate_noise(noisy, "MR")
     assert 0.9 * total < est.sigma < 1.25 * total
-    assert "Rician floor" in est.method
+    assert "Rician floor" in est.method and len(est.method) <= 64  # the private block's LO keeps 64
     assert est.background_sigma is not None and est.background_sigma == pytest.approx(added, rel=0.1)
 
 
