@@ -248,10 +248,13 @@ def blurred_acquisition(
     noise_sigma: float,
     rng: np.random.Generator,
     value_range: tuple[float, float],
+    noise_corr_px: float = 0.0,
 ) -> FloatArray:
     """A blurred radiograph as a detector stores it: the scene blurred by a Gaussian of `sigma` px, then white
     Gaussian noise of `noise_sigma` (stored-value units) added AFTER the blur, then rounded to integers and
-    clipped to `value_range` (what the detector can store).
+    clipped to `value_range` (what the detector can store). With `noise_corr_px` > 0 the noise is white noise
+    smoothed by a Gaussian of that width and scaled back to `noise_sigma`: grain correlated over neighbouring
+    pixels, as a CR's own (training draws it; the evaluation's standard level is white).
 
     Why not `gaussian_blur` alone: the blur of a radiograph happens before detection (focal spot, motion,
     scatter, the phosphor's spread), and the detector adds its noise to the blurred signal, then stores
@@ -273,7 +276,11 @@ def blurred_acquisition(
         raise ValueError(f"noise_sigma must be >= 0, got {noise_sigma}")
     x = gaussian_blur(image, sigma=sigma).astype(np.float64)
     if noise_sigma > 0:
-        x = x + rng.normal(0.0, noise_sigma, x.shape)
+        noise = rng.normal(0.0, 1.0, x.shape)
+        if noise_corr_px > 0:
+            noise = ndimage.gaussian_filter(noise, noise_corr_px, mode="wrap")
+            noise /= max(float(noise.std()), 1e-12)
+        x = x + noise_sigma * noise
     return np.clip(np.rint(x), np.ceil(lo), np.floor(hi)).astype(np.float32)
 
 

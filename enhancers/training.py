@@ -54,6 +54,25 @@ CONDITIONED_DEGRADATIONS: dict[str, Any] = {
     "identity_share": 0.15,
 }
 
+#: Deblurring: the factor on each training slice's own noise level that the noise added after the blur gets,
+#: drawn log-uniformly. Why a range and not the native level alone: relative to its stored range the training CR
+#: (RG3, sigma 1.6 of 1023) is 2.5x less noisy than the held-out chest CR (~100 of 32767), and the DRRs are
+#: noise-free. Trained at the native level only, drunet-deblur learnt to sharpen for that little noise: on the
+#: chest crops it beat the unsharp mask by +1.1 dB with the noise at 0.1-0.3x the chest's own and lost 1 dB at
+#: its own level (-0.97 dB over the five crops). A model must cope with the noise of radiographs it never saw,
+#: as the denoisers are trained over a range of levels.
+DEBLUR_NOISE: tuple[float, float] = (0.5, 4.0)
+#: ... and the correlation width (px) of that noise, drawn uniformly: white up to about the grain of the CRs (the
+#: residual of flat blocks correlates 0.2-0.47 between neighbours on the held-out chest CR, 0.1-0.25 on the
+#: training CR: white noise smoothed by 0.5-0.7 px). Why: trained on white noise only (0.5-4x the level),
+#: drunet-deblur gained +0.86 dB over the unsharp mask on the chest crops with white noise but -0.00 dB with
+#: noise correlated like the CR's own (0.65 px) and -0.58 dB at 0.8 px: it had learnt to remove white noise, not
+#: to deblur, and a real blurred acquisition carries the detector's grain, which is not white. Trained over both
+#: ranges: +0.39 dB with white noise (the evaluation's), +0.40 to +0.57 dB with noise correlated over 0.5-0.8 px,
+#: 5 of 5 crops each, and on the CR as received it changes 0.5-1.0 sigma per pixel where the white-trained model
+#: changed 0.8-1.9 and raised the grain 1.2-1.3x (docs/evaluation-xray.md, enhancers.models.variants).
+DEBLUR_CORR: tuple[float, float] = (0.0, 1.0)
+
 #: Per-architecture training recipes (the shipped weights were trained with these unless their card says
 #: otherwise). `steps` optimiser steps make one epoch. Sized for a 2-core CPU: minutes, not hours.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -98,6 +117,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # drunet-deblur. Why: the first weights (lr 3e-4, scale 1, blind 0.8-2.2 px) never left the unsharp mask, and
     # on four blurred-acquisition patches of the training CR scale 1 jumped to 3x (3e-4) and 8x (1e-3) the mask's
     # MSE in its first steps; at scale 0.01 it fell steadily (0.994 x after 60 steps).
+    # Both deblurring recipes: the noise after the blur at 0.5-4x each slice's own level (`DEBLUR_NOISE`).
     "srcnn-deblur": {
         "epochs": 6,
         "steps": 50,
@@ -107,6 +127,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "loss": "mse",
         "config": {},
         "blur_sigma": (1.5, 1.5),
+        "deblur_noise": DEBLUR_NOISE,
+        "deblur_corr": DEBLUR_CORR,
     },
     # MSE: the correction to learn was mostly the reference's own noise when the blur had no noise after it, and
     # L1's sign gradient of it averaged to nothing (the first weights, L1 at 3e-4, never left the unsharp mask;
@@ -123,6 +145,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         "loss": "mse",
         "config": {},
         "blur_sigma": (1.5, 1.5),
+        "deblur_noise": DEBLUR_NOISE,
+        "deblur_corr": DEBLUR_CORR,
     },
     "ncdn": {
         "epochs": 16,
@@ -301,6 +325,11 @@ class Degradations:
     identity_share: float = 0.0
     #: the deblurring blur's sigma range (pixels), drawn uniformly
     blur_sigma: tuple[float, float] = degrade.DEBLUR_TRAIN_SIGMA
+    #: deblurring: the noise added after the blur is the slice's own level times a factor drawn log-uniformly in
+    #: this range ((1, 1): the native level only, as the evaluation)
+    deblur_noise: tuple[float, float] = (1.0, 1.0)
+    #: deblurring: the correlation width (px) of that noise, drawn uniformly ((0, 0): white)
+    deblur_corr: tuple[float, float] = (0.0, 0.0)
 
     @classmethod
     def from_recipe(cls, recipe: dict[str, Any]) -> Degradations:
@@ -309,6 +338,8 @@ class Degradations:
             tuple(recipe.get("mr_sigma", TRAIN_MR_SIGMA)),
             float(recipe.get("identity_share", 0.0)),
             tuple(recipe.get("blur_sigma", degrade.DEBLUR_TRAIN_SIGMA)),
+            tuple(recipe.get("deblur_noise", (1.0, 1.0))),
+            tuple(recipe.get("deblur_corr", (0.0, 0.0))),
         )
 
 
@@ -366,8 +397,15 @@ class PatchSampler:
             vrange = sl.value_range if sl.group == group else (float(sl.pixels.min()), float(sl.pixels.max()))
             if sl.key not in self._native_sigma:
                 self._native_sigma[sl.key] = degrade.native_noise_sigma(sl.pixels)
+            lo, hi = np.log(self.degradations.deblur_noise)
+            level = self._native_sigma[sl.key] * float(np.exp(self.rng.uniform(lo, hi)))
             noisy = degrade.blurred_acquisition(
-                sl.pixels, sigma=sigma, noise_sigma=self._native_sigma[sl.key], rng=self.rng, value_range=vrange
+                sl.pixels,
+                sigma=sigma,
+                noise_sigma=level,
+                rng=self.rng,
+                value_range=vrange,
+                noise_corr_px=float(self.rng.uniform(*self.degradations.deblur_corr)),
             )
             return noisy, vrange
         if group == "CT":
@@ -994,7 +1032,13 @@ def _train_degradation_text(task: str, mods: tuple[str, ...], deg: Degradations)
     if task == "deblur":
         lo, hi = deg.blur_sigma
         blur = f"sigma {lo:g} px" if lo == hi else f"sigma uniform in [{lo:g}, {hi:g}] px"
-        after = "then Gaussian noise at the slice's own level (enhancers.noise, cached per slice), integers"
+        a, b = deg.deblur_noise
+        times = "" if a == b == 1.0 else f" times a factor log-uniform in [{a:g}, {b:g}]"
+        c0, c1 = deg.deblur_corr
+        corr = "" if c0 == c1 == 0.0 else f", correlated over a Gaussian of width uniform in [{c0:g}, {c1:g}] px"
+        after = (
+            f"then Gaussian noise at the slice's own level (enhancers.noise, cached per slice){times}{corr}, integers"
+        )
         return {m: f"Gaussian blur, {blur}, {after}" for m in mods}
     identity = (
         f"; {deg.identity_share:.0%} of slices left as they are (target = input) with a noise level drawn "

@@ -449,7 +449,12 @@ def _write(
             "(images on [0, 1], as the seeds report them); ms: `Pipeline.run` on one crop, CPU, "
             f"{platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__}, {torch.get_num_threads()} thread(s)"
         ),
-        "- figures: `evaluation-xray-figures/<task>/<crop>-<enhancer>.png` = clean | input | output | |error|",
+        (
+            "- figures: `evaluation-xray-figures/<task>/<crop>-<enhancer>.png` = clean | input | output | |error| "
+            "(the command writes every crop; the repository keeps the hilum crop of every enhancer, e.g. "
+            "[sr4x srresnet4x-xr](evaluation-xray-figures/sr4x/hilum-srresnet4x-xr.png), [deblur unsharp-deblur]"
+            "(evaluation-xray-figures/deblur/hilum-unsharp-deblur.png), and the side-by-side figures below)"
+        ),
         (
             f"- `{CEILING_ROW}`: the PSNR of an output that restored the anatomy exactly but not the detector "
             "noise of the reference that the downsampling averaged away or the blur removed (noise sigma of each "

@@ -108,6 +108,13 @@ def test_blurred_acquisition_adds_native_noise_after_the_blur_and_rounds() -> No
         clean, sigma=1.5, noise_sigma=sigma, rng=np.random.default_rng(7), value_range=vrange
     )
     np.testing.assert_array_equal(out, again)
+    # training also draws grain correlated like a CR's own: the same level, neighbours correlated
+    grainy = degrade.blurred_acquisition(
+        clean, sigma=1.5, noise_sigma=sigma, rng=np.random.default_rng(7), value_range=vrange, noise_corr_px=0.65
+    )
+    added = grainy.astype(np.float64) - degrade.gaussian_blur(clean, sigma=1.5)
+    assert 0.97 < float(added.std()) / sigma < 1.06
+    assert float(np.corrcoef(added[:, :-1].ravel(), added[:, 1:].ravel())[0, 1]) > 0.4
 
 
 def test_srresnet_scales_and_the_shipped_2x_layout() -> None:
