@@ -305,19 +305,23 @@ def test_sr4x_models_do_no_harm_against_bicubic_on_held_out_radiograph(
 
 
 @pytest.mark.parametrize("name", DEBLUR_MODELS)
-def test_deblur_models_restore_blur_and_do_no_harm_against_tuned_unsharp(
+def test_deblur_models_do_no_harm_against_tuned_unsharp_on_a_blurred_acquisition(
     chest: corpus.Slice, name: str
 ) -> None:
-    """Measured: within 0.01 dB of the tuned unsharp mask, 2 dB above the blurred input. The +1 dB target is
-    within what this noise-free blur allows (a linear filter fitted on the crops gains +8.7 dB, the retrained
-    drunet-deblur candidate +3.8), but only by restoring the CR's own grain, which fails the native checks, so
-    that candidate is not shipped (enhancers.models.variants)."""
+    """On a blurred acquisition of the held-out CR (blur, then noise at its own level: what the evaluation
+    scores), measured on this crop: drunet-deblur-xr +0.39 dB over the tuned unsharp mask (+0.39 over the five
+    crops of docs/evaluation-xray.md; the +1 dB target is not met), srcnn-deblur-xr +0.004 (it stays at the mask).
+    Neither may fall below the mask, and drunet must keep a real margin. The weights trained on the noise-free
+    blur sat on the first mask (0.5 px x 14) and score 12 dB below the retuned one here."""
     clean = _crop(chest)
-    blurred = degrade.gaussian_blur(clean, sigma=1.5)
-    base = score("XR", clean, _run("unsharp-deblur", blurred, chest.value_range)).psnr
-    got = score("XR", clean, _run(name, blurred, chest.value_range)).psnr
+    acquired = degrade.apply(
+        degrade.standard("deblur-1.5"), clean, rng=np.random.default_rng(0), value_range=chest.value_range
+    )
+    base = score("XR", clean, _run("unsharp-deblur", acquired, chest.value_range)).psnr
+    got = score("XR", clean, _run(name, acquired, chest.value_range)).psnr
     assert got > base - 0.05
-    assert got > score("XR", clean, blurred).psnr + 1.0
+    if name == "drunet-deblur-xr":
+        assert got > base + 0.25
 
 
 def test_training_sr4x_adversarial_and_deblur_smoke(tmp_path: Path) -> None:
