@@ -9,6 +9,7 @@ that says which file, both digests and how to fix it, never a silent fallback.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -93,20 +94,16 @@ def update_manifest(weights_dir: Path, name: str, entry: dict[str, Any]) -> None
 
 
 def save_state_dict(state: dict[str, torch.Tensor], path: Path) -> str:
-    """Save a state dict (tensors only, contiguous, CPU) atomically; return its sha256."""
+    """Save a state dict (tensors only, contiguous, CPU) atomically; return its sha256.
+
+    Serialised to memory first: `torch.save` to a path names the zip archive inside the file after that
+    path, and the atomic write's temp file has a random name, so two trainings that produced identical
+    tensors wrote files with different sha256s (rule 8: the manifest's hash must be reproducible).
+    """
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(clean, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save(clean, buffer)
+    _atomic_write(path, buffer.getvalue())
     return sha256_file(path)
 
 

@@ -268,3 +268,16 @@ def test_ncdn_trains_mr_with_the_anatomy_weighted_mse_and_ct_with_plain_l1() -> 
     assert (ct["loss"], ct["mr_background_weight"]) == ("l1", 1.0)
     assert (both["loss"], both["mr_background_weight"]) == ("l1", 1.0)
     assert "by_modality" not in mr
+
+
+def test_identical_weights_saved_anywhere_have_one_sha256(tmp_path: Path) -> None:
+    """Rule 8: a retraining that reproduces the tensors reproduces the manifest's hash (torch.save to a path
+    named the archive inside after the randomly named temp file, so the hash changed with every save)."""
+    from enhancers.store import load_verified, save_state_dict
+
+    state = {"w": torch.arange(12, dtype=torch.float32).reshape(3, 4), "b": torch.zeros(3)}
+    first = save_state_dict(state, tmp_path / "a" / "model.pt")
+    second = save_state_dict(state, tmp_path / "b" / "other-name.pt")
+    assert first == second
+    loaded = load_verified(tmp_path / "b" / "other-name.pt", first)
+    assert torch.equal(loaded["w"], state["w"]) and torch.equal(loaded["b"], state["b"])
