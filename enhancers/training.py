@@ -75,6 +75,16 @@ DEBLUR_CORR: tuple[float, float] = (0.0, 1.0)
 
 #: Per-architecture training recipes (the shipped weights were trained with these unless their card says
 #: otherwise). `steps` optimiser steps make one epoch. Sized for a 2-core CPU: minutes, not hours.
+#: What the two deblurring recipes share: MSE at lr 1e-3 with the evaluation's blur and `DEBLUR_NOISE`/`_CORR`.
+_DEBLUR: dict[str, Any] = {
+    "lr": 1e-3,
+    "loss": "mse",
+    "config": {},
+    "blur_sigma": (1.5, 1.5),
+    "deblur_noise": DEBLUR_NOISE,
+    "deblur_corr": DEBLUR_CORR,
+}
+
 RECIPES: dict[str, dict[str, Any]] = {
     "drunet": {"epochs": 12, "steps": 60, "patch": 64, "batch": 16, "lr": 1e-3, "loss": "l1", "config": {}},
     "ncdrunet": {
@@ -117,37 +127,15 @@ RECIPES: dict[str, dict[str, Any]] = {
     # drunet-deblur. Why: the first weights (lr 3e-4, scale 1, blind 0.8-2.2 px) never left the unsharp mask, and
     # on four blurred-acquisition patches of the training CR scale 1 jumped to 3x (3e-4) and 8x (1e-3) the mask's
     # MSE in its first steps; at scale 0.01 it fell steadily (0.994 x after 60 steps).
-    # Both deblurring recipes: the noise after the blur at 0.5-4x each slice's own level (`DEBLUR_NOISE`).
-    "srcnn-deblur": {
-        "epochs": 6,
-        "steps": 50,
-        "patch": 96,
-        "batch": 16,
-        "lr": 1e-3,
-        "loss": "mse",
-        "config": {},
-        "blur_sigma": (1.5, 1.5),
-        "deblur_noise": DEBLUR_NOISE,
-        "deblur_corr": DEBLUR_CORR,
-    },
+    # Both deblurring recipes share `_DEBLUR` (the noise after the blur at 0.5-4x each slice's own level).
+    "srcnn-deblur": {"epochs": 6, "steps": 50, "patch": 96, "batch": 16, **_DEBLUR},
     # MSE: the correction to learn was mostly the reference's own noise when the blur had no noise after it, and
     # L1's sign gradient of it averaged to nothing (the first weights, L1 at 3e-4, never left the unsharp mask;
     # see enhancers.models.variants). The blur of the evaluation (1.5 px), which is what `unsharp-deblur` was
     # tuned for on the training images: the same knowledge as the baseline. Trained blind over 0.8-2.2 px it
     # learnt to soften the mask (tuned for 1.5 px, it over-sharpens smaller blurs): at 1.5 px its correction was
     # -0.14 x the mask's where the best is +0.29 x, -0.11 dB on the held-out CR.
-    "drunet-deblur": {
-        "epochs": 12,
-        "steps": 150,
-        "patch": 64,
-        "batch": 8,
-        "lr": 1e-3,
-        "loss": "mse",
-        "config": {},
-        "blur_sigma": (1.5, 1.5),
-        "deblur_noise": DEBLUR_NOISE,
-        "deblur_corr": DEBLUR_CORR,
-    },
+    "drunet-deblur": {"epochs": 12, "steps": 150, "patch": 64, "batch": 8, **_DEBLUR},
     "ncdn": {
         "epochs": 16,
         "steps": 100,
