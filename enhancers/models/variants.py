@@ -18,6 +18,9 @@ field one-to-one, so a model card always says exactly which code and config made
   std(output - bicubic) 0.04 % of full scale against 0.57 % for (clean - bicubic), correlation 0.05.
   Retrained so (8 x 200 steps), the same recipe ends at training L1 0.00257 (bicubic ~0.0029) and on the held-out
   CR at std(output - bicubic) 0.11 % of full scale, +0.10 dB over bicubic4x (was +0.00; docs/evaluation-xray.md).
+  Those weights (and the adversarial fine-tune of them) left a period-2/4 grid of 0.055 noise sigmas on the native
+  radiographs (limit 0.05): the pixel-shuffle stages. `upsample` = "resize" replaces them by bilinear 2x + 3x3
+  conv (see `enhancers.models.srresnet`); a config without the key is the shuffle layout of those weights.
 - `srcnn-deblur`: the seed's SRCNN 9-1-5 at the image's own size (no interpolation) on Gaussian-blurred images
   (blurred acquisitions: blur, then noise; see the last point below).
 - `drunet-deblur`: the stronger deblurring model: DRUNet's multi-scale residual U-Net (receptive field ~100 px
@@ -88,8 +91,9 @@ def _srresnet4x(
     bicubic_skip: bool = True,
     scale: int = 4,
     residual_scale: float = 0.01,
+    upsample: str = "shuffle",
 ) -> nn.Module:
-    net = SRResNet(blocks, features, bicubic_skip, scale, residual_scale)
+    net = SRResNet(blocks, features, bicubic_skip, scale, residual_scale, upsample)
     nn.init.zeros_(net.tail.weight)  # starts exactly at bicubic; only the detail it misses is learnt
     if net.tail.bias is not None:
         nn.init.zeros_(net.tail.bias)
@@ -103,7 +107,8 @@ register_architecture(
         build=_srresnet4x,
         config={"blocks": 6, "features": 48, "bicubic_skip": True, "scale": 4, "residual_scale": 0.01},
         halo=16,
-        description="SRResNet 4x: residual blocks with BN/PReLU, two pixel-shuffle 2x stages, bicubic skip",
+        description="SRResNet 4x: residual blocks with BN/PReLU, two 2x stages (pixel shuffle, or bilinear resize"
+        " + conv with upsample=resize), bicubic skip",
         paper="Ledig et al., Photo-Realistic Single Image Super-Resolution Using a GAN, CVPR 2017",
     )
 )

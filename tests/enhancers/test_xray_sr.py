@@ -139,6 +139,52 @@ def test_srresnet4x_starts_exactly_at_bicubic_with_a_scaled_residual() -> None:
     assert net.residual_scale == pytest.approx(0.01)  # type: ignore[union-attr]
 
 
+#: The up-stage parameters of the pixel-shuffle layout (conv, shuffle, PReLU per stage), which every weights
+#: file trained before the `upsample` key holds.
+_SHUFFLE_UP_KEYS = ["up.0.weight", "up.0.bias", "up.2.weight", "up.3.weight", "up.3.bias", "up.5.weight"]
+
+
+def test_srresnet_without_upsample_key_keeps_the_pixel_shuffle_layout() -> None:
+    """Cards written before `upsample` existed have no such key: their config must still build the pixel-shuffle
+    layout, so their weights load strictly and compute what they did. The shipped 2x card is one; a 4x config
+    without the key must give the old 4x layout; the resize layout must not accept those weights."""
+    card = json.loads((WEIGHTS_DIR / "srresnet.card.json").read_text())
+    assert "upsample" not in card["config"]
+    state = torch.load(WEIGHTS_DIR / "srresnet.pt", map_location="cpu", weights_only=True)
+    old = build_module("srresnet", card["config"]).eval()
+    old.load_state_dict(state, strict=True)
+    explicit = build_module("srresnet", {**card["config"], "upsample": "shuffle"}).eval()
+    explicit.load_state_dict(state, strict=True)
+    x = torch.rand(1, 1, 24, 20, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(old(x), explicit(x))
+    with pytest.raises(RuntimeError):
+        build_module("srresnet", {**card["config"], "upsample": "resize"}).load_state_dict(state, strict=True)
+    keys = [k for k in build_module("srresnet4x").state_dict() if k.startswith("up.")]
+    assert keys == _SHUFFLE_UP_KEYS
+
+
+@pytest.mark.parametrize("upsample", ["shuffle", "resize"])
+def test_srresnet_resize_upsampling_has_no_phase_pattern_at_init(upsample: str) -> None:
+    """A pixel-shuffle stage computes each output phase with its own filter, so even a constant image comes out
+    with a period-2 (period-4 after two stages) pattern, the grid the shipped 4x weights left on native
+    radiographs (0.055 sigma, limit 0.05). After a bilinear resize one filter serves every pixel: a constant
+    image must stay constant whatever the (random) weights. Interior only (the borders' zero padding differs)."""
+    from enhancers.models.srresnet import SRResNet
+
+    for seed in range(3):
+        torch.manual_seed(seed)
+        net = SRResNet(blocks=2, features=16, scale=4, upsample=upsample).eval()  # random tail, no skip
+        with torch.no_grad():
+            out = net(torch.full((1, 1, 40, 40), 0.5))[0, 0, 48:-48, 48:-48]  # 64 x 64, beyond the field of view
+        phases = out.reshape(16, 4, 16, 4).mean(dim=(0, 2))  # mean of each of the 4 x 4 output phases
+        spread = float(phases.max() - phases.min())
+        if upsample == "resize":
+            assert spread < 1e-6
+        else:
+            assert spread > 0.01  # measured 0.09-0.15 with these seeds
+
+
 @pytest.mark.parametrize("arch", ["drunet-deblur", "srcnn-deblur"])
 def test_deblur_models_learn_on_a_real_radiograph_patch(arch: str) -> None:
     """The first drunet-deblur weights never left the unsharp mask (std(output - unsharp) 0.003 % of full scale
