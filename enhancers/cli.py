@@ -80,6 +80,14 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "`evaluate --lopo` measures the recipe leave-one-patient-out)",
     )
     tr.add_argument(
+        "--holdout",
+        default=None,
+        metavar="PATIENT",
+        help="train on every patient of every split but this one (a leave-one-patient-out fold; the last epoch "
+        "is kept): how a model whose modality has too few real patients for a validation split is trained so "
+        "that the held-out patient's images stay an honest test",
+    )
+    tr.add_argument(
         "--mr-background-weight",
         type=float,
         default=None,

@@ -197,6 +197,25 @@ def test_noise_conditioned_training_on_every_patient(tmp_path: Path) -> None:
             registry.unregister(n)
 
 
+def test_xray_denoiser_holds_out_the_test_radiograph_and_learns_from_the_drrs(tmp_path: Path) -> None:
+    """The ncdn-xr recipe: every patient but the chest CR's (`--holdout`), the DRRs as noise-free truth."""
+    code = cli_main(
+        [
+            "train", "--model", "ncdn", "--modality", "XR", "--name", "smoke-ncdn-xr", "--epochs", "1",
+            "--steps", "2", "--patch", "32", "--batch", "2", "--device", "cpu", "--threads", "1",
+            "--holdout", "9RG1", "--out", str(tmp_path), "--quiet",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    card = json.loads((tmp_path / "smoke-ncdn-xr.card.json").read_text())
+    assert card["data"]["split_rule"] == "every patient but 9RG1 (leave-one-patient-out fold)"
+    sources = set(card["training"]["train_sources"])
+    assert {"xr-leg", "xr-drr-cranium", "mr-shoulder"} <= sources  # CT/MR of every split as proxies
+    assert "xr-chest" not in sources  # the test radiograph stays unseen
+    assert card["training"]["lr"] == 3e-3
+    assert "DRRs as noise-free radiographs" in card["training"]["degradations"]["XR"]
+
+
 def test_mr_foreground_weighted_loss(
     mr_slice: Image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
