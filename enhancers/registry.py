@@ -36,7 +36,7 @@ SAFE_DEFAULT: dict[str, str] = {
     "deblur": "unsharp-deblur",
 }
 
-#: The defaults per modality group and task once trained weights are shipped: (fast, quality). A name is
+#: The defaults per modality group and task: (fast, quality), a trained model or a classical one. A name is
 #: used only if it is registered (its weights are present) and carries no hallucination risk; otherwise
 #: `SAFE_DEFAULT` applies. The plain default is the *fast* variant: it beats `nlm` and is faster than it on a
 #: CPU, so switching a site from the classical default never slows it down; the quality variant (several
@@ -46,7 +46,7 @@ SAFE_DEFAULT: dict[str, str] = {
 #: that meet the native "do no harm" targets on every real image. They replaced `fastdn-*` (a grid on CT, voids
 #: on MR) and `drunet-*` (blind: full strength on standard-dose images, removing anatomy). No conditioned
 #: quality model is shipped yet, so the quality default is the same model.
-TRAINED_DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {
+DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {
     ("CT", "denoise"): ("ncdn-ct", "ncdn-ct"),
     ("MR", "denoise"): ("ncdn-mr", "ncdn-mr"),
     ("XR", "denoise"): ("ncdn-xr", "ncdn-xr"),
@@ -240,7 +240,7 @@ def default_enhancer(modality: str, task: str = "denoise", *, quality: bool = Fa
         raise ValueError(f"task {task!r} is not one of {', '.join(TASKS)}")
     group = modality_group(modality)
     if group is not None:
-        pair = TRAINED_DEFAULTS.get((group, task))
+        pair = DEFAULTS.get((group, task))
         if pair is not None:
             candidate = pair[1] if quality else pair[0]
             _ensure_builtins()
