@@ -107,8 +107,8 @@ register_architecture(
         build=_srresnet4x,
         config={"blocks": 6, "features": 48, "bicubic_skip": True, "scale": 4, "residual_scale": 0.01},
         halo=16,
-        description="SRResNet 4x: residual blocks with BN/PReLU, two 2x stages (pixel shuffle, or bilinear resize"
-        " + conv with upsample=resize), bicubic skip",
+        description="SRResNet 4x: residual blocks with BN/PReLU, two 2x stages (pixel shuffle, or resize + conv"
+        " with upsample=nearest|resize), bicubic skip",
         paper="Ledig et al., Photo-Realistic Single Image Super-Resolution Using a GAN, CVPR 2017",
     )
 )
