@@ -23,6 +23,11 @@ About 11 k multiply-adds per pixel.
   `refine` 2 (+2.3 k multiply-adds per pixel each) the same 48-epoch MR recipe scored lower, not higher (test
   split 33.22 vs 33.38 dB foreground at Rician 5 %, docs/lopo.md "full-resolution refinement"), so no shipped
   model uses it; it stays so that result can be rerun (`train --config '{"refine": 2}'`).
+- `leak` (default 0: ReLU): the negative slope of the full-resolution activations (head and gate). Why: with
+  ReLU the radiograph model lost 11 of its 16 gate channels for good (negative on > 95 % of every CR's pixels,
+  so no gradient ever revived them) and underfit; at 0.1 they keep a tenth of their gradient and `ncdn-xr`
+  learnt to denoise (enhancers.training, the recipe's X-ray comment). The CT and MR weights keep ReLU: most of
+  their channels are alive, and changing it means retraining them.
 """
 
 from __future__ import annotations
@@ -42,12 +47,20 @@ def _cbr(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     )
 
 
+def _gate(leak: float) -> nn.Module:
+    """The full-resolution activation: ReLU, or leaky with `leak` (the shipped CT/MR weights use ReLU)."""
+    return nn.LeakyReLU(leak, inplace=True) if leak else nn.ReLU(inplace=True)
+
+
 class NoiseConditionedDenoiser(nn.Module):
     """(B, 2, H, W) [image, noise-level map] -> (B, 1, H, W) = image + predicted correction."""
 
-    def __init__(self, f0: int = 16, f1: int = 32, f2: int = 64, mid: int = 2, refine: int = 0):
+    def __init__(
+        self, f0: int = 16, f1: int = 32, f2: int = 64, mid: int = 2, refine: int = 0, leak: float = 0.0
+    ):
         super().__init__()
-        self.head = nn.Sequential(nn.Conv2d(2, f0, 3, padding=1), nn.ReLU(inplace=True))
+        self.leak = leak
+        self.head = nn.Sequential(nn.Conv2d(2, f0, 3, padding=1), _gate(leak))
         self.down1 = _cbr(f0, f1, stride=2)
         self.enc1 = _cbr(f1, f1)
         self.down2 = _cbr(f1, f2, stride=2)
@@ -73,7 +86,9 @@ class NoiseConditionedDenoiser(nn.Module):
         u1 = F.interpolate(self.up2(h2), size=h1.shape[-2:], mode="bilinear", align_corners=False)
         d1 = self.dec1(u1.add_(h1))
         u0 = F.interpolate(self.up1(d1), size=h0.shape[-2:], mode="bilinear", align_corners=False)
-        out: torch.Tensor = xp[:, :1] + self.tail(self.refine(u0.add_(h0).relu_()))
+        z = u0.add_(h0)
+        z = F.leaky_relu_(z, self.leak) if self.leak else z.relu_()
+        out: torch.Tensor = xp[:, :1] + self.tail(self.refine(z))
         return out[..., :h, :w]
 
 

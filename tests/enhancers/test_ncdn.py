@@ -26,3 +26,25 @@ def test_refine_adds_full_resolution_layers_and_starts_as_the_identity() -> None
         out = refined.eval()(x)
     assert out.shape == (1, 1, 37, 41)
     assert torch.equal(out, x[:, :1])  # the tail starts at zero: only a correction is learnt
+
+
+def test_leak_keeps_a_gradient_where_relu_has_none_and_zero_is_relu() -> None:
+    """A gate channel that is negative on every pixel never learns again under ReLU (the underfit radiograph
+    model); with `leak` it keeps a share of its gradient. leak 0 must be the shipped ReLU layout exactly."""
+    torch.manual_seed(0)
+    relu, same = build_module("ncdn", BASE), build_module("ncdn", {**BASE, "leak": 0.0})
+    same.load_state_dict(relu.state_dict())
+    x = torch.rand(1, 2, 32, 32)
+    with torch.no_grad():
+        relu.tail.weight.normal_()
+        same.tail.weight.copy_(relu.tail.weight)
+        assert torch.equal(relu.eval()(x), same.eval()(x))
+    grads = {}
+    for leak in (0.0, 0.1):
+        module = build_module("ncdn", {**BASE, "leak": leak})
+        module.load_state_dict(relu.state_dict())
+        with torch.no_grad():
+            module.head[0].bias.fill_(-10.0)  # every head channel negative everywhere: "dead"
+        module.eval()(x).sum().backward()
+        grads[leak] = float(module.head[0].weight.grad.abs().sum())
+    assert grads[0.0] == 0.0 and grads[0.1] > 0.0

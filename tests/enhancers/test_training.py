@@ -212,7 +212,7 @@ def test_xray_denoiser_holds_out_the_test_radiograph_and_learns_from_the_drrs(tm
     sources = set(card["training"]["train_sources"])
     assert {"xr-leg", "xr-drr-cranium", "mr-shoulder"} <= sources  # CT/MR of every split as proxies
     assert "xr-chest" not in sources  # the test radiograph stays unseen
-    assert card["training"]["lr"] == 3e-3
+    assert card["config"]["leak"] == 0.1  # the leaky full-resolution gate (no dead channels)
     assert "DRRs as noise-free radiographs" in card["training"]["degradations"]["XR"]
 
 
