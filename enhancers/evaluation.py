@@ -496,8 +496,10 @@ def write_tables(
             "in `docs/lopo.md` (leave-one-patient-out, `evaluate --lopo`)."
         ),
         (
-            "- Models trained with `--all-patients` (the shipped `ncdn-*`) have seen the test images: their rows "
-            "here are in-sample. Their held-out figures are the leave-one-patient-out ones in `docs/lopo.md`."
+            "- Models trained with `--all-patients` (the shipped `ncdn-ct` and `ncdn-mr`) have seen the test images: "
+            "their rows here are in-sample. Their held-out figures are the leave-one-patient-out ones in "
+            "`docs/lopo.md`. `ncdn-xr` is trained on every patient but the test chest CR's (`train --holdout`): "
+            "its XR rows are held out."
         ),
         (
             "- Native section (with `--native`): real images at their own noise, nothing simulated; the checks "

@@ -19,6 +19,7 @@ import argparse
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 import zlib
@@ -259,8 +260,9 @@ class TrainOptions:
             holdout=getattr(args, "holdout", None),
             quiet=args.quiet,
             mr_background_weight=getattr(args, "mr_background_weight", None),
+            # shell-quoted, so a card's command with `--config '{...}'` can be pasted back as it is
             command="enhance-gateway train "
-            + " ".join(sys.argv[1:] if sys.argv[1:2] != ["train"] else sys.argv[2:]),
+            + shlex.join(sys.argv[1:] if sys.argv[1:2] != ["train"] else sys.argv[2:]),
         )
 
 
