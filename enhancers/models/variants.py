@@ -19,8 +19,18 @@ field one-to-one, so a model card always says exactly which code and config made
   Retrained so (8 x 200 steps), the same recipe ends at training L1 0.00257 (bicubic ~0.0029) and on the held-out
   CR at std(output - bicubic) 0.11 % of full scale, +0.10 dB over bicubic4x (was +0.00; docs/evaluation-xray.md).
   Those weights (and the adversarial fine-tune of them) left a period-2/4 grid of 0.055 noise sigmas on the native
-  radiographs (limit 0.05): the pixel-shuffle stages. `upsample` = "resize" replaces them by bilinear 2x + 3x3
-  conv (see `enhancers.models.srresnet`); a config without the key is the shuffle layout of those weights.
+  radiographs (limit 0.05): the pixel-shuffle stages. `upsample` = "nearest" or "resize" replaces them by a
+  nearest or bilinear 2x + 3x3 conv (see `enhancers.models.srresnet`); a config without the key is the shuffle
+  layout of those weights. Measured on the held-out chest CR (`evaluate --xray`, 5 crops, candidate weights):
+  nearest at 8 x 300 steps, +0.09 dB (shuffle +0.10; 4 of 5 crops 0.005-0.02 dB lower), grid 0.041 (pass); its
+  adversarial fine-tune (the card's 5 x 30 steps at 5e-4) raises the grid to 0.058 (fails, as the shuffle one's
+  0.056: the adversarial loss adds ~0.017 sigma of periodic texture); bilinear at 8 x 200, +0.01 dB, grid 0.004.
+  Why only ~+0.1 dB: the training CR (RG3, 86 % of the patches by area) teaches a sharper low-to-high resolution
+  relation than the chest has. A polyphase 11 x 11 linear upsampler fitted on its crops scores -0.29 dB against
+  bicubic on the chest (its correction ~3.5x too strong: least-squares scale 0.24-0.33), one fitted on the 12
+  DRRs alone +0.18 dB (scale 0.6-0.8), one fitted on the other four chest crops +0.20; the network's correction
+  has the right scale (0.94-1.02) but correlates only 0.09-0.19 with the missing detail, and it gains +1.0 to
+  +2.1 dB on RG3's own crops (+0.5 to +0.8 with white noise at the chest's relative level added).
 - `srcnn-deblur`: the seed's SRCNN 9-1-5 at the image's own size (no interpolation) on Gaussian-blurred images
   (blurred acquisitions: blur, then noise; see the last point below).
 - `drunet-deblur`: the stronger deblurring model: DRUNet's multi-scale residual U-Net (receptive field ~100 px
