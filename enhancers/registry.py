@@ -57,9 +57,9 @@ DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {
     # fastsr-xr (+0.26 dB over bicubic, the best and fastest of the three sr2x models); drunet-deblur-xr (+0.39 dB
     # over the tuned unsharp mask on blurred acquisitions, 5 of 5 crops, native checks passed) but ~50x slower
     # than the mask (482 vs 9 ms per 384x384 crop on a CPU), so it is the quality default and the mask stays the
-    # fast one (a site switching to the defaults is never slowed down). srresnet4x-xr ties bicubic4x (+0.10 dB)
-    # and fails the native grid check, so sr4x keeps the classical default. The adversarial `srgan4x-xr` is never
-    # a default whatever it scores.
+    # fast one (a site switching to the defaults is never slowed down). srresnet4x-xr ties bicubic4x (+0.09 dB;
+    # native grid 0.041 since nearest-resize upsampling), so sr4x keeps the classical default. The adversarial
+    # `srgan4x-xr` is never a default whatever it scores.
     ("XR", "sr2x"): ("fastsr-xr", "fastsr-xr"),
     ("XR", "deblur"): ("unsharp-deblur", "drunet-deblur-xr"),
 }
