@@ -27,7 +27,8 @@ About 11 k multiply-adds per pixel.
   ReLU the radiograph model lost 11 of its 16 gate channels for good (negative on > 95 % of every CR's pixels,
   so no gradient ever revived them) and underfit; at 0.1 they keep a tenth of their gradient and `ncdn-xr`
   learnt to denoise (enhancers.training, the recipe's X-ray comment). The CT and MR weights keep ReLU: most of
-  their channels are alive, and changing it means retraining them.
+  their channels are alive, and on the MR leave-one-patient-out fold (patient 021234567, the shipped recipe,
+  48 epochs) leak 0.1 scored lower: foreground PSNR at Rician 5 % 33.23 against 33.69 dB.
 """
 
 from __future__ import annotations
