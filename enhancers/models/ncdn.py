@@ -60,7 +60,6 @@ class NoiseConditionedDenoiser(nn.Module):
         self, f0: int = 16, f1: int = 32, f2: int = 64, mid: int = 2, refine: int = 0, leak: float = 0.0
     ):
         super().__init__()
-        self.leak = leak
         self.head = nn.Sequential(nn.Conv2d(2, f0, 3, padding=1), _gate(leak))
         self.down1 = _cbr(f0, f1, stride=2)
         self.enc1 = _cbr(f1, f1)
@@ -72,6 +71,7 @@ class NoiseConditionedDenoiser(nn.Module):
         self.refine = nn.Sequential(
             *[nn.Sequential(nn.Conv2d(f0, f0, 3, padding=1), nn.ReLU(inplace=True)) for _ in range(refine)]
         )
+        self.gate = _gate(leak)
         self.tail = nn.Conv2d(f0, 1, 3, padding=1)
         nn.init.zeros_(self.tail.weight)
         if self.tail.bias is not None:
@@ -87,9 +87,7 @@ class NoiseConditionedDenoiser(nn.Module):
         u1 = F.interpolate(self.up2(h2), size=h1.shape[-2:], mode="bilinear", align_corners=False)
         d1 = self.dec1(u1.add_(h1))
         u0 = F.interpolate(self.up1(d1), size=h0.shape[-2:], mode="bilinear", align_corners=False)
-        z = u0.add_(h0)
-        z = F.leaky_relu_(z, self.leak) if self.leak else z.relu_()
-        out: torch.Tensor = xp[:, :1] + self.tail(self.refine(z))
+        out: torch.Tensor = xp[:, :1] + self.tail(self.refine(self.gate(u0.add_(h0))))
         return out[..., :h, :w]
 
 

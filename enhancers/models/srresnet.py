@@ -19,8 +19,8 @@ constant output whatever the weights. Nearest, as Odena recommends, is the one t
 with the srresnet4x recipe (8 x 200 steps) the bilinear one hardly left bicubic (training L1 0.00284 against
 0.00257 for shuffle; +0.01 dB on the held-out chest CR), nearest reached 0.00265 and +0.09 dB with a native grid
 of 0.027 (likely because bilinear's triangle filter attenuates, before any weight sees it, the high frequencies
-the model has to build). Same cost as the shuffle: a F -> F conv on 4x the pixels equals its F -> 4F conv. The key's absence means
-"shuffle", the layout of the weights trained before it existed.
+the model has to build). Same cost as the shuffle: a F -> F conv on 4x the pixels equals its F -> 4F conv.
+The key's absence means "shuffle", the layout of the weights trained before it existed.
 """
 
 from __future__ import annotations

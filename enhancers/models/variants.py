@@ -22,8 +22,8 @@ field one-to-one, so a model card always says exactly which code and config made
   radiographs (limit 0.05): the pixel-shuffle stages. `upsample` = "nearest" or "resize" replaces them by a
   nearest or bilinear 2x + 3x3 conv (see `enhancers.models.srresnet`); a config without the key is the shuffle
   layout of those weights. Measured on the held-out chest CR (`evaluate --xray`, 5 crops): nearest at 8 x 300
-  steps (the shipped weights and recipe since session 9), +0.09 dB (shuffle +0.10; 4 of 5 crops 0.005-0.02 dB lower), grid 0.041 (pass); its
-  adversarial fine-tune (the card's 5 x 30 steps at 5e-4) raises the grid to 0.058 (fails, as the shuffle one's
+  steps (the shipped weights and recipe since session 9), +0.09 dB (shuffle +0.10; 4 of 5 crops 0.005-0.02 dB
+  lower), grid 0.041 (pass); its adversarial fine-tune (the card's 5 x 30 steps at 5e-4) raises the grid to 0.058 (fails, as the shuffle one's
   0.056: the adversarial loss adds ~0.017 sigma of periodic texture); bilinear at 8 x 200, +0.01 dB, grid 0.004.
   Why only ~+0.1 dB: the training CR (RG3, 86 % of the patches by area) teaches a sharper low-to-high resolution
   relation than the chest has. A polyphase 11 x 11 linear upsampler fitted on its crops scores -0.29 dB against
