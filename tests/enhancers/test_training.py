@@ -282,7 +282,11 @@ def test_ncdn_trains_mr_with_the_anatomy_weighted_mse_and_ct_with_plain_l1() -> 
     """The shipped ncdn-mr and ncdn-ct cards are reproduced by the same `train --model ncdn` command per modality."""
     from enhancers.training import resolved_recipe
 
-    mr, ct, both = resolved_recipe("ncdn", ("MR",)), resolved_recipe("ncdn", ("CT",)), resolved_recipe("ncdn", ("CT", "MR"))
+    mr, ct, both = (
+        resolved_recipe("ncdn", ("MR",)),
+        resolved_recipe("ncdn", ("CT",)),
+        resolved_recipe("ncdn", ("CT", "MR")),
+    )
     assert (mr["loss"], mr["mr_background_weight"]) == ("mse", 0.1)
     assert (ct["loss"], ct["mr_background_weight"]) == ("l1", 1.0)
     assert (both["loss"], both["mr_background_weight"]) == ("l1", 1.0)
@@ -300,3 +304,36 @@ def test_identical_weights_saved_anywhere_have_one_sha256(tmp_path: Path) -> Non
     assert first == second
     loaded = load_verified(tmp_path / "b" / "other-name.pt", first)
     assert torch.equal(loaded["w"], state["w"]) and torch.equal(loaded["b"], state["b"])
+
+
+def test_patient_sampling_gives_each_patient_the_same_share(cr_crop: Image) -> None:
+    """`sample="patient"`: a patient with one small slice is drawn as often as one with many large slices; by
+    area (the default) it is drawn in proportion to its pixels. 400 draws over tiles of a real radiograph: a
+    large patient (three 64x64 tiles) and a small one (one 48x48 tile)."""
+    from enhancers import training
+    from enhancers.corpus import Slice
+
+    values, _, value_range = cr_crop
+    img = values[0]
+    big = [
+        Slice("xr-big", "big", "XR", "train", i, img[:64, 64 * i : 64 * i + 64], value_range, 1.0)
+        for i in range(3)
+    ]
+    small = Slice("xr-small", "small", "XR", "train", 0, img[100:148, 100:148], value_range, 1.0)
+    slices = [(s, "XR") for s in [*big, small]]
+
+    def share_of_small(sample: str) -> float:
+        sampler = training.PatchSampler(
+            slices, "denoise", np.random.default_rng(0), training.CTSimCache(None), sample=sample
+        )
+        sampler.refresh()
+        w = sampler._slice_weights(sampler.pairs)
+        picks = np.random.default_rng(1).choice(len(w), size=400, p=w)
+        return float(np.mean(picks == 3))
+
+    assert share_of_small("area") == pytest.approx(48 * 48 / (3 * 64 * 64 + 48 * 48), abs=0.05)  # ~0.16
+    assert share_of_small("patient") == pytest.approx(0.5, abs=0.06)
+    with pytest.raises(ValueError, match="unknown patch sampling"):
+        training.PatchSampler(
+            slices, "denoise", np.random.default_rng(0), training.CTSimCache(None), sample="slice"
+        )
