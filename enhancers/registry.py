@@ -54,14 +54,13 @@ DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {
     ("MR", "sr2x"): ("fastsr", "fastsr"),
     # Radiographs (issue 14, docs/evaluation-xray.md): models trained on the real CR + DRRs, judged on a held-out
     # real chest CR. A model is the default only where it beat the baseline there by more than 0.1 dB:
-    # fastsr-xr (+0.26 dB over bicubic, the best and fastest of the three sr2x models); drunet-deblur-xr (+0.39 dB
-    # over the tuned unsharp mask on blurred acquisitions, 5 of 5 crops, native checks passed) but ~50x slower
-    # than the mask (482 vs 9 ms per 384x384 crop on a CPU), so it is the quality default and the mask stays the
-    # fast one (a site switching to the defaults is never slowed down). srresnet4x-xr ties bicubic4x (+0.09 dB;
-    # native grid 0.041 since nearest-resize upsampling), so sr4x keeps the classical default. The adversarial
-    # `srgan4x-xr` is never a default whatever it scores.
+    # fastsr-xr (+0.26 dB over bicubic, the best and fastest of the three sr2x models); wiener-deblur-xr, the
+    # linear filter fitted on the real training CR (+1.92 dB over the tuned unsharp mask on blurred acquisitions,
+    # 5 of 5 crops, native checks passed, as fast as the mask: 21 vs 16 ms per 384x384 crop), where
+    # drunet-deblur-xr gained +0.39. srresnet4x-xr and wiener-sr4x-xr tie bicubic4x (+0.09 / +0.11 dB), so sr4x
+    # keeps the classical default. The adversarial `srgan4x-xr` is never a default whatever it scores.
     ("XR", "sr2x"): ("fastsr-xr", "fastsr-xr"),
-    ("XR", "deblur"): ("unsharp-deblur", "drunet-deblur-xr"),
+    ("XR", "deblur"): ("wiener-deblur-xr", "wiener-deblur-xr"),
 }
 
 

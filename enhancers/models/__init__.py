@@ -10,8 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-# variants: the sr4x and deblur task variants of srresnet, srcnn and drunet
-from enhancers.models import dncnn, drunet, fastdn, fastsr, ncdn, srcnn, srresnet, unet, variants, vdsr  # noqa: F401
+# variants: the sr4x and deblur task variants of srresnet, srcnn and drunet; wiener: the fitted linear filters
+from enhancers.models import (  # noqa: F401
+    dncnn,
+    drunet,
+    fastdn,
+    fastsr,
+    ncdn,
+    srcnn,
+    srresnet,
+    unet,
+    variants,
+    vdsr,
+    wiener,
+)
 from enhancers.models.arch import ARCHITECTURES, TrainedModel, architecture, build_module, count_params
 from enhancers.registry import EnhancerInfo, register
 from enhancers.store import WEIGHTS_DIR, read_manifest

@@ -38,6 +38,9 @@ class Architecture:
     train_defaults: dict[str, Any] = field(default_factory=dict)
     #: True when the network takes a second input channel with the noise level (see `NOISE_LEVEL_GAIN`).
     conditioned: bool = False
+    #: True for a linear filter that `train` fits in closed form (`enhancers.training.fit_least_squares`)
+    #: instead of by gradient steps.
+    closed_form: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
