@@ -359,10 +359,11 @@ def test_deblur_models_do_no_harm_against_tuned_unsharp_on_a_blurred_acquisition
     chest: corpus.Slice, name: str
 ) -> None:
     """On a blurred acquisition of the held-out CR (blur, then noise at its own level: what the evaluation
-    scores), measured on this crop: drunet-deblur-xr +0.39 dB over the tuned unsharp mask (+0.39 over the five
-    crops of docs/evaluation-xray.md; the +1 dB target is not met), srcnn-deblur-xr +0.004 (it stays at the mask).
-    Neither may fall below the mask, and drunet must keep a real margin. The weights trained on the noise-free
-    blur sat on the first mask (0.5 px x 14) and score 12 dB below the retuned one here."""
+    scores), measured on this crop: drunet-deblur-xr +1.26 dB over the tuned unsharp mask (+1.52 over the five
+    crops of docs/evaluation-xray.md; +0.39 when the DRRs trained with the real CR), srcnn-deblur-xr +0.002 (it
+    stays at the mask). Neither may fall below the mask, and drunet must keep a real margin. The weights
+    trained on the noise-free blur sat on the first mask (0.5 px x 14) and score 12 dB below the retuned one
+    here."""
     clean = _crop(chest)
     acquired = degrade.apply(
         degrade.standard("deblur-1.5"), clean, rng=np.random.default_rng(0), value_range=chest.value_range
@@ -371,7 +372,7 @@ def test_deblur_models_do_no_harm_against_tuned_unsharp_on_a_blurred_acquisition
     got = score("XR", clean, _run(name, acquired, chest.value_range)).psnr
     assert got > base - 0.05
     if name == "drunet-deblur-xr":
-        assert got > base + 0.25
+        assert got > base + 1.0
 
 
 def test_training_sr4x_adversarial_and_deblur_smoke(tmp_path: Path) -> None:
