@@ -57,9 +57,12 @@ DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {
     # fastsr-xr (+0.26 dB over bicubic, the best and fastest of the three sr2x models); wiener-deblur-xr, the
     # linear filter fitted on the real training CR (+1.92 dB over the tuned unsharp mask on blurred acquisitions,
     # 5 of 5 crops, native checks passed, as fast as the mask: 21 vs 16 ms per 384x384 crop), where
-    # drunet-deblur-xr gained +0.39. srresnet4x-xr and wiener-sr4x-xr tie bicubic4x (+0.09 / +0.11 dB), so sr4x
-    # keeps the classical default. The adversarial `srgan4x-xr` is never a default whatever it scores.
+    # drunet-deblur-xr gained +0.39 (+1.52 retrained on the real CR only). srresnet4x-xr (+0.21 dB over
+    # bicubic4x, 5 of 5 crops, native grid 0.014) is the sr4x quality default and bicubic4x, 60x faster, the fast
+    # one (wiener-sr4x-xr: +0.11, 4 of 5 crops). The adversarial `srgan4x-xr` is never a default whatever it
+    # scores.
     ("XR", "sr2x"): ("fastsr-xr", "fastsr-xr"),
+    ("XR", "sr4x"): ("bicubic4x", "srresnet4x-xr"),
     ("XR", "deblur"): ("wiener-deblur-xr", "wiener-deblur-xr"),
 }
 

@@ -31,6 +31,9 @@ field one-to-one, so a model card always says exactly which code and config made
   DRRs alone +0.18 dB (scale 0.6-0.8), one fitted on the other four chest crops +0.20; the network's correction
   has the right scale (0.94-1.02) but correlates only 0.09-0.19 with the missing detail, and it gains +1.0 to
   +2.1 dB on RG3's own crops (+0.5 to +0.8 with white noise at the chest's relative level added).
+  Followed: the recipe now gives each patient (the leg CR, the head CT's DRRs) the same share of the batches
+  (`sample` "patient", enhancers.training). Same 8 x 300 steps: +0.21 dB over bicubic4x on the chest (5 of 5
+  crops), native grid 0.014; the adversarial fine-tune of it +0.20, grid 0.018 (passes now).
 - `srcnn-deblur`: the seed's SRCNN 9-1-5 at the image's own size (no interpolation) on Gaussian-blurred images
   (blurred acquisitions: blur, then noise; see the last point below).
 - `drunet-deblur`: the stronger deblurring model: DRUNet's multi-scale residual U-Net (receptive field ~100 px

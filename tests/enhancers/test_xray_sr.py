@@ -297,8 +297,9 @@ def test_adversarial_model_flagged_never_default_and_said_where_picked() -> None
     for modality in ("CR", "DX", "MG", "CT", "MR"):
         for quality in (False, True):
             assert registry.default_enhancer(modality, "sr4x", quality=quality) != "srgan4x-xr"
-    # the L1 model gains only +0.09 dB on the held-out CR, so bicubic4x stays the default
+    # the L1 model gains +0.21 dB on the held-out CR at 60x bicubic's time: the quality default only
     assert registry.default_enhancer("DX", "sr4x") == "bicubic4x"
+    assert registry.default_enhancer("CR", "sr4x", quality=True) == "srresnet4x-xr"
     assert registry.default_enhancer("CR", "sr2x") == "fastsr-xr"
     buf = io.StringIO()
     with redirect_stdout(buf):
@@ -342,16 +343,17 @@ def test_sr2x_models_beat_bicubic_on_held_out_radiograph(chest: corpus.Slice, na
 def test_sr4x_models_do_no_harm_against_bicubic_on_held_out_radiograph(
     chest: corpus.Slice, name: str
 ) -> None:
-    """Measured on this crop: +0.16 dB (L1, nearest-resize weights) over bicubic4x (+0.09 over the
-    5 crops of docs/evaluation-xray.md); the 1 dB target is not met. Neither may fall below bicubic, and the L1
-    model must keep a real margin (the first weights tied bicubic at +0.003 dB: a tail that never moved)."""
+    """Measured on this crop: +0.29 dB (L1, nearest-resize weights, patients sampled alike) over bicubic4x
+    (+0.21 over the 5 crops of docs/evaluation-xray.md; +0.16 here when sampled by area); the 1 dB target is not
+    met. Neither may fall below bicubic, and the L1 model must keep a real margin (the first weights tied bicubic
+    at +0.003 dB: a tail that never moved)."""
     clean = _crop(chest)
     low = degrade.downsample_area(clean, 4)
     base = score("XR", clean, _run("bicubic4x", low, chest.value_range)).psnr
     got = score("XR", clean, _run(name, low, chest.value_range)).psnr
     assert got > base - 0.02
     if not registry.info(name).hallucination_risk:
-        assert got > base + 0.08
+        assert got > base + 0.2
 
 
 @pytest.mark.parametrize("name", DEBLUR_MODELS)
