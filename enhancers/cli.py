@@ -39,7 +39,8 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         "--model",
         required=True,
         help="architecture: ncdn, srcnn, vdsr, unet, srresnet, dncnn, drunet, fastdn, fastsr, srresnet4x, "
-        "srcnn-deblur, drunet-deblur",
+        "srcnn-deblur, drunet-deblur, or a linear filter fitted in closed form: wiener-deblur, wiener-sr2x, "
+        "wiener-sr4x",
     )
     tr.add_argument(
         "--task", choices=TASKS, default=None, help="denoise, sr2x, sr4x or deblur (default: the architecture's)"

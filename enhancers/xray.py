@@ -435,7 +435,8 @@ def _write(
         (
             f"- held-out real radiograph: `{sl.source}` (patient {sl.patient}, {sl.pixels.shape[1]}x{sl.pixels.shape[0]}, "
             f"corpus {Path(corpus.MANIFEST_PATH).name} sha256 {corpus.manifest_sha256()[:16]}...); no model saw it. "
-            "Training: the other real CR (RG3) and 12 synthetic DRRs of the head CT (no CT/MR proxies)."
+            "Training: the other real CR (RG3) and, for super-resolution, 12 synthetic DRRs of the head CT "
+            "(deblurring: the real CR only; no CT/MR proxies)."
         ),
         (
             f"- {len(CHEST_CROPS)} crops of {CROP}x{CROP} ({', '.join(f'{k} at {v}' for k, v in CHEST_CROPS.items())}), "
