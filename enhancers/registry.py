@@ -52,7 +52,7 @@ DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {
     ("XR", "denoise"): ("ncdn-xr", "ncdn-xr"),
     ("CT", "sr2x"): ("fastsr", "fastsr"),
     ("MR", "sr2x"): ("fastsr", "fastsr"),
-    # Radiographs (issue 14, docs/evaluation-xray.md): models trained on the real CR + DRRs, judged on a held-out
+    # Radiographs (issue 14, docs/evaluation-xray.md): models trained on the real CR (SR: + DRRs), judged on a held-out
     # real chest CR. A model is the default only where it beat the baseline there by more than 0.1 dB:
     # fastsr-xr (+0.26 dB over bicubic, the best and fastest of the three sr2x models); wiener-deblur-xr, the
     # linear filter fitted on the real training CR (+1.92 dB over the tuned unsharp mask on blurred acquisitions,

@@ -6,11 +6,11 @@ upsampler).
 Why a linear filter ships beside the networks: on blurred acquisitions of the held-out chest CR the 15 x 15
 filter fitted on the real training CR gains +1.92 dB over the tuned unsharp mask (5 of 5 crops;
 docs/evaluation-xray.md), where `drunet-deblur-xr`, which starts at the mask and learns a correction in the
-few thousand CPU steps this repository can afford, gained +0.39; a filter fitted on the same crops' answers
-reaches +2.15. For super-resolution it is level with the networks (2x +0.18 dB over bicubic, fastsr-xr
-+0.26; 4x +0.11, srresnet4x-xr +0.09). It is the classical optimum a network must beat (the Wiener filter is
-the best linear estimate for the training data's signal and noise statistics), and it is exact, fast and
-cannot invent structure.
+few thousand CPU steps this repository can afford, gained +1.52 (+0.39 when the DRRs trained with the CR); a
+filter fitted on the same crops' answers reaches +2.15. For super-resolution the networks do better (2x +0.19 dB
+over bicubic, fastsr-xr +0.26; 4x +0.11, srresnet4x-xr +0.21). It is the classical optimum a network must beat
+(the Wiener filter is the best linear estimate for the training data's signal and noise statistics), and it is
+exact, fast and cannot invent structure.
 
 Each phase's filter is divided by its sum in `forward`, so the filter keeps the mean of any image whatever
 the rounding of the shipped float16 weights (a DC gain off by 1e-3 would shift a CR by a third of its noise

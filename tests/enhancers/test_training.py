@@ -288,6 +288,7 @@ def test_ncdn_trains_mr_with_the_anatomy_weighted_mse_and_ct_with_plain_l1() -> 
         resolved_recipe("ncdn", ("CT", "MR")),
     )
     assert (mr["loss"], mr["mr_background_weight"]) == ("mse", 0.1)
+    assert mr["sample"] == "patient" and "sample" not in ct  # MR patients alike; CT by area (docs/lopo.md)
     assert (ct["loss"], ct["mr_background_weight"]) == ("l1", 1.0)
     assert (both["loss"], both["mr_background_weight"]) == ("l1", 1.0)
     assert "by_modality" not in mr
