@@ -599,21 +599,22 @@ def load_split(
     path: Path = MANIFEST_PATH,
     max_per_source: int | None = None,
     denoise: bool = False,
-    keep_synthetic: bool = False,
+    keep_synthetic: bool | None = None,
 ) -> list[Slice]:
     """All clean slices of `split` for the modality groups `groups` (at most `max_per_source` per source).
 
-    `denoise=True` leaves out averaged templates (never noise-free truth), the real-noise pair (scored
-    against each other by `evaluate --native`, not as clean references) and, unless `keep_synthetic`, synthetic
-    images (the DRRs: they have no real noise to learn to leave alone; they serve super-resolution and
-    deblurring, and the X-ray denoiser's recipe that asks for them as noise-free truth).
+    `denoise=True` leaves out averaged templates (never noise-free truth) and the real-noise pair (scored
+    against each other by `evaluate --native`, not as clean references). Synthetic images (the DRRs) are kept
+    with `keep_synthetic`; unless it is given, only when not `denoise` (they have no real noise to learn to leave
+    alone; they serve super-resolution, and the X-ray denoiser's recipe that asks for them as noise-free truth).
     """
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {SPLITS}")
+    keep = not denoise if keep_synthetic is None else keep_synthetic
     slices: list[Slice] = []
     for entry in read_manifest(path):
         opts = entry.get("options", {})
-        if denoise and (opts.get("template") or opts.get("pair") or (opts.get("synthetic") and not keep_synthetic)):
+        if (denoise and (opts.get("template") or opts.get("pair"))) or (opts.get("synthetic") and not keep):
             continue
         if entry["included"] and entry["split"] == split and entry["group"] in groups:
             got = load_source(entry)

@@ -788,11 +788,7 @@ def _training_slices(
     out: list[tuple[Slice, str]] = []
     for sp in splits:
         for group in groups:
-            own = corpus.load_split(
-                sp, (group,), path=manifest, denoise=task == "denoise", keep_synthetic=drr and group == "XR"
-            )
-            if not drr:
-                own = [s for s in own if not s.source.startswith("xr-drr")]
+            own = corpus.load_split(sp, (group,), path=manifest, denoise=task == "denoise", keep_synthetic=drr)
             out += [(s, group) for s in own]
             if group == "XR" and task == "denoise":
                 proxies = corpus.load_split(sp, ("CT", "MR"), path=manifest, denoise=True)

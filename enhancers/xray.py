@@ -160,9 +160,7 @@ def training_images(
     the blurred input on the real training CR, a baseline worse than doing nothing, which any model that learnt
     to leave a noisy CR alone would "beat"."""
     out: list[tuple[FloatArray, tuple[float, float]]] = []
-    for sl in corpus.load_split("train", ("XR",), path=manifest):
-        if sl.source.startswith("xr-drr") and not synthetic:
-            continue
+    for sl in corpus.load_split("train", ("XR",), path=manifest, keep_synthetic=synthetic):
         if min(sl.pixels.shape) > 2 * CROP:
             for y, x in ((400, 400), (400, 1000), (1000, 400), (1000, 1000)):
                 out.append((np.ascontiguousarray(sl.pixels[y : y + CROP, x : x + CROP]), sl.value_range))
@@ -338,7 +336,7 @@ def evaluate_xray(
     command: str = "",
 ) -> list[Measure]:
     """The X-ray section: writes evaluation-xray.md, evaluation-xray.csv and figures under `out_dir`."""
-    test = [s for s in corpus.load_split("test", ("XR",), path=manifest) if not s.source.startswith("xr-drr")]
+    test = corpus.load_split("test", ("XR",), path=manifest, keep_synthetic=False)
     if not test:
         raise ValueError("the corpus has no real test radiograph")
     sl = test[0]
