@@ -59,6 +59,29 @@ def read_manifest(weights_dir: Path = WEIGHTS_DIR) -> dict[str, dict[str, Any]]:
     return models
 
 
+def resolved_manifest(weights_dir: Path = WEIGHTS_DIR) -> dict[str, dict[str, Any]]:
+    """The manifest's entries with every variant completed from the entry it names as `base`.
+
+    Why variants: a quality variant (`ncdn-mr-x8`: the same weights run as a self-ensemble) shares its base's
+    weights file, sha256, card and architecture; its entry says only what differs (`base`, `self_ensemble`,
+    its description), so retraining the base can never leave the variant on stale weights.
+    """
+    models = read_manifest(weights_dir)
+    resolved: dict[str, dict[str, Any]] = {}
+    for name, entry in models.items():
+        base = entry.get("base")
+        if base is None:
+            resolved[name] = dict(entry)
+            continue
+        if base not in models or "base" in models[base]:
+            raise WeightsError(
+                f"manifest entry {name!r} names base {base!r}, which is not a model entry of "
+                f"{weights_dir / MANIFEST_NAME}; restore it from the repository"
+            )
+        resolved[name] = {**models[base], **{k: v for k, v in entry.items() if k != "base"}, "base": base}
+    return resolved
+
+
 def _atomic_write(path: Path, payload: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -26,7 +26,7 @@ from enhancers.models import (  # noqa: F401
 )
 from enhancers.models.arch import ARCHITECTURES, TrainedModel, architecture, build_module, count_params
 from enhancers.registry import EnhancerInfo, register
-from enhancers.store import WEIGHTS_DIR, read_manifest
+from enhancers.store import WEIGHTS_DIR, resolved_manifest
 
 __all__ = [
     "ARCHITECTURES",
@@ -61,22 +61,25 @@ def info_from_entry(name: str, entry: dict[str, Any]) -> EnhancerInfo:
 
 
 def register_shipped(weights_dir: Path = WEIGHTS_DIR) -> list[str]:
-    """Register every model of the manifest in `weights_dir`; return their names."""
+    """Register every model of the manifest in `weights_dir` (variants completed from their base, see
+    `enhancers.store.resolved_manifest`); return their names."""
     added: list[str] = []
-    for name, entry in sorted(read_manifest(weights_dir).items()):
+    for name, entry in sorted(resolved_manifest(weights_dir).items()):
         meta = info_from_entry(name, entry)
         arch_name = str(entry["arch"])
         architecture(arch_name)  # fail at registration time if the architecture is unknown
         config = dict(entry.get("config", {}))
         path = weights_dir / str(entry["file"])
+        ensemble = int(entry.get("self_ensemble", 1))
 
         def factory(
             meta: EnhancerInfo = meta,
             arch_name: str = arch_name,
             config: dict[str, Any] = config,
             path: Path = path,
+            ensemble: int = ensemble,
         ) -> TrainedModel:
-            return TrainedModel(meta, arch_name, config, path)
+            return TrainedModel(meta, arch_name, config, path, ensemble)
 
         register(meta, factory)
         added.append(name)

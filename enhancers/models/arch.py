@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from enhancers.base import ModelEnhancer
+from enhancers.models.ensemble import SelfEnsemble
 from enhancers.registry import TASKS, EnhancerInfo
 from enhancers.store import load_verified
 
@@ -103,9 +104,20 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 
 
 class TrainedModel(ModelEnhancer):
-    """An architecture with verified weights, in eval mode, ready for the pipeline."""
+    """An architecture with verified weights, in eval mode, ready for the pipeline.
 
-    def __init__(self, info: EnhancerInfo, arch_name: str, config: dict[str, Any], weights: Path) -> None:
+    `self_ensemble` > 1 wraps the network in `enhancers.models.ensemble.SelfEnsemble` (the `-x8` quality
+    variants: the same weights, averaged over flips and quarter turns).
+    """
+
+    def __init__(
+        self,
+        info: EnhancerInfo,
+        arch_name: str,
+        config: dict[str, Any],
+        weights: Path,
+        self_ensemble: int = 1,
+    ) -> None:
         self.info = info
         arch = architecture(arch_name)
         self.halo = arch.halo
@@ -121,4 +133,5 @@ class TrainedModel(ModelEnhancer):
         module.eval()
         for p in module.parameters():
             p.requires_grad_(False)
-        self.module: torch.nn.Module = fold_batchnorm(module)
+        module = fold_batchnorm(module)
+        self.module: torch.nn.Module = SelfEnsemble(module, self_ensemble) if self_ensemble > 1 else module

@@ -66,12 +66,25 @@ def not_by_default(routes: Sequence[Route], modality: str, header: Dataset) -> s
     return None
 
 
-def choose(routes: Sequence[Route], modality: str, series_description: str) -> tuple[str, Task]:
-    """(enhancer name, task) for a series."""
+def choose(
+    routes: Sequence[Route], modality: str, series_description: str, *, quality: bool = False
+) -> tuple[str, Task]:
+    """(enhancer name, task) for a series: the first matching route's, else the modality's default denoiser
+    (its quality variant with `quality`, see `wants_quality`)."""
     route = route_for(routes, modality, series_description)
     if route is not None:
         return route.enhancer, route.task
-    return default_enhancer(modality, Task.DENOISE), Task.DENOISE
+    return default_enhancer(modality, Task.DENOISE, quality=quality), Task.DENOISE
+
+
+def wants_quality(default_variant: str, device: str) -> bool:
+    """Whether unrouted series get the quality variant of their default (`[enhance] default_variant`).
+
+    Why "auto" asks the device: the quality variants run the network 8 times; on a GPU that is still far
+    faster than the store-and-send around it, on a CPU it would slow every series eightfold for a few tenths
+    of a dB. `device` is the pipeline's resolved device ("cpu", "cuda", "cuda:1").
+    """
+    return default_variant == "quality" or (default_variant == "auto" and device.startswith("cuda"))
 
 
 def modality_mismatch(enhancer: str, modality: str) -> str | None:

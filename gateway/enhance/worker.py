@@ -9,6 +9,7 @@ flat in series size.
 from __future__ import annotations
 
 import contextvars
+import functools
 import io
 import multiprocessing
 import os
@@ -35,7 +36,7 @@ from dicom_utils.enhancement import Task
 from dicom_utils.pixels import modality_frames, value_range
 from dicom_utils.private_tags import set_qa_flag
 from enhancers.noise import NoiseEstimate, estimate_noise
-from enhancers.pipeline import Pipeline, StoredGrid
+from enhancers.pipeline import Pipeline, StoredGrid, resolve_device
 from enhancers.registry import EnhancerInfo, modality_group
 from enhancers.registry import info as enhancer_info
 from gateway import logs
@@ -265,6 +266,11 @@ class Worker:
             log.info("worker.derive_processes", processes=size, device=device)
         return self._derive
 
+    @functools.cached_property
+    def device(self) -> str:
+        """The device this worker's pipelines run on (`[enhance] device` resolved: "auto" -> cuda or cpu)."""
+        return resolve_device(self.settings.enhance.device)
+
     def pipeline(self, name: str) -> Pipeline:
         if name not in self._pipelines:
             self._pipelines[name] = make_pipeline(self.settings, name)
@@ -377,7 +383,8 @@ class Worker:
             name, task = job.enhancer, Task(enhancer_info(job.enhancer).task)
         else:
             name, task = routing.choose(
-                self.settings.routes, job.modality, str(header.get("SeriesDescription", ""))
+                self.settings.routes, job.modality, str(header.get("SeriesDescription", "")),
+                quality=routing.wants_quality(self.settings.enhance.default_variant, self.device),
             )
         mismatch = routing.modality_mismatch(name, job.modality)
         if mismatch is not None:  # queued before `reprocess` checked it, or routed by a rule without modality

@@ -33,10 +33,13 @@ def _image(name: str, crop: tuple[slice, slice] | None) -> tuple[np.ndarray, str
     return np.ascontiguousarray(img), modality, vrange
 
 
+@pytest.mark.parametrize("quality", [False, True])
 @pytest.mark.parametrize(("name", "crop"), REAL)
-def test_the_default_denoiser_passes_the_native_checks(name: str, crop: tuple[slice, slice] | None) -> None:
+def test_the_default_denoiser_passes_the_native_checks(
+    name: str, crop: tuple[slice, slice] | None, quality: bool
+) -> None:
     img, modality, vrange = _image(name, crop)
-    default = registry.default_enhancer(modality, "denoise")
+    default = registry.default_enhancer(modality, "denoise", quality=quality)
     assert default.startswith("ncdn-")
     group = registry.modality_group(modality)
     noise = estimate_noise(img, group)
