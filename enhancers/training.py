@@ -509,13 +509,17 @@ class PatchSampler:
     def pixel_weights(self) -> list[float]:
         """Each pair's weight per pixel such that a sum over all pixels weighs the slices as `weighted_batch`
         draws them (buckets alike, slices by `sample` within one): what a closed-form fit sums with."""
-        buckets = sorted({p.bucket for p in self.pairs})
+        groups = self._by_bucket(self.pairs)
         weight = {}
-        for b in buckets:
-            pairs = [p for p in self.pairs if p.bucket == b]
+        for pairs in groups.values():
             for p, prob in zip(pairs, self._slice_weights(pairs), strict=True):
-                weight[id(p)] = float(prob) / (len(buckets) * p.tgt.size)
+                weight[id(p)] = float(prob) / (len(groups) * p.tgt.size)
         return [weight[id(p)] for p in self.pairs]
+
+    @staticmethod
+    def _by_bucket(pairs: list[_Pair]) -> dict[str, list[_Pair]]:
+        """The pairs grouped by bucket, buckets in sorted order (each bucket draws the same share of a batch)."""
+        return {b: [p for p in pairs if p.bucket == b] for b in sorted({p.bucket for p in pairs})}
 
     def batch(self, n: int, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y, _ = self.weighted_batch(n, patch)
@@ -528,8 +532,8 @@ class PatchSampler:
         usable = [p for p in self.pairs if min(p.tgt.shape) >= patch]
         if not usable:
             raise ValueError(f"no training slice is at least {patch} pixels; use a smaller --patch")
-        buckets = sorted({p.bucket for p in usable})
-        by_bucket = {b: [p for p in usable if p.bucket == b] for b in buckets}
+        by_bucket = self._by_bucket(usable)
+        buckets = list(by_bucket)
         weights = {b: self._slice_weights(ps) for b, ps in by_bucket.items()}
         inps, tgts, wts = [], [], []
         weighted = any(p.weight is not None for p in usable)
