@@ -7,6 +7,7 @@ and verified only when an enhancer is created, so listing the registry never rea
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ from enhancers.models import (  # noqa: F401
     wiener,
 )
 from enhancers.models.arch import ARCHITECTURES, TrainedModel, architecture, build_module, count_params
+from enhancers.models.ensemble import ENSEMBLE_SIZES
 from enhancers.registry import EnhancerInfo, register
-from enhancers.store import WEIGHTS_DIR, resolved_manifest
+from enhancers.store import WEIGHTS_DIR, WeightsError, resolved_manifest
 
 __all__ = [
     "ARCHITECTURES",
@@ -62,28 +64,24 @@ def info_from_entry(name: str, entry: dict[str, Any]) -> EnhancerInfo:
 
 def register_shipped(weights_dir: Path = WEIGHTS_DIR) -> list[str]:
     """Register every model of the manifest in `weights_dir` (variants completed from their base, see
-    `enhancers.store.resolved_manifest`); return their names."""
-    added: list[str] = []
+    `enhancers.store.resolved_manifest`); return their names. Every entry is checked before any is
+    registered (an unknown architecture or ensemble size), so a bad manifest registers nothing."""
+    entries: list[tuple[EnhancerInfo, partial[TrainedModel]]] = []
     for name, entry in sorted(resolved_manifest(weights_dir).items()):
         meta = info_from_entry(name, entry)
         arch_name = str(entry["arch"])
-        architecture(arch_name)  # fail at registration time if the architecture is unknown
+        architecture(arch_name)  # KeyError naming the known architectures
+        ensemble = int(entry.get("self_ensemble", 1))
+        if ensemble not in ENSEMBLE_SIZES:
+            raise WeightsError(
+                f"manifest entry {name!r}: self_ensemble {ensemble} is not one of {ENSEMBLE_SIZES}"
+            )
         config = dict(entry.get("config", {}))
         path = weights_dir / str(entry["file"])
-        ensemble = int(entry.get("self_ensemble", 1))
-
-        def factory(
-            meta: EnhancerInfo = meta,
-            arch_name: str = arch_name,
-            config: dict[str, Any] = config,
-            path: Path = path,
-            ensemble: int = ensemble,
-        ) -> TrainedModel:
-            return TrainedModel(meta, arch_name, config, path, ensemble)
-
+        entries.append((meta, partial(TrainedModel, meta, arch_name, config, path, ensemble)))
+    for meta, factory in entries:
         register(meta, factory)
-        added.append(name)
-    return added
+    return [meta.name for meta, _ in entries]
 
 
 register_shipped()

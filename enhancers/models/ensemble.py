@@ -41,9 +41,8 @@ class SelfEnsemble(nn.Module):
 
     def _transforms(self) -> list[tuple[int, bool]]:
         """(quarter turns, mirrored) for each member, grouped by the shape they give."""
-        turns = {1: [0], 2: [0], 4: [0, 2], 8: [0, 2, 1, 3]}[self.size]
-        mirrors = [False] if self.size == 1 else [False, True]
-        return [(k, m) for k in turns for m in mirrors]
+        turns = {2: [0], 4: [0, 2], 8: [0, 2, 1, 3]}[self.size]
+        return [(k, m) for k in turns for m in (False, True)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.size == 1:

@@ -90,6 +90,16 @@ def test_a_variant_without_its_base_is_refused(tmp_path: Path) -> None:
         resolved_manifest(tmp_path)
 
 
+def test_a_variant_with_an_unknown_ensemble_size_is_refused_at_registration(tmp_path: Path) -> None:
+    from enhancers.models import register_shipped
+
+    models = {"ncdn-mr": read_manifest()["ncdn-mr"], "test-x3": {"base": "ncdn-mr", "self_ensemble": 3}}
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"format": 1, "models": models}))
+    with pytest.raises(WeightsError, match="self_ensemble 3"):
+        register_shipped(tmp_path)
+    assert "test-x3" not in registry.names()
+
+
 def test_x8_removes_more_noise_than_one_pass_on_a_real_mr_slice() -> None:
     values, modality, vrange = load_modality_values("MR2_UNCR.dcm")  # the shoulder, a 320x320 crop
     clean = np.ascontiguousarray(values[0, 352:672, 352:672])
