@@ -239,7 +239,7 @@ class EnhanceSettings:
     series_number_offset: int = 1000
     description_suffix: str = "ENHANCED"
     #: Which variant of a modality's default enhancer a series gets when no route names one: "fast", "quality"
-    #: (enhancers.registry.DEFAULTS: for CT and MR the `-x8` self-ensembles, 8x the work for +0.08-0.26 dB on
+    #: (enhancers.registry.DEFAULTS: for CT and MR the `-x8` self-ensembles, 8x the work for +0.08-0.32 dB on
     #: held-out patients) or "auto": quality when the worker runs on a GPU, fast on a CPU.
     default_variant: str = "auto"
 
