@@ -46,7 +46,7 @@ SAFE_DEFAULT: dict[str, str] = {
 #: that meet the native "do no harm" targets on every real image. They replaced `fastdn-*` (a grid on CT, voids
 #: on MR) and `drunet-*` (blind: full strength on standard-dose images, removing anatomy). The quality
 #: denoisers are the same weights run as a self-ensemble (`-x8`, enhancers.models.ensemble: 8 passes) where
-#: that gained more than 0.1 dB on held-out patients (docs/lopo.md): CT +0.29 (2 folds), MR +0.12 (4 folds, +0.08 to +0.17); on the
+#: that gained more than 0.1 dB on held-out patients (docs/lopo.md): CT +0.29 (2 folds), MR +0.12 (5 folds, +0.08 to +0.17); on the
 #: held-out chest CR ncdn-xr-x8 gained +0.09 and +0.00 dB, so XR keeps one pass.
 DEFAULTS: dict[tuple[str, str], tuple[str, str]] = {
     ("CT", "denoise"): ("ncdn-ct", "ncdn-ct-x8"),

@@ -4,7 +4,7 @@ Why: a convolutional denoiser's errors depend on the orientation of what it sees
 symmetric), while the image's content does not. Running it on the 8 dihedral transforms of a tile (identity,
 three quarter turns, and the mirror of each), undoing each transform on the output and averaging cancels part
 of those orientation-dependent errors (Lim et al. 2017, EDSR's "+" models). Measured on held-out patients
-(docs/lopo.md, the same fold weights with and without it): CT +0.26 and +0.32 dB, MR +0.08 to +0.17 dB (foreground, 4 folds),
+(docs/lopo.md, the same fold weights with and without it): CT +0.26 and +0.32 dB, MR +0.08 to +0.17 dB (foreground, 5 folds),
 and on the real-noise MR pair 42.91 against 42.89 dB. It costs 8 network passes per tile, so it is offered as
 the *quality* variant of a model (meant for GPU sites), registered under its own name (`<model>-x8`) so the
 derived series' UIDs and provenance say which ran.
