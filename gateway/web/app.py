@@ -206,7 +206,8 @@ class Console:
         if path == "/":
             return Response(pages.upload_page(registry.infos(), csrf=who.csrf, max_mb=self.max_upload_bytes >> 20,
                                               listen=self.listen, who=who,
-                                              max_megapixels=self.settings.web.max_upload_megapixels))
+                                              max_megapixels=self.settings.web.max_upload_megapixels,
+                                              quality=self.uploads.enhancer.quality))
         if path.startswith("/api/uploads/"):
             upload = self.uploads.get(path.rsplit("/", 1)[-1])
             if upload is None:

@@ -8,6 +8,7 @@ worker calls the same functions, so the two cannot drift. An upload is one insta
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -22,8 +23,9 @@ from dicom_utils import private_tags
 from dicom_utils.pixels import modality_frames, value_range
 from enhancers import registry
 from enhancers.noise import estimate_noise
-from enhancers.pipeline import Pipeline
+from enhancers.pipeline import Pipeline, resolve_device
 from enhancers.registry import EnhancerInfo
+from gateway.enhance import routing
 from gateway.enhance.finish import (
     SeriesFacts,
     build_derived,
@@ -63,11 +65,12 @@ class Outcome:
     block: dict[str, object]
 
 
-def choose_enhancer(choice: str, task: str, modality: str) -> EnhancerInfo:
-    """The enhancer to run: the user's choice, or the gateway's default for the modality and task ("auto")."""
+def choose_enhancer(choice: str, task: str, modality: str, *, quality: bool = False) -> EnhancerInfo:
+    """The enhancer to run: the user's choice, or the gateway's default for the modality and task ("auto"; its
+    quality variant with `quality`, as the worker picks for unrouted series)."""
     if task not in registry.TASKS:
         raise EnhanceError(f"task {task!r} is not one of {', '.join(registry.TASKS)}")
-    name = registry.default_enhancer(modality, task) if choice in ("", "auto") else choice
+    name = registry.default_enhancer(modality, task, quality=quality) if choice in ("", "auto") else choice
     try:
         info = registry.info(name)
     except KeyError as exc:
@@ -88,6 +91,20 @@ class Enhancer:
         self._lock = threading.Lock()
         self.options = derivation_options(settings)
 
+    @functools.cached_property
+    def quality(self) -> bool:
+        """Whether "automatic" means the quality variants: the worker's rule (`[enhance] default_variant`, and
+        with "auto" whether the pipelines' device is a GPU), so an upload shows what the gateway would send.
+
+        A `device = "cuda"` without a GPU reads as fast here: the upload page still renders, and the upload
+        itself fails in `make_pipeline` with the message the worker gives.
+        """
+        try:
+            device = resolve_device(self.settings.enhance.device)
+        except RuntimeError:
+            return False
+        return routing.wants_quality(self.settings.enhance.default_variant, device)
+
     def pipeline(self, name: str) -> Pipeline:
         """A pipeline per enhancer, built on first use with the worker's device/batch/thread settings."""
         if name not in self._pipelines:
@@ -106,7 +123,7 @@ class Enhancer:
         progress: Progress,
     ) -> Outcome:
         """Enhance `values` (frames, H, W); with a DICOM `source`, build the derived object as the worker does."""
-        info = choose_enhancer(choice, task, modality)
+        info = choose_enhancer(choice, task, modality, quality=self.quality)
         with self._lock:
             progress("loading the enhancer", 0.15)
             pipe = self.pipeline(info.name)

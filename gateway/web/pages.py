@@ -121,17 +121,26 @@ def error_page(
 _RECOMMEND_FOR: tuple[tuple[str, str], ...] = (("CT", "CT"), ("MR", "MR"), ("X-ray", "CR"))
 
 
-def enhancer_options(infos: Sequence[EnhancerInfo]) -> Markup:
-    """The enhancer <select>'s options: recommended per modality first, then the classical denoisers,
-    super-resolution, display filters (they change intensities: never offered as denoising) and the other
-    trained models, kept for comparison.
+def enhancer_options(infos: Sequence[EnhancerInfo], *, quality: bool = False) -> Markup:
+    """The enhancer <select>'s options: recommended per modality first, then the other variant of each
+    recommended model, the classical denoisers, super-resolution, display filters (they change intensities:
+    never offered as denoising) and the other trained models, kept for comparison.
 
-    Each option is one plain line (the enhancer's `summary`), not the architecture's description.
+    `quality`: whether this gateway gives unrouted series the quality variants (`routing.wants_quality`);
+    "automatic" and "Recommended" then name what the gateway itself would run, and the fast variants are the
+    alternatives (and the other way round). Each option is one plain line (the enhancer's `summary`), not the
+    architecture's description.
     """
     recommended: dict[str, list[str]] = {}
+    alternative: dict[str, list[str]] = {}
     for label, modality in _RECOMMEND_FOR:
         for task in TASKS:
-            recommended.setdefault(default_enhancer(modality, task), []).append(f"{label} {task}")
+            chosen = default_enhancer(modality, task, quality=quality)
+            recommended.setdefault(chosen, []).append(f"{label} {task}")
+            other = default_enhancer(modality, task, quality=not quality)
+            if other != chosen:
+                speed = "faster" if quality else "slower, higher quality"
+                alternative.setdefault(other, []).append(f"{label} {task}, {speed}")
 
     def option(info: EnhancerInfo, lead: str = "") -> dict[str, str]:
         risk = (
@@ -145,6 +154,7 @@ def enhancer_options(infos: Sequence[EnhancerInfo]) -> Markup:
 
     groups: dict[str, list[dict[str, str]]] = {
         "Recommended": [],
+        "Other variants of the recommended models": [],
         "Other denoisers": [],
         "Super-resolution (2x)": [],
         "Super-resolution (4x)": [],
@@ -158,6 +168,10 @@ def enhancer_options(infos: Sequence[EnhancerInfo]) -> Markup:
     for info in infos:
         if info.name in recommended:
             groups["Recommended"].append(option(info, f"[{', '.join(recommended[info.name])}] "))
+        elif info.name in alternative:
+            groups["Other variants of the recommended models"].append(
+                option(info, f"[{', '.join(alternative[info.name])}] ")
+            )
         elif info.display_filter:
             groups["Display filters (change intensities; not denoising)"].append(option(info))
         elif info.task in sr:
@@ -166,14 +180,16 @@ def enhancer_options(infos: Sequence[EnhancerInfo]) -> Markup:
             groups["Other denoisers"].append(option(info))
         else:
             groups["Other trained models (kept for comparison)"].append(option(info))
-    return Markup(render("enhancer_options.html", groups=[(k, v) for k, v in groups.items() if v]))
+    automatic = "highest-quality variants, as this gateway runs" if quality else "fast variants, as this gateway runs"
+    return Markup(render("enhancer_options.html", groups=[(k, v) for k, v in groups.items() if v],
+                         automatic=f"{automatic} unrouted series"))
 
 
 def upload_page(infos: Sequence[EnhancerInfo], *, csrf: str, max_mb: int, listen: str, who: Who | None = None,
-                max_megapixels: float = 30.0) -> str:
+                max_megapixels: float = 30.0, quality: bool = False) -> str:
     """The form: a file, the task, the enhancer (or the gateway's default), what a PNG/JPEG is like."""
     return _page("upload.html", "Try an enhancer", active="upload", page="upload", listen=listen, who=who, csrf=csrf,
-                 max_mb=max_mb, max_megapixels=max_megapixels, options=enhancer_options(infos),
+                 max_mb=max_mb, max_megapixels=max_megapixels, options=enhancer_options(infos, quality=quality),
                  image_modalities=IMAGE_MODALITIES)
 
 

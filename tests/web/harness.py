@@ -53,12 +53,13 @@ def add_user(config: Path, name: str, role: str, password: str) -> subprocess.Co
     )
 
 
-def write_config(path: Path, var_dir: Path, web: str = "") -> Path:
+def write_config(path: Path, var_dir: Path, web: str = "", enhance: str = "") -> Path:
     """A minimal gateway config for a console that has no gateway beside it (uploads only); `web`: the body of
-    a `[web]` table."""
+    a `[web]` table, `enhance`: lines added to `[enhance]`."""
     path.write_text(
         f'[gateway]\nvar_dir = "{var_dir}"\n\n[[destinations]]\nname = "archive"\ntype = "folder"\n'
         'path = "{var_dir}/archive"\n\n[enhance]\nthreads = 1\nbatch_size = 4\n'
+        + (f"{enhance}\n" if enhance else "")
         + (f"\n[web]\n{web}\n" if web else ""),
         encoding="utf-8",
     )
@@ -137,6 +138,17 @@ class ConsoleProcess:
         driver.find_element(By.ID, "password").send_keys(self.users[name][1])
         driver.find_element(By.ID, "login").click()
         wait(driver, 30).until(lambda d: "/login" not in d.current_url)
+
+
+def wait_upload_done(console: ConsoleProcess, session: requests.Session, upload: str) -> dict[str, object]:
+    """Poll an upload's status JSON until it is done (or 300 s have passed); the last status."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        status: dict[str, object] = session.get(console.url + f"/api/uploads/{upload}", timeout=30).json()
+        if status["done"]:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"upload {upload} not done after 300 s")
 
 
 def form_token(html: str) -> str:

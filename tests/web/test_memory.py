@@ -9,7 +9,6 @@ Before the fix the console read up to 512 MB of any POST before looking at the t
 from __future__ import annotations
 
 import http.client
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import requests
 from pydicom.uid import generate_uid
 
 from tests import realdata
-from tests.web.harness import ConsoleProcess, form_token, write_config
+from tests.web.harness import ConsoleProcess, form_token, wait_upload_done, write_config
 
 MB = 1 << 20
 JUNK_MB = 200
@@ -141,16 +140,6 @@ def _upload(console: ConsoleProcess, session: requests.Session, path: Path) -> r
                             headers={"Accept": "application/json"}, timeout=300)
 
 
-def _wait_done(console: ConsoleProcess, session: requests.Session, upload: str) -> dict[str, object]:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        status: dict[str, object] = session.get(console.url + f"/api/uploads/{upload}", timeout=30).json()
-        if status["done"]:
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"upload {upload} not done after 300 s")
-
-
 def test_an_upload_over_the_pixel_cap_is_refused_before_its_pixels_are_decoded(
     console: ConsoleProcess, tmp_path: Path
 ) -> None:
@@ -181,7 +170,7 @@ def test_kept_uploads_stay_under_the_memory_cap_oldest_evicted(console: ConsoleP
         r = _upload(console, session, path)
         assert r.status_code == 202, r.text
         tokens.append(r.json()["id"])
-        assert _wait_done(console, session, tokens[-1])["error"] is None
+        assert wait_upload_done(console, session, tokens[-1])["error"] is None
         rss.append(_status(console.pid, "VmRSS"))
     peak = _peak(console.pid)
     print(f"three 1500x1500 CR uploads: RSS before {start / MB:.0f} MB, after each "
