@@ -7,7 +7,8 @@ things a shared work queue needs without a home-made coordinator: row locks that
 (`SELECT ... FOR UPDATE SKIP LOCKED`: several workers never claim the same job, and never wait on each other),
 durable commits that survive a crash of any node, and LISTEN/NOTIFY to wake idle workers (`pg_wake`).
 
-Every transition is one transaction, as in the SQLite store; the SQL mirrors it method by method. Where SQLite
+Every transition is one transaction, as in the SQLite store. The statements both databases read alike are
+written once (`sql_state.SqlState`); the others mirror the SQLite store method by method. Where SQLite
 relied on its single writer (read a row, then update it), this store takes the row lock first (`FOR UPDATE`),
 in one order: a series before its instances, and a job's deliveries before the job wherever a sender may be
 claiming one of them at the same time (`claim_delivery`, `retry`), so two transactions never wait on each other.
@@ -18,15 +19,15 @@ pool checks a connection before lending it, so the store reconnects by itself on
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Self
 
 import psycopg
+from psycopg.abc import Params, Query
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool
 
@@ -34,92 +35,57 @@ from gateway.errors import StateError
 from gateway.storage import pg_schema
 from gateway.storage.lease import LEASE_SECONDS, new_worker_id
 from gateway.storage.pg_wake import CHANNEL_OF, DELIVERIES_CHANNEL, JOBS_CHANNEL, Listener
+from gateway.storage.sql_state import (
+    STUDY_GROUP_READY,
+    SqlState,
+    delivery_from_row,
+    instance_from_row,
+    job_from_row,
+)
 from gateway.storage.state import (
     FINISHED_STATES,
-    JOB_STATES,
-    QA_VERDICTS,
     USER_ROLES,
-    AuditEntry,
     Delivery,
     DeliveryState,
-    DestinationHealth,
     Instance,
     Job,
     JobState,
     JobTakenOver,
-    QaAction,
     QaOutcome,
-    QaVerdict,
-    SeriesSummary,
-    StudyJob,
-    StudySummary,
     User,
-    UserRole,
     WorkKind,
     backoff_delay,
 )
 
 Cursor = psycopg.Cursor[DictRow]
 
+
+class QmarkCursor(Cursor):
+    """A cursor that reads sqlite3's `?` placeholders as psycopg's `%s`: the statements the two stores share
+    (`SqlState`) are written once. No statement of this store has a literal `?` (such as jsonb's `?` operator)."""
+
+    def execute(
+        self, query: Query, params: Params | None = None, *, prepare: bool | None = None, binary: bool | None = None
+    ) -> Self:
+        if isinstance(query, str):
+            return super().execute(query.replace("?", "%s"), params, prepare=prepare, binary=binary)
+        # composed SQL and templates go through as they are (psycopg's overloads type a template's call apart)
+        return super().execute(query, params, prepare=prepare, binary=binary)  # type: ignore[arg-type, misc]
+
 # The pool logs a warning at every failed reconnection attempt (several a second while the server is down); the
 # callers see StateError and log an outage once (`gateway.logs.Outage`), so only the pool's errors are kept.
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
-#: Same rule as `sqlite_state.STUDY_GROUP_READY`: a job of a study group is delivered only when no other job of
-#: the group is still to be enhanced.
-STUDY_GROUP_READY = (
-    " AND (j.study_group IS NULL OR NOT EXISTS (SELECT 1 FROM jobs g WHERE g.study_group = j.study_group"
-    " AND (g.state IN ('queued', 'enhancing') OR (g.state = 'failed' AND g.failed_stage = 'queued'"
-    " AND g.next_try_at IS NOT NULL))))"
-)
-
-_JOB_FIELDS = tuple(f.name for f in dataclasses.fields(Job))
 _FINISHED = [str(s) for s in FINISHED_STATES]
 
 
-def _opt(kind: type[JobState | QaVerdict | QaAction], value: object) -> object:
-    return None if value is None else kind(str(value))
 
 
-def _job(row: DictRow) -> Job:
-    d = {k: row[k] for k in _JOB_FIELDS}
-    d["state"] = JobState(d["state"])
-    d["failed_stage"] = _opt(JobState, d["failed_stage"])
-    d["qa_verdict"] = _opt(QaVerdict, d["qa_verdict"])
-    d["qa_action"] = _opt(QaAction, d["qa_action"])
-    return Job(**d)
 
 
-def _delivery(row: DictRow) -> Delivery:
-    d = dict(row)
-    d["state"] = DeliveryState(d["state"])
-    return Delivery(**d)
 
 
-def _series(row: DictRow, study_uid: str | None = None) -> SeriesSummary:
-    return SeriesSummary(
-        series_uid=str(row["series_uid"]), study_uid=study_uid or str(row["study_uid"]), modality=str(row["modality"]),
-        first_at=float(row["first_at"]), last_at=float(row["last_at"]), instances=int(row["n"]),
-        sample_sop_uid=str(row["sample_sop_uid"]),
-    )
-
-
-def _instance(row: DictRow) -> Instance:
-    return Instance(
-        sop_uid=str(row["sop_uid"]), series_uid=str(row["series_uid"]), study_uid=str(row["study_uid"]),
-        sop_class_uid=str(row["sop_class_uid"]), size=int(row["size"]),
-        modality=str(row["modality"]) if "modality" in row else None,
-        purged_at=row.get("purged_at"), calling_aet=row.get("calling_aet"), received_at=row.get("received_at"),
-    )
-
-
-def _user(row: DictRow) -> User:
-    d = dict(row)
-    d["role"] = UserRole(d["role"])
-    return User(**d)
-
-
-class PostgresState:
+class PostgresState(SqlState[Cursor]):
     """PostgreSQL-backed state, safe to share between the threads of a process (a pool of connections).
 
     Other processes and machines open their own `PostgresState` on the same database; claims belong to
@@ -212,7 +178,7 @@ class PostgresState:
         conn: psycopg.Connection[DictRow] | None = None
         try:
             with self._current_pool().connection(timeout=wait) as conn, conn.transaction():
-                yield conn.cursor()
+                yield QmarkCursor(conn)
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:  # PoolTimeout is an OperationalError
             if conn is None or conn.broken or isinstance(exc, psycopg.InterfaceError):
                 with self._pool_lock:
@@ -225,10 +191,6 @@ class PostgresState:
             return db.execute(sql, args).fetchall()
 
     # --- reception -------------------------------------------------------------------------------------
-
-    def instance_purged(self, sop_uid: str) -> bool | None:
-        rows = self._query("SELECT purged_at FROM instances WHERE sop_uid = %s", (sop_uid,))
-        return None if not rows else rows[0]["purged_at"] is not None
 
     def record_instance(
         self, *, sop_uid: str, series_uid: str, study_uid: str, sop_class_uid: str, modality: str, size: int,
@@ -252,15 +214,6 @@ class PostgresState:
             )
             return cur.rowcount > 0
 
-    def recorded_sop_uids(self, series_uid: str) -> set[str]:
-        return {str(r["sop_uid"]) for r in self._query(
-            "SELECT sop_uid FROM instances WHERE series_uid = %s", (series_uid,)
-        )}
-
-    def mark_restored(self, sop_uid: str) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE instances SET purged_at = NULL WHERE sop_uid = %s", (sop_uid,))
-
     # --- completion ------------------------------------------------------------------------------------
 
     def make_jobs_for_stable_series(
@@ -275,13 +228,6 @@ class PostgresState:
                 (now - stable_seconds,),
             ).fetchall()
             return self._make_jobs(db, [str(r["series_uid"]) for r in rows if r["series_uid"] not in exclude], now)
-
-    def make_study_jobs(
-        self, series_uids: Sequence[str], group: str, *, skip_reason: str | None = None, now: float | None = None
-    ) -> list[int]:
-        now = time.time() if now is None else now
-        with self._tx() as db:
-            return self._make_jobs(db, series_uids, now, group=group, skip_reason=skip_reason)
 
     def _make_jobs(
         self, db: Cursor, series_uids: Sequence[str], now: float, *, group: str | None = None,
@@ -323,28 +269,7 @@ class PostgresState:
             db.execute(f"NOTIFY {JOBS_CHANNEL}")
         return made
 
-    def pending_series(self) -> list[SeriesSummary]:
-        return [_series(r) for r in self._query(
-            "SELECT s.series_uid, s.study_uid, s.modality, s.last_at, COUNT(i.sop_uid) AS n, s.first_at,"
-            " MIN(i.sop_uid) AS sample_sop_uid FROM series s"
-            " JOIN instances i ON i.series_uid = s.series_uid AND i.job_id IS NULL GROUP BY s.series_uid"
-        )]
-
-    def study_series(self, study_uid: str) -> list[SeriesSummary]:
-        return [_series(r, study_uid) for r in self._query(
-            "SELECT s.series_uid, s.modality, s.first_at, s.last_at, COUNT(i.sop_uid) AS n,"
-            " MIN(i.sop_uid) AS sample_sop_uid FROM series s"
-            " JOIN instances i ON i.series_uid = s.series_uid WHERE s.study_uid = %s GROUP BY s.series_uid",
-            (study_uid,),
-        )]
-
     # --- jobs ------------------------------------------------------------------------------------------
-
-    def job(self, job_id: int) -> Job:
-        rows = self._query("SELECT * FROM jobs WHERE id = %s", (job_id,))
-        if not rows:
-            raise StateError(f"no job {job_id}; `enhance-gateway status` lists jobs")
-        return _job(rows[0])
 
     def jobs(self, state: str | None = None, study_uid: str | None = None, limit: int = 1000) -> list[Job]:
         sql, args = "SELECT * FROM jobs WHERE TRUE", list[object]()
@@ -355,23 +280,7 @@ class PostgresState:
             sql += " AND study_uid = %s"
             args.append(study_uid)
         args.append(limit)
-        return [_job(r) for r in self._query(sql + " ORDER BY id DESC LIMIT %s", args)]
-
-    def job_instances(self, job_id: int) -> list[Instance]:
-        return [_instance(r) for r in self._query(
-            "SELECT i.sop_uid, i.series_uid, i.study_uid, i.sop_class_uid, i.size FROM instances i"
-            " JOIN job_members m ON m.sop_uid = i.sop_uid WHERE m.job_id = %s ORDER BY i.received_at, i.sop_uid",
-            (job_id,),
-        )]
-
-    def series_instances(self, study_uid: str, series_uid: str | None = None) -> list[Instance]:
-        sql = ("SELECT i.*, s.modality FROM instances i JOIN series s ON s.series_uid = i.series_uid"
-               " WHERE i.study_uid = %s")
-        args: list[object] = [study_uid]
-        if series_uid:
-            sql += " AND i.series_uid = %s"
-            args.append(series_uid)
-        return [_instance(r) for r in self._query(sql + " ORDER BY i.series_uid, i.received_at", args)]
+        return [job_from_row(r) for r in self._query(sql + " ORDER BY id DESC LIMIT %s", args)]
 
     def make_reprocess_job(
         self, series_uid: str, *, enhancer: str | None, only_destination: str | None, strength: float | None = None
@@ -405,7 +314,7 @@ class PostgresState:
             "SELECT DISTINCT series_uid FROM jobs WHERE state <> ALL(%s)", (_FINISHED,)
         )}
         instances = [
-            _instance(r)
+            instance_from_row(r)
             for r in self._query(
                 "SELECT * FROM instances WHERE purged_at IS NULL AND job_id IS NOT NULL AND received_at < %s",
                 (older_than,),
@@ -423,32 +332,6 @@ class PostgresState:
                 "UPDATE instances SET purged_at = %s WHERE sop_uid = ANY(%s)", (time.time(), list(sop_uids))
             )
 
-    def studies(self, since: float = 0.0) -> list[StudySummary]:
-        rows = self._query(
-            "SELECT s.study_uid, COUNT(DISTINCT s.series_uid) AS series, MIN(s.first_at) AS first_at,"
-            " MAX(s.last_at) AS last_at,"
-            " (SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid) AS instances"
-            " FROM series s WHERE s.last_at >= %s GROUP BY s.study_uid ORDER BY last_at DESC",
-            (since,),
-        )
-        jobs: dict[str, list[StudyJob]] = {}
-        for j in self._query(
-            "SELECT j.study_uid, j.id, j.state, j.enhancer, j.derived_series_uid FROM jobs j"
-            " JOIN (SELECT DISTINCT study_uid FROM series WHERE last_at >= %s) s ON s.study_uid = j.study_uid"
-            " ORDER BY j.id",
-            (since,),
-        ):
-            jobs.setdefault(str(j["study_uid"]), []).append(
-                StudyJob(int(j["id"]), JobState(j["state"]), j["enhancer"], j["derived_series_uid"])
-            )
-        return [
-            StudySummary(
-                study_uid=str(r["study_uid"]), series=int(r["series"]), instances=int(r["instances"]),
-                first_at=float(r["first_at"]), last_at=float(r["last_at"]), jobs=jobs.get(str(r["study_uid"]), []),
-            )
-            for r in rows
-        ]
-
     def claim_job(self, from_state: JobState, to_state: JobState, now: float | None = None) -> Job | None:
         """Atomically move the oldest job in `from_state` (or failed at that stage and due) to `to_state`.
 
@@ -464,17 +347,7 @@ class PostgresState:
                 " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING *",
                 (str(to_state), self.worker_id, now + self.lease_seconds, now, str(from_state), str(from_state), now),
             ).fetchone()
-        return None if row is None else _job(row)
-
-    def set_job_enhancer(
-        self, job_id: int, enhancer: str, version: str, derived_series_uid: str, device: str
-    ) -> None:
-        with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET enhancer = %s, enhancer_version = %s, derived_series_uid = %s, device = %s,"
-                " updated_at = %s WHERE id = %s",
-                (enhancer, version, derived_series_uid, device, time.time(), job_id),
-            )
+        return None if row is None else job_from_row(row)
 
     def finish_enhancement(
         self, job_id: int, *, destinations: Sequence[str], derived_count: int, psnr: float | None,
@@ -520,19 +393,7 @@ class PostgresState:
             db.execute(f"NOTIFY {DELIVERIES_CHANNEL}")
         return self.job(job_id)
 
-    def reject(self, job_id: int) -> Job:
-        now = time.time()
-        with self._tx() as db:
-            self._expect_held(db, job_id, "rejected")
-            db.execute(
-                "UPDATE jobs SET state = 'rejected', reviewed_at = %s, updated_at = %s, finished_at = %s WHERE id = %s",
-                (now, now, now, job_id),
-            )
-            db.execute("DELETE FROM deliveries WHERE job_id = %s AND state != 'done'", (job_id,))
-        return self.job(job_id)
-
-    @staticmethod
-    def _expect_held(db: Cursor, job_id: int, verb: str) -> None:
+    def _expect_held(self, db: Cursor, job_id: int, verb: str) -> None:
         row = db.execute("SELECT state FROM jobs WHERE id = %s FOR UPDATE", (job_id,)).fetchone()
         if row is None:
             raise StateError(f"no job {job_id}; `enhance-gateway held` lists the held jobs")
@@ -540,14 +401,6 @@ class PostgresState:
             raise StateError(
                 f"job {job_id} is {row['state']}, not held: only a held job can be {verb}"
                 " (`enhance-gateway held` lists them)"
-            )
-
-    def skip_job(self, job_id: int, reason: str) -> None:
-        now = time.time()
-        with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET state = 'skipped', skip_reason = %s, updated_at = %s, finished_at = %s WHERE id = %s",
-                (reason, now, now, job_id),
             )
 
     def fail_job(
@@ -610,21 +463,6 @@ class PostgresState:
             db.execute(f"NOTIFY {JOBS_CHANNEL if target == JobState.QUEUED else DELIVERIES_CHANNEL}")
         return target
 
-    def renew_lease(self, job_id: int, worker_id: str) -> bool:
-        """Extend `worker_id`'s claim on the job by a lease from now; False when another worker owns it now."""
-        with self._tx() as db:
-            cur = db.execute(
-                "UPDATE jobs SET lease_expires_at = %s WHERE id = %s AND owner = %s",
-                (time.time() + self.lease_seconds, job_id, worker_id),
-            )
-        return cur.rowcount > 0
-
-    def lease_holders(self) -> list[str]:
-        return [str(r["owner"]) for r in self._query(
-            "SELECT DISTINCT owner FROM jobs WHERE state IN ('enhancing', 'sending') AND owner IS NOT NULL"
-            " ORDER BY owner"
-        )]
-
     def recover(self, owner: str | None = None, now: float | None = None) -> dict[str, int]:
         """Jobs caught mid-stage go back to their queue: those of `owner` (known dead), else those whose lease
         expired; deliveries in flight of the jobs taken back are pending again.
@@ -667,7 +505,7 @@ class PostgresState:
     # --- deliveries ------------------------------------------------------------------------------------
 
     def deliveries(self, job_id: int) -> list[Delivery]:
-        return [_delivery(r) for r in self._query(
+        return [delivery_from_row(r) for r in self._query(
             "SELECT * FROM deliveries WHERE job_id = %s ORDER BY destination", (job_id,)
         )]
 
@@ -705,22 +543,7 @@ class PostgresState:
                 (job_id, name),
             ).fetchone()
         assert job is not None and delivery is not None
-        return _job(job), _delivery(delivery)
-
-    def delivery_succeeded(self, job_id: int, destination: str) -> None:
-        now = time.time()
-        with self._tx() as db:
-            db.execute(
-                "UPDATE deliveries SET state = 'done', attempts = attempts + 1, delivered_at = %s, last_error = NULL"
-                " WHERE job_id = %s AND destination = %s",
-                (now, job_id, destination),
-            )
-            db.execute(
-                "INSERT INTO destination_health(destination, last_success_at, consecutive_failures) VALUES (%s, %s, 0)"
-                " ON CONFLICT (destination) DO UPDATE SET last_success_at = EXCLUDED.last_success_at,"
-                " consecutive_failures = 0",
-                (destination, now),
-            )
+        return job_from_row(job), delivery_from_row(delivery)
 
     def delivery_failed(
         self, job_id: int, destination: str, error: str, *, base: float, cap: float, max_attempts: int
@@ -747,14 +570,6 @@ class PostgresState:
                 (destination, now),
             )
         return state
-
-    def delivery_waiting(self, job_id: int, destination: str, reason: str, *, retry_in: float) -> None:
-        with self._tx() as db:
-            db.execute(
-                "UPDATE deliveries SET state = 'pending', next_try_at = %s, last_error = %s"
-                " WHERE job_id = %s AND destination = %s",
-                (time.time() + retry_in, reason[:2000], job_id, destination),
-            )
 
     def settle_job(self, job_id: int) -> JobState:
         """sending -> done, dead or failed. The job row is locked first, so two senders of one job (two
@@ -790,44 +605,7 @@ class PostgresState:
             )
             return JobState.FAILED
 
-    # --- reporting -------------------------------------------------------------------------------------
-
-    def qa_verdict_counts(self) -> dict[str, int]:
-        out: dict[str, int] = {str(v): 0 for v in QA_VERDICTS}
-        for row in self._query(
-            "SELECT qa_verdict, COUNT(*) AS n FROM jobs WHERE qa_verdict IS NOT NULL GROUP BY qa_verdict"
-        ):
-            out[str(row["qa_verdict"])] = int(row["n"])
-        return out
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {str(s): 0 for s in (JobState.RECEIVED, *JOB_STATES)}
-        for row in self._query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
-            out[str(row["state"])] = int(row["n"])
-        out[JobState.RECEIVED] = len(self.pending_series())
-        return out
-
-    def oldest_waiting(self) -> Job | None:
-        rows = self._query(
-            "SELECT * FROM jobs WHERE state IN ('queued', 'enhancing', 'enhanced', 'sending', 'failed')"
-            " AND NOT (state = 'failed' AND next_try_at IS NULL) ORDER BY created_at LIMIT 1"
-        )
-        return _job(rows[0]) if rows else None
-
-    def destination_health(self) -> list[DestinationHealth]:
-        return [DestinationHealth(**r) for r in self._query("SELECT * FROM destination_health ORDER BY destination")]
-
-    def instance_count(self) -> int:
-        return int(self._query("SELECT COUNT(*) AS n FROM instances")[0]["n"])
-
     # --- console users and audit log ------------------------------------------------------------------
-
-    def users(self) -> list[User]:
-        return [_user(r) for r in self._query("SELECT * FROM users ORDER BY name")]
-
-    def user(self, name: str) -> User | None:
-        rows = self._query("SELECT * FROM users WHERE name = %s", (name,))
-        return _user(rows[0]) if rows else None
 
     def add_user(self, name: str, role: str, password_hash: str) -> User:
         if role not in USER_ROLES:
@@ -845,26 +623,6 @@ class PostgresState:
         assert user is not None
         return user
 
-    def set_password(self, name: str, password_hash: str, role: str | None = None) -> None:
-        if role is not None and role not in USER_ROLES:
-            raise StateError(f"role {role!r} is not one of {', '.join(USER_ROLES)}")
-        with self._tx() as db:
-            cur = db.execute(
-                "UPDATE users SET password_hash = %s, role = COALESCE(%s, role), updated_at = %s WHERE name = %s",
-                (password_hash, role, time.time(), name),
-            )
-            if cur.rowcount == 0:
-                raise StateError(f"no user {name!r}: `enhance-gateway users list` shows who exists")
-
-    def remove_user(self, name: str) -> None:
-        with self._tx() as db:
-            if db.execute("DELETE FROM users WHERE name = %s", (name,)).rowcount == 0:
-                raise StateError(f"no user {name!r}: `enhance-gateway users list` shows who exists")
-
-    def note_login(self, name: str) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE users SET last_login_at = %s WHERE name = %s", (time.time(), name))
-
     def record_audit(
         self, actor: str, action: str, *, outcome: str = "ok", role: str | None = None, target: str | None = None,
         source: str | None = None, detail: str | None = None,
@@ -876,13 +634,6 @@ class PostgresState:
                 (time.time(), actor, role, action, target, outcome, source, detail),
             ).fetchone()
         return int(row["id"]) if row else 0
-
-    def audit(self, limit: int = 100, actor: str | None = None) -> list[AuditEntry]:
-        if actor is None:
-            rows = self._query("SELECT * FROM audit ORDER BY id DESC LIMIT %s", (limit,))
-        else:
-            rows = self._query("SELECT * FROM audit WHERE actor = %s ORDER BY id DESC LIMIT %s", (actor, limit))
-        return [AuditEntry(**r) for r in rows]
 
     # --- derived series --------------------------------------------------------------------------------
 

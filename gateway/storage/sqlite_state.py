@@ -18,27 +18,24 @@ from pathlib import Path
 
 from gateway.errors import StateError, is_disk_full
 from gateway.storage.lease import LEASE_SECONDS, new_worker_id
+from gateway.storage.sql_state import (
+    STUDY_GROUP_READY,
+    SqlState,
+    delivery_from_row,
+    instance_from_row,
+    job_from_row,
+)
 from gateway.storage.state import (
     FINISHED_STATES,
-    JOB_STATES,
-    QA_VERDICTS,
     USER_ROLES,
-    AuditEntry,
     Delivery,
     DeliveryState,
-    DestinationHealth,
     Instance,
     Job,
     JobState,
     JobTakenOver,
-    QaAction,
     QaOutcome,
-    QaVerdict,
-    SeriesSummary,
-    StudyJob,
-    StudySummary,
     User,
-    UserRole,
     WorkKind,
     backoff_delay,
 )
@@ -57,15 +54,6 @@ _ADDED_JOB_COLUMNS: tuple[tuple[str, str], ...] = (
     ("reviewed_at", "REAL"),        # when an admin released or rejected a held job
     ("study_group", "TEXT"),        # jobs made together for a study-level route: delivered together
     ("lease_expires_at", "REAL"),   # the owner's claim runs out then unless renewed (NULL: a pid-era claim)
-)
-
-#: Delivery claims take a job of a study group only when no other job of the group is still to be enhanced
-#: (queued, enhancing, or failed with a retry due at the enhancing stage): the derived series of a study go
-#: out together. A held, skipped or dead member does not stop the others.
-STUDY_GROUP_READY = (
-    " AND (j.study_group IS NULL OR NOT EXISTS (SELECT 1 FROM jobs g WHERE g.study_group = j.study_group"
-    " AND (g.state IN ('queued', 'enhancing') OR (g.state = 'failed' AND g.failed_stage = 'queued'"
-    " AND g.next_try_at IS NOT NULL))))"
 )
 
 #: Tables added after the first release (console users and the audit log of their actions), created on an
@@ -184,54 +172,13 @@ def _open_failure(path: Path, exc: sqlite3.OperationalError) -> str:
     return f"cannot open the state database {path}: {exc}; var_dir must be on a local, writable file system"
 
 
-def _opt(kind: type[JobState | QaVerdict | QaAction], value: object) -> object:
-    return None if value is None else kind(str(value))
 
 
-def _job(row: sqlite3.Row) -> Job:
-    """A job row as the dataclass: coded columns become their enums (an unknown value is a corrupt row: raise)."""
-    d = dict(row)
-    d["state"] = JobState(d["state"])
-    d["failed_stage"] = _opt(JobState, d["failed_stage"])
-    d["qa_verdict"] = _opt(QaVerdict, d["qa_verdict"])
-    d["qa_action"] = _opt(QaAction, d["qa_action"])
-    d["owner"] = None if d["owner"] is None else str(d["owner"])
-    return Job(**d)
 
 
-def _delivery(row: sqlite3.Row) -> Delivery:
-    d = dict(row)
-    d["state"] = DeliveryState(d["state"])
-    return Delivery(**d)
 
 
-def _series(row: sqlite3.Row, study_uid: str | None = None) -> SeriesSummary:
-    return SeriesSummary(
-        series_uid=str(row["series_uid"]), study_uid=study_uid or str(row["study_uid"]), modality=str(row["modality"]),
-        first_at=float(row["first_at"]), last_at=float(row["last_at"]), instances=int(row["n"]),
-        sample_sop_uid=str(row["sample_sop_uid"]),
-    )
-
-
-def _instance(row: sqlite3.Row) -> Instance:
-    keys = row.keys()
-    return Instance(
-        sop_uid=str(row["sop_uid"]), series_uid=str(row["series_uid"]), study_uid=str(row["study_uid"]),
-        sop_class_uid=str(row["sop_class_uid"]), size=int(row["size"]),
-        modality=str(row["modality"]) if "modality" in keys else None,
-        purged_at=row["purged_at"] if "purged_at" in keys else None,
-        calling_aet=row["calling_aet"] if "calling_aet" in keys else None,
-        received_at=row["received_at"] if "received_at" in keys else None,
-    )
-
-
-def _user(row: sqlite3.Row) -> User:
-    d = dict(row)
-    d["role"] = UserRole(d["role"])
-    return User(**d)
-
-
-class SqliteState:
+class SqliteState(SqlState[sqlite3.Connection]):
     """SQLite-backed state, safe to share between the threads of one process (one connection, one lock).
 
     Other processes open their own `State` on the same file; WAL and busy_timeout let them coexist.
@@ -308,15 +255,6 @@ class SqliteState:
 
     # --- reception -------------------------------------------------------------------------------------
 
-    def instance_purged(self, sop_uid: str) -> bool | None:
-        """None: never received; False: recorded and in the spool; True: recorded but purged.
-
-        Why: an instance that `purge` removed and that arrives again (a C-MOVE or WADO-RS retrieval for
-        `reprocess`, or a modality resending it) must be stored and its row restored, not dropped as a duplicate.
-        """
-        rows = self._query("SELECT purged_at FROM instances WHERE sop_uid = ?", (sop_uid,))
-        return None if not rows else rows[0][0] is not None
-
     def record_instance(
         self,
         *,
@@ -384,15 +322,6 @@ class SqliteState:
             ]
             return self._make_jobs(db, [r["series_uid"] for r in rows], now)
 
-    def make_study_jobs(
-        self, series_uids: Sequence[str], group: str, *, skip_reason: str | None = None, now: float | None = None
-    ) -> list[int]:
-        """One job per series (its unassigned instances) in one transaction, all in study group `group`:
-        queued, or skipped with `skip_reason` (a study discarded on timeout: visible, and `reprocess` still works)."""
-        now = time.time() if now is None else now
-        with self._tx() as db:
-            return self._make_jobs(db, series_uids, now, group=group, skip_reason=skip_reason)
-
     def _make_jobs(
         self, db: sqlite3.Connection, series_uids: Sequence[str], now: float, *, group: str | None = None,
         skip_reason: str | None = None,
@@ -427,31 +356,7 @@ class SqliteState:
             made.append(job_id)
         return made
 
-    def pending_series(self) -> list[SeriesSummary]:
-        """Series still receiving (instances not yet in a job): the `received` stage."""
-        return [_series(r) for r in self._query(
-            "SELECT s.series_uid, s.study_uid, s.modality, s.last_at, COUNT(i.sop_uid) AS n, s.first_at,"
-            " MIN(i.sop_uid) AS sample_sop_uid FROM series s"
-            " JOIN instances i ON i.series_uid = s.series_uid AND i.job_id IS NULL GROUP BY s.series_uid"
-        )]
-
-    def study_series(self, study_uid: str) -> list[SeriesSummary]:
-        """Every series of a study, received before or still receiving, with one instance's key (to read its
-        Series Description) and when it started and last grew: what a study-level route's completion reads."""
-        return [_series(r, study_uid) for r in self._query(
-            "SELECT s.series_uid, s.modality, s.first_at, s.last_at, COUNT(i.sop_uid) AS n,"
-            " MIN(i.sop_uid) AS sample_sop_uid FROM series s"
-            " JOIN instances i ON i.series_uid = s.series_uid WHERE s.study_uid = ? GROUP BY s.series_uid",
-            (study_uid,),
-        )]
-
     # --- jobs ------------------------------------------------------------------------------------------
-
-    def job(self, job_id: int) -> Job:
-        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
-        if not rows:
-            raise StateError(f"no job {job_id}; `enhance-gateway status` lists jobs")
-        return _job(rows[0])
 
     def jobs(self, state: str | None = None, study_uid: str | None = None, limit: int = 1000) -> list[Job]:
         sql, args = "SELECT * FROM jobs WHERE 1=1", list[object]()
@@ -463,30 +368,7 @@ class SqliteState:
             args.append(study_uid)
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(limit)
-        return [_job(r) for r in self._query(sql, args)]
-
-    def job_instances(self, job_id: int) -> list[Instance]:
-        rows = self._query(
-            "SELECT i.sop_uid, i.series_uid, i.study_uid, i.sop_class_uid, i.size FROM instances i"
-            " JOIN job_members m ON m.sop_uid = i.sop_uid WHERE m.job_id = ? ORDER BY i.received_at, i.sop_uid",
-            (job_id,),
-        )
-        return [_instance(r) for r in rows]
-
-    def recorded_sop_uids(self, series_uid: str) -> set[str]:
-        """SOP Instance UIDs recorded for a series (reconciliation compares them with the spool's files)."""
-        return {str(r[0]) for r in self._query("SELECT sop_uid FROM instances WHERE series_uid = ?", (series_uid,))}
-
-    def series_instances(self, study_uid: str, series_uid: str | None = None) -> list[Instance]:
-        """Every instance of a study (or one series) with its purge mark and its series' modality: what
-        `reprocess` starts from (and checks an enhancer against)."""
-        sql = ("SELECT i.*, s.modality FROM instances i JOIN series s ON s.series_uid = i.series_uid"
-               " WHERE i.study_uid = ?")
-        args: list[object] = [study_uid]
-        if series_uid:
-            sql += " AND i.series_uid = ?"
-            args.append(series_uid)
-        return [_instance(r) for r in self._query(sql + " ORDER BY i.series_uid, i.received_at", args)]
+        return [job_from_row(r) for r in self._query(sql, args)]
 
     def make_reprocess_job(
         self, series_uid: str, *, enhancer: str | None, only_destination: str | None, strength: float | None = None
@@ -515,11 +397,6 @@ class SqliteState:
             )
         return job_id
 
-    def mark_restored(self, sop_uid: str) -> None:
-        """A purged original was retrieved again (C-GET) and is back in the spool."""
-        with self._tx() as db:
-            db.execute("UPDATE instances SET purged_at = NULL WHERE sop_uid = ?", (sop_uid,))
-
     def purgeable(self, older_than: float) -> tuple[list[Instance], list[int]]:
         """Originals and job outputs past retention: only of series whose every job is finished.
 
@@ -532,7 +409,7 @@ class SqliteState:
         )
         busy_series = {r["series_uid"] for r in busy}
         instances = [
-            _instance(r)
+            instance_from_row(r)
             for r in self._query(
                 "SELECT * FROM instances WHERE purged_at IS NULL AND job_id IS NOT NULL AND received_at < ?",
                 (older_than,),
@@ -552,33 +429,6 @@ class SqliteState:
         with self._tx() as db:
             db.executemany("UPDATE instances SET purged_at = ? WHERE sop_uid = ?", [(now, u) for u in sop_uids])
 
-    def studies(self, since: float = 0.0) -> list[StudySummary]:
-        """One summary per study seen since `since` (the newest first): series, instances, its jobs."""
-        rows = self._query(
-            "SELECT s.study_uid, COUNT(DISTINCT s.series_uid) AS series, MIN(s.first_at) AS first_at,"
-            " MAX(s.last_at) AS last_at,"
-            " (SELECT COUNT(*) FROM instances i WHERE i.study_uid = s.study_uid) AS instances"
-            " FROM series s WHERE s.last_at >= ? GROUP BY s.study_uid ORDER BY last_at DESC",
-            (since,),
-        )
-        jobs: dict[str, list[StudyJob]] = {}
-        for j in self._query(
-            "SELECT j.study_uid, j.id, j.state, j.enhancer, j.derived_series_uid FROM jobs j"
-            " JOIN (SELECT DISTINCT study_uid FROM series WHERE last_at >= ?) s ON s.study_uid = j.study_uid"
-            " ORDER BY j.id",
-            (since,),
-        ):
-            jobs.setdefault(str(j["study_uid"]), []).append(
-                StudyJob(int(j["id"]), JobState(j["state"]), j["enhancer"], j["derived_series_uid"])
-            )
-        return [
-            StudySummary(
-                study_uid=str(r["study_uid"]), series=int(r["series"]), instances=int(r["instances"]),
-                first_at=float(r["first_at"]), last_at=float(r["last_at"]), jobs=jobs.get(str(r["study_uid"]), []),
-            )
-            for r in rows
-        ]
-
     def claim_job(self, from_state: JobState, to_state: JobState, now: float | None = None) -> Job | None:
         """Atomically move the oldest job in `from_state` (or failed at that stage and due) to `to_state`."""
         now = time.time() if now is None else now
@@ -596,16 +446,6 @@ class SqliteState:
                 (to_state, self.worker_id, now + self.lease_seconds, now, row["id"]),
             )
         return self.job(int(row["id"]))
-
-    def set_job_enhancer(
-        self, job_id: int, enhancer: str, version: str, derived_series_uid: str, device: str
-    ) -> None:
-        with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET enhancer = ?, enhancer_version = ?, derived_series_uid = ?, device = ?,"
-                " updated_at = ? WHERE id = ?",
-                (enhancer, version, derived_series_uid, device, time.time(), job_id),
-            )
 
     def finish_enhancement(
         self,
@@ -662,23 +502,7 @@ class SqliteState:
             )
         return self.job(job_id)
 
-    def reject(self, job_id: int) -> Job:
-        """An admin rejects a held job: held -> rejected (final); its undelivered deliveries are dropped.
-
-        The caller removes the outputs from the spool; the originals and their rows are never touched.
-        """
-        now = time.time()
-        with self._tx() as db:
-            self._expect_held(db, job_id, "rejected")
-            db.execute(
-                "UPDATE jobs SET state = 'rejected', reviewed_at = ?, updated_at = ?, finished_at = ? WHERE id = ?",
-                (now, now, now, job_id),
-            )
-            db.execute("DELETE FROM deliveries WHERE job_id = ? AND state != 'done'", (job_id,))
-        return self.job(job_id)
-
-    @staticmethod
-    def _expect_held(db: sqlite3.Connection, job_id: int, verb: str) -> None:
+    def _expect_held(self, db: sqlite3.Connection, job_id: int, verb: str) -> None:
         row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise StateError(f"no job {job_id}; `enhance-gateway held` lists the held jobs")
@@ -686,14 +510,6 @@ class SqliteState:
             raise StateError(
                 f"job {job_id} is {row['state']}, not held: only a held job can be {verb}"
                 " (`enhance-gateway held` lists them)"
-            )
-
-    def skip_job(self, job_id: int, reason: str) -> None:
-        now = time.time()
-        with self._tx() as db:
-            db.execute(
-                "UPDATE jobs SET state = 'skipped', skip_reason = ?, updated_at = ?, finished_at = ? WHERE id = ?",
-                (reason, now, now, job_id),
             )
 
     def fail_job(
@@ -737,7 +553,7 @@ class SqliteState:
 
     def deliveries(self, job_id: int) -> list[Delivery]:
         rows = self._query("SELECT * FROM deliveries WHERE job_id = ? ORDER BY destination", (job_id,))
-        return [_delivery(r) for r in rows]
+        return [delivery_from_row(r) for r in rows]
 
     def claim_delivery(
         self, destination: str | None, known: Sequence[str] = (), now: float | None = None
@@ -771,24 +587,10 @@ class SqliteState:
             db.execute(
                 "UPDATE deliveries SET state = 'sending' WHERE job_id = ? AND destination = ?", (job_id, name)
             )
-            delivery = _delivery(db.execute(
+            delivery = delivery_from_row(db.execute(
                 "SELECT * FROM deliveries WHERE job_id = ? AND destination = ?", (job_id, name)
             ).fetchone())
         return self.job(job_id), delivery
-
-    def delivery_succeeded(self, job_id: int, destination: str) -> None:
-        now = time.time()
-        with self._tx() as db:
-            db.execute(
-                "UPDATE deliveries SET state = 'done', attempts = attempts + 1, delivered_at = ?, last_error = NULL"
-                " WHERE job_id = ? AND destination = ?",
-                (now, job_id, destination),
-            )
-            db.execute(
-                "INSERT INTO destination_health(destination, last_success_at, consecutive_failures) VALUES (?, ?, 0)"
-                " ON CONFLICT(destination) DO UPDATE SET last_success_at = ?, consecutive_failures = 0",
-                (destination, now, now),
-            )
 
     def delivery_failed(
         self, job_id: int, destination: str, error: str, *, base: float, cap: float, max_attempts: int
@@ -814,18 +616,6 @@ class SqliteState:
                 (destination, now, now),
             )
         return state
-
-    def delivery_waiting(self, job_id: int, destination: str, reason: str, *, retry_in: float) -> None:
-        """A delivery that could not write (its folder's disk is full) tries again in `retry_in` seconds.
-
-        No attempt is counted: waiting for space is not a failure, and must never make a delivery dead.
-        """
-        with self._tx() as db:
-            db.execute(
-                "UPDATE deliveries SET state = 'pending', next_try_at = ?, last_error = ?"
-                " WHERE job_id = ? AND destination = ?",
-                (time.time() + retry_in, reason[:2000], job_id, destination),
-            )
 
     def settle_job(self, job_id: int) -> JobState:
         """sending -> done (all delivered), dead (a delivery is dead) or failed (retry at the next due time)."""
@@ -881,22 +671,6 @@ class SqliteState:
             )
         return target
 
-    def renew_lease(self, job_id: int, worker_id: str) -> bool:
-        """Extend `worker_id`'s claim on the job by a lease from now; False when another worker owns it now."""
-        with self._tx() as db:
-            cur = db.execute(
-                "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND owner = ?",
-                (time.time() + self.lease_seconds, job_id, worker_id),
-            )
-        return bool(cur.rowcount)
-
-    def lease_holders(self) -> list[str]:
-        """Owners of the jobs in flight (enhancing, sending), each once."""
-        rows = self._query(
-            "SELECT DISTINCT owner FROM jobs WHERE state IN ('enhancing', 'sending') AND owner IS NOT NULL"
-        )
-        return [str(r[0]) for r in rows]
-
     def recover(self, owner: str | None = None, now: float | None = None) -> dict[str, int]:
         """Jobs caught mid-stage go back to their queue: those of `owner` (known dead), else those whose lease
         expired (or that a pid-era version claimed: no lease). Their deliveries in flight are pending again.
@@ -928,46 +702,7 @@ class SqliteState:
             )
         return {"enhancing": a, "sending": len(sending)}
 
-    # --- reporting -------------------------------------------------------------------------------------
-
-    def qa_verdict_counts(self) -> dict[str, int]:
-        """Series gated per QA verdict, over every job ever enhanced (jobs are never deleted)."""
-        out: dict[str, int] = {str(v): 0 for v in QA_VERDICTS}
-        for row in self._query("SELECT qa_verdict, COUNT(*) AS n FROM jobs WHERE qa_verdict IS NOT NULL GROUP BY 1"):
-            out[str(row["qa_verdict"])] = int(row["n"])
-        return out
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {str(s): 0 for s in (JobState.RECEIVED, *JOB_STATES)}
-        for row in self._query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state"):
-            out[row["state"]] = int(row["n"])
-        out[JobState.RECEIVED] = len(self.pending_series())
-        return out
-
-    def oldest_waiting(self) -> Job | None:
-        rows = self._query(
-            "SELECT * FROM jobs WHERE state IN ('queued', 'enhancing', 'enhanced', 'sending', 'failed')"
-            " AND NOT (state = 'failed' AND next_try_at IS NULL)"  # failed for good: waits for an admin, not a try
-            " ORDER BY created_at LIMIT 1"
-        )
-        return _job(rows[0]) if rows else None
-
-    def destination_health(self) -> list[DestinationHealth]:
-        return [
-            DestinationHealth(**dict(r)) for r in self._query("SELECT * FROM destination_health ORDER BY destination")
-        ]
-
-    def instance_count(self) -> int:
-        return int(self._query("SELECT COUNT(*) FROM instances")[0][0])
-
     # --- console users and audit log ------------------------------------------------------------------
-
-    def users(self) -> list[User]:
-        return [_user(r) for r in self._query("SELECT * FROM users ORDER BY name")]
-
-    def user(self, name: str) -> User | None:
-        rows = self._query("SELECT * FROM users WHERE name = ?", (name,))
-        return _user(rows[0]) if rows else None
 
     def add_user(self, name: str, role: str, password_hash: str) -> User:
         """A new user; StateError when the name is taken (change a password with `set_password`)."""
@@ -985,27 +720,6 @@ class SqliteState:
         assert user is not None
         return user
 
-    def set_password(self, name: str, password_hash: str, role: str | None = None) -> None:
-        """Replace a user's hash (and role when given); StateError when there is no such user."""
-        if role is not None and role not in USER_ROLES:
-            raise StateError(f"role {role!r} is not one of {', '.join(USER_ROLES)}")
-        with self._tx() as db:
-            cur = db.execute(
-                "UPDATE users SET password_hash = ?, role = COALESCE(?, role), updated_at = ? WHERE name = ?",
-                (password_hash, role, time.time(), name),
-            )
-            if cur.rowcount == 0:
-                raise StateError(f"no user {name!r}: `enhance-gateway users list` shows who exists")
-
-    def remove_user(self, name: str) -> None:
-        with self._tx() as db:
-            if db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
-                raise StateError(f"no user {name!r}: `enhance-gateway users list` shows who exists")
-
-    def note_login(self, name: str) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE users SET last_login_at = ? WHERE name = ?", (time.time(), name))
-
     def record_audit(
         self, actor: str, action: str, *, outcome: str = "ok", role: str | None = None, target: str | None = None,
         source: str | None = None, detail: str | None = None,
@@ -1018,14 +732,6 @@ class SqliteState:
                 (time.time(), actor, role, action, target, outcome, source, detail),
             )
             return int(cur.lastrowid or 0)
-
-    def audit(self, limit: int = 100, actor: str | None = None) -> list[AuditEntry]:
-        """The newest audit rows first."""
-        if actor is None:
-            rows = self._query("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
-        else:
-            rows = self._query("SELECT * FROM audit WHERE actor = ? ORDER BY id DESC LIMIT ?", (actor, limit))
-        return [AuditEntry(**dict(r)) for r in rows]
 
     def derived_series_number(self, study_uid: str, derived_series_uid: str, candidates: Sequence[int]) -> int:
         """The Series Number of a derived series: the one it got before, else the first candidate that no other
