@@ -72,17 +72,12 @@ class QmarkCursor(Cursor):
         # composed SQL and templates go through as they are (psycopg's overloads type a template's call apart)
         return super().execute(query, params, prepare=prepare, binary=binary)  # type: ignore[arg-type, misc]
 
+
 # The pool logs a warning at every failed reconnection attempt (several a second while the server is down); the
 # callers see StateError and log an outage once (`gateway.logs.Outage`), so only the pool's errors are kept.
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 _FINISHED = [str(s) for s in FINISHED_STATES]
-
-
-
-
-
-
 
 
 class PostgresState(SqlState[Cursor]):

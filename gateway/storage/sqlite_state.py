@@ -3,7 +3,8 @@ its worker processes (`StateStore` in `gateway.storage.state` says what it must 
 
 Why SQLite: one node needs no server; WAL and busy_timeout let the service and its workers write the same
 file, and every transition is one short BEGIN IMMEDIATE transaction. A restart resumes from the last committed
-state (`recover()` puts jobs that were mid-flight back in the queue they came from).
+state (`recover()` puts jobs that were mid-flight back in the queue they came from). The statements it shares
+with the PostgreSQL store are in `gateway.storage.sql_state`.
 """
 
 from __future__ import annotations
@@ -170,12 +171,6 @@ def _open_failure(path: Path, exc: sqlite3.OperationalError) -> str:
             " free); free space under var_dir and start again"
         )
     return f"cannot open the state database {path}: {exc}; var_dir must be on a local, writable file system"
-
-
-
-
-
-
 
 
 class SqliteState(SqlState[sqlite3.Connection]):
