@@ -180,9 +180,9 @@ def enhancer_options(infos: Sequence[EnhancerInfo], *, quality: bool = False) ->
             groups["Other denoisers"].append(option(info))
         else:
             groups["Other trained models (kept for comparison)"].append(option(info))
-    automatic = "highest-quality variants, as this gateway runs" if quality else "fast variants, as this gateway runs"
+    variant = "highest-quality" if quality else "fast"
     return Markup(render("enhancer_options.html", groups=[(k, v) for k, v in groups.items() if v],
-                         automatic=f"{automatic} unrouted series"))
+                         automatic=f"{variant} variants, as this gateway runs unrouted series"))
 
 
 def upload_page(infos: Sequence[EnhancerInfo], *, csrf: str, max_mb: int, listen: str, who: Who | None = None,
